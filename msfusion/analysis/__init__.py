@@ -1,0 +1,1 @@
+"""Analysis tools: complexity, speed, fusion time, receptive fields, gradient maps."""

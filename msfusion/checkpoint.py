@@ -1,0 +1,243 @@
+"""Model weights in and out: our format and the official ones.
+
+Our format (DESIGN.md "Checkpoints"): ``<name>.safetensors`` with the weights
+and ``<name>.json`` beside it (model name and kwargs, classes, training step,
+library version). Both are written atomically: a temporary file in the same
+folder, then ``os.replace``, so a crash never leaves a half-written checkpoint.
+
+Official checkpoints (``.pth``/``.pt``/``.bin``) are read with
+``torch.load(..., weights_only=True)`` (nothing is unpickled), unwrapped from
+``state_dict`` / ``model`` / ``module`` wrappers, and mapped to our keys by the
+model's ``checkpoint_filter_fn``. Missing, unexpected and mismatched keys are
+reported as a table, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "read_state_dict",
+    "read_metadata",
+    "atomic_write",
+    "CLASSIFIER_PREFIXES",
+]
+
+# Parameters that legitimately change shape when fine-tuning to a new class count.
+CLASSIFIER_PREFIXES = ("head.", "decode_head.conv_seg.", "auxiliary_head.", "head.fc.", "heads.")
+
+_WRAPPERS = ("state_dict", "model", "module", "model_state", "state_dict_ema", "model_ema")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    If ``write`` raises, the temporary file is removed and any existing file at
+    ``path`` is left intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _metadata_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Save weights as safetensors plus a JSON sidecar; returns the weights path.
+
+    The sidecar records ``model.model_cfg`` (set by ``create_model``) so that
+    ``msfusion.load_model(path)`` can rebuild the model, plus ``metadata``.
+    """
+    from safetensors.torch import save_file
+
+    from msfusion import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    # safetensors refuses shared or non-contiguous storage: store plain copies.
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {
+        "format": "msfusion",
+        "version": __version__,
+        "model": getattr(model, "model_cfg", None),
+        **(metadata or {}),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(_metadata_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar of one of our checkpoints ({} if there is none)."""
+    meta_path = _metadata_path(Path(path))
+    if not meta_path.exists():
+        return {}
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from err
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict, safely.
+
+    safetensors files are read directly; anything else with
+    ``torch.load(weights_only=True)`` and unwrapped from ``state_dict`` /
+    ``model`` / ``module`` containers (mmcv, mmengine, timm, DeiT-style).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(
+            f"{path}: could not be read as a PyTorch checkpoint with weights_only=True ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Is the file complete and a state dict?"
+        ) from err
+    for _ in range(3):
+        if isinstance(obj, dict):
+            wrapper = next((k for k in _WRAPPERS if k in obj and isinstance(obj[k], dict)), None)
+            if wrapper is None:
+                break
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        found = type(obj).__name__
+        if isinstance(obj, dict):
+            found = f"a dict with keys {list(obj)[:8]}"
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {found}")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    return state
+
+
+def _table(rows: Iterable[tuple[str, str, str]], header: tuple[str, str, str]) -> str:
+    rows = list(rows)
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(3)]
+    fmt = "  {:<%d}  {:<%d}  {:<%d}" % tuple(widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(str(s) for s in t.shape) or "scalar"
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
+    """Load ours or an official checkpoint into ``model``.
+
+    Args:
+        model: the model to fill.
+        path: ``.safetensors`` (ours) or an official ``.pth`` file.
+        strict: every model key must be present and no extra key may exist.
+            With ``strict=False`` (fine-tuning), classifier weights whose shape
+            differs (another class count) are dropped with a warning, and
+            missing / unexpected keys are reported in a warning.
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...], "dropped": [...]}``.
+
+    Raises:
+        FileNotFoundError, CheckpointError: with a table of every missing,
+        unexpected or mismatched key.
+    """
+    state = read_state_dict(path)
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        state = filter_fn(state)
+    own = model.state_dict()
+    backbone_only = bool(state) and all(k.startswith("backbone.") for k in state)
+    # An encoder checkpoint (e.g. ImageNet MSCAN) loaded into a segmentor fills the backbone only.
+    required = [k for k in own if k.startswith("backbone.")] if backbone_only else list(own)
+    missing = [k for k in required if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    dropped: list[str] = []
+    if not strict:
+        dropped = [k for k in mismatched if k.startswith(CLASSIFIER_PREFIXES)]
+        mismatched = [k for k in mismatched if k not in dropped]
+    if mismatched or (strict and (missing or unexpected)):
+        rows = [("missing", k, _shape(own[k])) for k in missing]
+        rows += [("unexpected", k, _shape(state[k])) for k in unexpected]
+        rows += [("mismatched", k, f"{_shape(state[k])} in file, {_shape(own[k])} in model") for k in mismatched]
+        hint = (
+            " Pass strict=False to fine-tune with another class count."
+            if mismatched and all(k.startswith(CLASSIFIER_PREFIXES) for k in mismatched)
+            else " Is this a checkpoint of the same model and variant?"
+        )
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mismatched keys.{hint}\n" + _table(rows, ("problem", "key", "shape"))
+        )
+    if dropped:
+        warnings.warn(
+            f"{path}: dropped {len(dropped)} classifier tensor(s) whose shape differs (new class count): "
+            + ", ".join(dropped),
+            stacklevel=2,
+        )
+    if missing or unexpected:
+        rows = [("missing", k, _shape(own[k])) for k in missing] + [
+            ("unexpected", k, _shape(state[k])) for k in unexpected
+        ]
+        warnings.warn(
+            f"{path}: loaded with strict=False, {len(missing)} missing and {len(unexpected)} unexpected keys:\n"
+            + _table(rows, ("problem", "key", "shape")),
+            stacklevel=2,
+        )
+    for k in dropped:
+        del state[k]
+    model.load_state_dict(state, strict=False)
+    return {"missing": missing + dropped, "unexpected": unexpected, "dropped": dropped}
+
+
+def load_model(path: str | Path, **overrides: Any) -> nn.Module:
+    """Rebuild a model from one of our checkpoints (its JSON sidecar) and load the weights."""
+    from msfusion.registry import create_model
+
+    meta = read_metadata(path)
+    cfg = meta.get("model")
+    if not cfg or "name" not in cfg:
+        raise CheckpointError(
+            f"{path}: no model description beside it ({_metadata_path(Path(path)).name} missing or without 'model'). "
+            "Build the model with create_model(...) and call load_checkpoint(model, path)."
+        )
+    model = create_model(cfg["name"], **{**cfg.get("kwargs", {}), **overrides})
+    load_checkpoint(model, path)
+    return model

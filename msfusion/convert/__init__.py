@@ -1,0 +1,1 @@
+"""Key maps between official checkpoints and msfusion modules, one file per family."""

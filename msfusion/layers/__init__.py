@@ -1,0 +1,18 @@
+"""Shared building blocks. timm's layers are used directly, never copied."""
+
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+
+from msfusion.layers.conv_norm_act import ConvNormAct, make_act, make_norm
+from msfusion.layers.features import FeatureInfo, check_image_batch, resize_to
+
+__all__ = [
+    "ConvNormAct",
+    "DropPath",
+    "FeatureInfo",
+    "LayerNorm2d",
+    "check_image_batch",
+    "make_act",
+    "make_norm",
+    "resize_to",
+    "trunc_normal_",
+]

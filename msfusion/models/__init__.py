@@ -1,0 +1,1 @@
+"""Backbones, add-ons, necks, heads and the task models built from them."""

@@ -1,0 +1,1 @@
+"""Add-ons that refine any backbone's feature list (e.g. MSCSA)."""

@@ -1,0 +1,1 @@
+"""Backbones: MSCAN, CEDNet, and any timm model through one adapter."""

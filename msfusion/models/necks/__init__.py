@@ -1,0 +1,1 @@
+"""Necks: feature pyramids that take and return ``list[Tensor]`` fine to coarse."""
