@@ -1,0 +1,60 @@
+"""The ``msfusion`` command line. Each sub-command is one module in ``msfusion.commands``.
+
+A command module defines ``add_parser(subparsers)`` (registering its arguments)
+and ``run(args) -> int``; this file only dispatches, and commands call the
+public API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "COMMANDS"]
+
+# Sub-command name -> module in msfusion.commands.
+COMMANDS = {
+    "models": "models",
+    "flops": "flops",
+    "bench": "bench",
+    "train": "train",
+    "eval": "evaluate",
+    "predict": "predict",
+    "export": "export",
+    "demo": "demo",
+    "gradmap": "gradmap",
+    "erf": "erf",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msfusion", description="Multi-scale feature fusion models: build, count, train, evaluate, export."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"msfusion.commands.{module}")
+        except ModuleNotFoundError as err:
+            if err.name == f"msfusion.commands.{module}":
+                continue  # a command not part of this build
+            raise
+        mod.add_parser(sub, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

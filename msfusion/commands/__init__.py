@@ -1,0 +1,1 @@
+"""Sub-commands of the ``msfusion`` command line, one module each."""
