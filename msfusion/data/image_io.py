@@ -57,6 +57,8 @@ def read_label(path: str | Path, colors: Sequence[Sequence[int]] | None = None) 
                 return np.asarray(image).astype(np.int32 if mode.startswith("I") else np.uint8)
             if mode in ("RGB", "RGBA") and colors is not None:
                 return _decode_colors(np.asarray(image.convert("RGB")), colors, str(path))
+    except InvalidSampleError:
+        raise
     except _DECODE_ERRORS as error:
         raise InvalidSampleError(f"cannot read label image {path}: {error}", str(path)) from error
     raise InvalidSampleError(
@@ -74,7 +76,7 @@ def _decode_colors(rgb: np.ndarray, colors: Sequence[Sequence[int]], path: str) 
     position = np.clip(np.searchsorted(sorted_codes, pixels), 0, len(codes) - 1)
     known = sorted_codes[position] == pixels
     if not known.all():
-        unknown = np.unique(pixels[~known])[:5]
+        unknown = np.unique(pixels[~known])[:5].tolist()
         shown = ", ".join(str(((c >> 16) & 255, (c >> 8) & 255, c & 255)) for c in unknown)
         raise InvalidSampleError(
             f"label image {path} contains colours not in the class palette: {shown}", path

@@ -93,13 +93,13 @@ class DatasetLayout:
             raise ValueError(f"{self.name}: split file {path} lists no samples")
         return ids
 
-    def missing_labels(self, expected: Sequence[Path]) -> None:
-        """Raise naming the first missing label files, if any of ``expected`` is absent."""
+    def require_files(self, expected: Sequence[Path], what: str = "label files") -> None:
+        """Raise naming the first missing files, if any of ``expected`` is absent."""
         absent = [path for path in expected if not path.is_file()]
         if absent:
             shown = "\n  ".join(str(path) for path in absent[:5])
             more = f"\n  ... and {len(absent) - 5} more" if len(absent) > 5 else ""
             raise FileNotFoundError(
-                f"{self.name}: {len(absent)} of {len(expected)} label files are missing:\n"
+                f"{self.name}: {len(absent)} of {len(expected)} {what} are missing:\n"
                 f"  {shown}{more}\nExpected layout:\n{self.tree}"
             )

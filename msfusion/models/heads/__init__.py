@@ -18,6 +18,7 @@ HEADS = {
     "mlp": "msfusion.models.heads.mlp:MLPHead",
     "msca": "msfusion.models.heads.msca_head:MSCAHead",
     "uper": "msfusion.models.heads.uper:UPerHead",
+    "fcn": "msfusion.models.heads.fcn:FCNHead",
 }
 
 

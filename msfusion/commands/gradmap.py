@@ -1,0 +1,170 @@
+"""``msfusion gradmap MODEL --image PATH [PATH ...] --out DIR``: input-gradient maps (CEDNet App. B).
+
+For each image: ``<stem>_gradmap.png`` (image, |d loss / d input| map, overlay;
+Fig. 4) and ``<stem>_gradmap.npy`` (the raw (H, W) float32 map); for all
+images: ``area_curve.png`` and ``area_curve.json`` (area of the important region
+against the normalised threshold, per image and averaged; Fig. 5). See
+``msfusion.analysis.input_gradient`` for the definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    from msfusion.commands.flops import parse_size
+
+    p = subparsers.add_parser(
+        name,
+        help="input-gradient maps and important-region areas (CEDNet Appendix B)",
+        description="Back-propagate the loss of a segmentor or classifier to the input image and write the "
+        "map of |d loss / d input| (PNG + .npy) and the area of the important region (pixels whose "
+        "max-normalised gradient exceeds t) against t (PNG + JSON).",
+    )
+    p.add_argument("model", help="registered model name (msfusion models)")
+    p.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)"
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes of the head (default: the variant's)"
+    )
+    p.add_argument(
+        "--target",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="label PNG(s) of class indices, one per image (segmentors; 255 = ignore). "
+        "Default: the model's own prediction",
+    )
+    p.add_argument(
+        "--target-class", type=int, default=None, help="class index for a classifier's loss"
+    )
+    p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
+    p.add_argument(
+        "--thresholds", type=int, default=101, help="number of thresholds in [0, 1] (default 101)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def _load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    from msfusion.data.image_io import read_image
+
+    image = read_image(path)
+    if size is not None:
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return image
+
+
+def _load_target(path: Path, shape: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image
+
+    from msfusion.data.image_io import read_label
+
+    label = read_label(path)
+    if label.shape != shape:
+        label = np.asarray(
+            Image.fromarray(label.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST)
+        )
+    return torch.from_numpy(label.astype(np.int64))
+
+
+def run(args: argparse.Namespace) -> int:
+    import msfusion as mf
+    from msfusion.analysis.input_gradient import (
+        important_region_area,
+        input_gradient_map,
+        save_area_curve,
+        save_gradient_map_figure,
+    )
+    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if args.target is not None and len(args.target) != len(args.image):
+        raise ValueError(
+            f"give one --target per --image ({len(args.image)} images, {len(args.target)} targets)"
+        )
+    if args.thresholds < 2:
+        raise ValueError("--thresholds must be at least 2")
+    for path in args.image:
+        if not path.exists():
+            raise FileNotFoundError(f"image not found: {path}")
+
+    model = mf.create_model(args.model, num_classes=args.num_classes)
+    if args.checkpoint is not None:
+        mf.load_checkpoint(model, args.checkpoint)
+    device = torch.device(args.device)
+    model.to(device)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    thresholds = np.linspace(0.0, 1.0, args.thresholds).round(6).tolist()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list[float]] = {}
+    records = []
+    for i, path in enumerate(args.image):
+        image = _load_image(path, args.size)
+        x = ((torch.from_numpy(image.copy()).permute(2, 0, 1).float() - mean) / std).to(device)
+        target = None
+        if args.target is not None:
+            target = _load_target(args.target[i], image.shape[:2])
+        elif args.target_class is not None:
+            target = torch.tensor(args.target_class)
+        grad_map = input_gradient_map(model, x, target).cpu()
+        stem = path.stem if list(args.image).count(path) == 1 else f"{path.stem}_{i}"
+        np.save(args.out / f"{stem}_gradmap.npy", grad_map.numpy().astype(np.float32))
+        figure = save_gradient_map_figure(
+            image, grad_map, args.out / f"{stem}_gradmap.png", title=f"{args.model}: {path.name}"
+        )
+        areas = important_region_area(grad_map, thresholds)
+        curves[stem] = areas
+        records.append(
+            dict(
+                image=str(path),
+                gradmap_png=figure.name,
+                max_gradient=float(grad_map.max()),
+                area=areas,
+            )
+        )
+        print(
+            f"{path}: max |grad| {float(grad_map.max()):.3e}, area at t=0.1: {areas[_nearest(thresholds, 0.1)]:.4f}"
+        )
+
+    mean_area = np.mean([r["area"] for r in records], axis=0).tolist()
+    if len(records) > 1:
+        curves["mean"] = mean_area
+    save_area_curve(
+        thresholds,
+        curves,
+        args.out / "area_curve.png",
+        title=f"{args.model}: important-region area",
+    )
+    summary = dict(
+        model=args.model,
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        loss_target="labels"
+        if args.target
+        else ("class" if args.target_class is not None else "prediction"),
+        threshold_normalisation="max",
+        thresholds=thresholds,
+        mean_area=mean_area,
+        images=records,
+    )
+    (args.out / "area_curve.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {len(records)} map(s), area_curve.png and area_curve.json to {args.out}")
+    return 0
+
+
+def _nearest(values: list[float], x: float) -> int:
+    return min(range(len(values)), key=lambda i: abs(values[i] - x))

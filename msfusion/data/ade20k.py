@@ -1,0 +1,63 @@
+"""ADE20K (MIT SceneParsing, ``ADEChallengeData2016``), 150 classes.
+
+Layout and label convention as in mmsegmentation's ``ADE20KDataset``, which
+SegNeXt trains with (official_facts §2: ``reduce_zero_label=True``): raw
+label 0 ("other") is ignored (255) and labels 1..150 become train ids 0..149.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.class_names import ADE20K_CLASSES, pascal_colormap
+from msfusion.data.label_maps import reduce_zero_label_table
+from msfusion.data.layout import DatasetLayout
+from msfusion.data.transforms import Transform
+
+LAYOUT = DatasetLayout(
+    "ADE20K",
+    """
+  <root>/ADEChallengeData2016/     (or <root> itself)
+    images/training/*.jpg          images/validation/*.jpg
+    annotations/training/*.png     annotations/validation/*.png  (same stems)""",
+)
+_SPLITS = {"train": "training", "val": "validation", "training": "training",
+           "validation": "validation"}  # fmt: skip
+
+
+class ADE20KDataset(FileSegmentationDataset):
+    """ADE20K scene parsing, 150 classes, raw label 0 ignored.
+
+    Args:
+        root: ``ADEChallengeData2016`` or its parent folder.
+        split: ``"train"`` / ``"training"`` or ``"val"`` / ``"validation"``.
+        transforms: ``(sample, rng) -> sample``; None normalises only.
+        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
+        aug_seed: Seed for reproducible augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        on_bad_file: BadFilePolicy = "raise",
+        aug_seed: int | None = None,
+    ) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"ADE20K split must be one of {sorted(_SPLITS)}, got {split!r}")
+        folder = _SPLITS[split]
+        root = LAYOUT.find_root(root, "images", ["ADEChallengeData2016"])
+        images = LAYOUT.list_images(root / "images" / folder, "*.jpg")
+        label_dir = LAYOUT.require_dir(root / "annotations" / folder)
+        labels = [label_dir / f"{image.stem}.png" for image in images]
+        LAYOUT.require_files(labels)
+        table = reduce_zero_label_table(len(ADE20K_CLASSES))
+        samples = [
+            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
+        ]
+        palette = pascal_colormap(len(ADE20K_CLASSES) + 1)[1:]
+        super().__init__(samples, ADE20K_CLASSES, palette, transforms, on_bad_file, aug_seed)
+        self.root = root
+        self.split = folder

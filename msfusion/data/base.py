@@ -1,0 +1,248 @@
+"""The sample contract shared by every msfusion dataset, and file-backed datasets.
+
+``dataset[i]`` returns a dict (the engine relies on it):
+
+- ``"image"``: ``(3, H, W)`` float32 tensor, normalised by the transforms;
+- ``"mask"``: ``(H, W)`` int64 tensor of train ids, 255 = ignore;
+- ``"path"``: the image file, or ``"shapes/<split>/<i>"`` for synthetic data;
+- with instances (``ShapesDataset(with_instances=True)``): ``"instance_masks"``
+  ``(N, H, W)`` bool (visible parts, in the transformed geometry), ``"labels"``
+  ``(N,)`` int64 and ``"boxes"`` ``(N, 4)`` float32 xyxy computed from those
+  masks after the transforms, so crops and flips never leave stale boxes.
+
+Boxes use pixel-edge coordinates: an instance covering columns ``x0..x1``
+gets ``x_min = x0`` and ``x_max = x1 + 1``, so a one-pixel object still has
+a positive area (torchvision detectors reject empty boxes).
+
+Each dataset has ``classes``, ``palette``, ``num_classes``, ``ignore_index``
+(255) and ``load_raw(i) -> (image (H, W, 3) uint8, mask (H, W) uint8)``.
+
+Augmentation randomness comes from a per-sample ``numpy.random.Generator``:
+seeded from ``(aug_seed, epoch, index)`` when the dataset has an ``aug_seed``
+(call ``set_epoch`` every epoch, before creating the DataLoader iterator), and
+from torch's RNG otherwise (reproducible under ``torch.manual_seed``, with
+DataLoader workers seeded by torch as usual).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from msfusion.data.image_io import read_image, read_label
+from msfusion.data.label_maps import IGNORE_INDEX, InvalidSampleError, apply_table
+from msfusion.data.transforms import Transform, build_eval_transforms
+
+Color = tuple[int, int, int]
+BadFilePolicy = Literal["raise", "skip"]
+
+
+@dataclass
+class RawSample:
+    """One sample before transforms.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        mask: ``(H, W)`` uint8 train ids, 255 = ignore.
+        path: Image file or synthetic id.
+        instance_masks: Optional ``(N, H, W)`` bool visible instance masks.
+        labels: Optional ``(N,)`` int64 class of each instance.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    path: str
+    instance_masks: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Tight xyxy boxes of ``(N, H, W)`` bool masks in pixel-edge coordinates.
+
+    Returns:
+        ``(N, 4)`` float32; masks must be non-empty.
+    """
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    height, width = masks.shape[1:]
+    y_min = rows.to(torch.uint8).argmax(dim=1)
+    y_max = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x_min = cols.to(torch.uint8).argmax(dim=1)
+    x_max = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    return torch.stack([x_min, y_min, x_max, y_max], dim=1).to(torch.float32)
+
+
+class SegmentationDataset(Dataset):
+    """Base of all msfusion datasets: applies transforms and returns the contract.
+
+    Subclasses implement ``__len__`` and ``_load(index) -> RawSample``.
+
+    Args:
+        classes: Class names, index = train id.
+        palette: One RGB colour per class, for drawing.
+        transforms: ``(sample, rng) -> sample`` ending in tensors (see
+            ``msfusion.data.transforms``); None normalises and converts only.
+        aug_seed: Seed for reproducible augmentation, see the module doc.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        transforms: Transform | None = None,
+        aug_seed: int | None = None,
+    ) -> None:
+        if len(palette) != len(classes):
+            raise ValueError(f"{len(classes)} classes but {len(palette)} palette colours")
+        self.classes: list[str] = list(classes)
+        self.palette: list[Color] = [tuple(int(c) for c in color) for color in palette]
+        self.transforms = transforms if transforms is not None else build_eval_transforms()
+        self.aug_seed = aug_seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (train ids ``0..num_classes-1``)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> RawSample:
+        raise NotImplementedError
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``(H, W, 3)`` uint8 and mask ``(H, W)`` uint8 without transforms."""
+        sample = self._load(self._check_index(index))
+        return sample.image, sample.mask
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (used with ``aug_seed``)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.aug_seed is not None:
+            return np.random.default_rng([self.aug_seed, self.epoch, index])
+        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+    def _check_index(self, index: int) -> int:
+        length = len(self)
+        if not -length <= index < length:
+            raise IndexError(f"index {index} out of range for a dataset of {length} samples")
+        return index % length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._check_index(index)
+        raw = self._load(index)
+        sample: dict[str, Any] = {"image": raw.image, "mask": raw.mask}
+        if raw.instance_masks is not None:
+            sample["instance_masks"] = raw.instance_masks
+            sample["labels"] = raw.labels
+        out = self.transforms(sample, self._rng(index))
+        if not isinstance(out.get("image"), torch.Tensor):
+            raise TypeError("transforms must end with ToTensor() (see msfusion.data.transforms)")
+        if "instance_masks" in out:
+            visible = out["instance_masks"].flatten(1).any(dim=1)
+            out["instance_masks"] = out["instance_masks"][visible]
+            out["labels"] = out["labels"][visible]
+            out["boxes"] = boxes_from_masks(out["instance_masks"])
+        out["path"] = raw.path
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={len(self)}, num_classes={self.num_classes})"
+
+
+@dataclass(frozen=True)
+class SamplePaths:
+    """Files of one sample and how to read its labels.
+
+    Attributes:
+        image: Image file.
+        label: Label image file.
+        table: ``(256,)`` raw value -> train id table (``msfusion.data.label_maps``).
+    """
+
+    image: Path
+    label: Path
+    table: np.ndarray
+
+
+class FileSegmentationDataset(SegmentationDataset):
+    """A dataset of (image file, label file) pairs, checked as they are read.
+
+    Every read checks that the image decodes, that the label values are valid
+    for the format (through ``SamplePaths.table``) and that image and label
+    have the same size; a failure raises :class:`InvalidSampleError` naming
+    the file. With ``on_bad_file="skip"`` the failure is warned about once
+    and the next valid sample is returned instead.
+
+    Args:
+        samples: The pairs, in dataset order.
+        classes: Class names.
+        palette: Class colours.
+        transforms: See :class:`SegmentationDataset`.
+        on_bad_file: ``"raise"`` or ``"skip"``.
+        aug_seed: See :class:`SegmentationDataset`.
+        label_colors: Colour table used to decode RGB label images, or None
+            to reject them.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[SamplePaths],
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        transforms: Transform | None = None,
+        on_bad_file: BadFilePolicy = "raise",
+        aug_seed: int | None = None,
+        label_colors: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        super().__init__(classes, palette, transforms, aug_seed)
+        if on_bad_file not in ("raise", "skip"):
+            raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
+        self.samples = list(samples)
+        self.on_bad_file = on_bad_file
+        self.label_colors = label_colors
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_checked(self, index: int) -> RawSample:
+        """Read sample ``index`` and check it, raising :class:`InvalidSampleError`."""
+        paths = self.samples[index]
+        image = read_image(paths.image)
+        raw_label = read_label(paths.label, self.label_colors)
+        if raw_label.shape != image.shape[:2]:
+            raise InvalidSampleError(
+                f"image {paths.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its "
+                f"label {paths.label} is {raw_label.shape[0]}x{raw_label.shape[1]}",
+                str(paths.label),
+            )
+        mask = apply_table(raw_label, paths.table, str(paths.label))
+        return RawSample(image=image, mask=mask, path=str(paths.image))
+
+    def _load(self, index: int) -> RawSample:
+        if self.on_bad_file == "raise":
+            return self.read_checked(index)
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            if candidate in self._bad:
+                continue
+            try:
+                return self.read_checked(candidate)
+            except InvalidSampleError as error:
+                self._bad.add(candidate)
+                warnings.warn(f"skipping bad sample {candidate}: {error}", stacklevel=3)
+        raise InvalidSampleError(f"every one of the {len(self)} samples is bad", "")

@@ -1,0 +1,85 @@
+"""COCO-Stuff 164k, 171 classes (80 things + 91 stuff).
+
+Layout as mmseg's ``tools/dataset_converters/coco_stuff164k.py`` leaves it:
+``annotations/<split>/<stem>_labelTrainIds.png`` with train ids 0..170 and
+255 = unlabeled. If only the raw ``<stem>.png`` labels of the official
+download exist (0-based COCO ids 0..181), they are mapped on the fly with the
+same table as that converter, so the conversion step is optional.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.class_names import (
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_NUM_RAW_IDS,
+    COCO_STUFF_UNUSED_IDS,
+    pascal_colormap,
+)
+from msfusion.data.label_maps import identity_table, table_from_mapping
+from msfusion.data.layout import DatasetLayout
+from msfusion.data.transforms import Transform
+
+LAYOUT = DatasetLayout(
+    "COCO-Stuff 164k",
+    """
+  <root>/
+    images/{train2017,val2017}/<stem>.jpg
+    annotations/{train2017,val2017}/<stem>_labelTrainIds.png   (mmseg conversion)
+        or annotations/{train2017,val2017}/<stem>.png            (raw COCO ids 0..181)""",
+)
+_SPLITS = {"train": "train2017", "val": "val2017", "train2017": "train2017",
+           "val2017": "val2017"}  # fmt: skip
+
+RAW_ID_TABLE = table_from_mapping(
+    {
+        raw: train_id
+        for train_id, raw in enumerate(
+            r for r in range(COCO_STUFF_NUM_RAW_IDS) if r not in COCO_STUFF_UNUSED_IDS
+        )
+    }
+)
+TRAIN_ID_TABLE = identity_table(len(COCO_STUFF_CLASSES))
+
+
+class COCOStuffDataset(FileSegmentationDataset):
+    """COCO-Stuff 164k semantic segmentation, 171 classes.
+
+    Args:
+        root: Folder holding ``images/`` and ``annotations/``.
+        split: ``"train"`` / ``"train2017"`` or ``"val"`` / ``"val2017"``.
+        transforms: ``(sample, rng) -> sample``; None normalises only.
+        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
+        aug_seed: Seed for reproducible augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        on_bad_file: BadFilePolicy = "raise",
+        aug_seed: int | None = None,
+    ) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got {split!r}")
+        folder = _SPLITS[split]
+        root = LAYOUT.find_root(root, "images", ["coco_stuff164k"])
+        images = LAYOUT.list_images(root / "images" / folder, "*.jpg")
+        label_dir = LAYOUT.require_dir(root / "annotations" / folder)
+        samples, expected = [], []
+        for image in images:
+            converted = label_dir / f"{image.stem}_labelTrainIds.png"
+            if converted.is_file():
+                samples.append(SamplePaths(image, converted, TRAIN_ID_TABLE))
+            else:
+                raw = label_dir / f"{image.stem}.png"
+                samples.append(SamplePaths(image, raw, RAW_ID_TABLE))
+                expected.append(raw)
+        LAYOUT.require_files(expected)
+        palette = pascal_colormap(len(COCO_STUFF_CLASSES) + 1)[1:]
+        super().__init__(samples, COCO_STUFF_CLASSES, palette, transforms, on_bad_file, aug_seed)
+        self.root = root
+        self.split = folder

@@ -1,0 +1,488 @@
+"""SegNeXt's data pipeline: joint image/mask transforms with an explicit RNG.
+
+The training recipe is the one of the official SegNeXt ADE20K configs
+(official_facts §2 "Training and test config", which follow mmsegmentation):
+
+    RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)
+    RandomCrop(crop_size=(512, 512), cat_max_ratio=0.75)
+    RandomFlip(prob=0.5)
+    PhotoMetricDistortion()
+    Normalize(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))  # RGB
+    Pad(size=crop_size, pad_val=0, seg_pad_val=255)
+    ToTensor()
+
+and the test pipeline resizes keep-ratio to the same scale, normalises and
+converts. Details follow mmsegmentation: the keep-ratio rule of
+``mmcv.rescale_size``, the 10 crop retries of ``RandomCrop``, the order and
+50 % probabilities of ``PhotoMetricDistortion`` (including its hue offset
+drawn from ``[-delta, delta)``), and padding after normalisation (so padded
+pixels are 0 in normalised space, as in mmseg's data pre-processor).
+
+Deviations: PIL does the resizing (bilinear for images, nearest for every
+label map) and the HSV conversion. PIL's bilinear filter antialiases when
+downscaling where OpenCV's does not, and its HSV hue has 256 steps per turn
+instead of 180, so the hue offset is rescaled by 256/180.
+
+Samples are dicts of numpy arrays until ``ToTensor``: ``"image"`` (H, W, 3)
+uint8 (float32 after ``Normalize``), ``"mask"`` (H, W) uint8 train ids, and
+optionally ``"instance_masks"`` (N, H, W) bool with ``"labels"`` (N,).
+Geometric transforms move every label map with the image, always with
+nearest-neighbour sampling, so no new label value can appear.
+
+Reproducibility: every transform is called as ``transform(sample, rng)``
+with a ``numpy.random.Generator`` and draws all randomness from it. The
+datasets create that generator per sample (see
+``msfusion.data.base.SegmentationDataset``): from ``(aug_seed, epoch, index)``
+when an ``aug_seed`` is given, which makes augmentation independent of worker
+count and order, and otherwise from torch's RNG, which ``torch.manual_seed``
+and DataLoader worker seeding make reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+IGNORE_INDEX = 255
+_LABEL_KEYS = ("mask", "instance_masks")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def _resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    height, width = size_hw
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def _resize_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``(H, W)`` or ``(N, H, W)`` label maps."""
+    height, width = size_hw
+    if labels.ndim == 3:
+        out = np.zeros((labels.shape[0], height, width), dtype=labels.dtype)
+        for index, plane in enumerate(labels):
+            out[index] = _resize_labels(plane, size_hw)
+        return out
+    source = Image.fromarray(labels.astype(np.uint8))
+    resized = np.asarray(source.resize((width, height), Image.Resampling.NEAREST))
+    return resized.astype(labels.dtype)
+
+
+def rescale_size(size_hw: tuple[int, int], scale: Sequence[int]) -> tuple[int, int]:
+    """Keep-ratio target size, as ``mmcv.rescale_size``.
+
+    The long side becomes at most ``max(scale)`` and the short side at most
+    ``min(scale)``, whichever is tighter.
+
+    Args:
+        size_hw: Current ``(H, W)``.
+        scale: Two edge lengths in any order, e.g. ``(2048, 512)``.
+
+    Returns:
+        New ``(H, W)``.
+    """
+    height, width = size_hw
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_sample(sample: Sample, size_hw: tuple[int, int], resize_labels: bool = True) -> Sample:
+    """Resize the image (bilinear) and, if asked, every label map (nearest)."""
+    out = dict(sample)
+    out["image"] = _resize_image(sample["image"], size_hw)
+    if resize_labels:
+        for key in _LABEL_KEYS:
+            if key in sample:
+                out[key] = _resize_labels(sample[key], size_hw)
+    return out
+
+
+class Compose:
+    """Apply transforms in order, all drawing from the same generator.
+
+    Args:
+        transforms: Callables ``(sample, rng) -> sample``.
+    """
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        for transform in self.transforms:
+            sample = transform(sample, rng)
+        return sample
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"Compose([\n  {inner}\n])"
+
+
+class Resize:
+    """Deterministic keep-ratio resize to ``scale`` (mmseg ``Resize(keep_ratio=True)``).
+
+    Args:
+        scale: Two edge lengths, e.g. ``(2048, 512)``: long side <= 2048 and
+            short side <= 512.
+        resize_mask: Also resize the label maps. Evaluation keeps them at the
+            original size (mmseg computes metrics there).
+    """
+
+    def __init__(self, scale: Sequence[int], resize_mask: bool = True) -> None:
+        self.scale = tuple(scale)
+        self.resize_mask = resize_mask
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        size = rescale_size(sample["image"].shape[:2], self.scale)
+        return resize_sample(sample, size, self.resize_mask)
+
+    def __repr__(self) -> str:
+        return f"Resize(scale={self.scale}, resize_mask={self.resize_mask})"
+
+
+class RandomResize:
+    """Keep-ratio resize to ``scale`` times a ratio drawn uniformly from ``ratio_range``.
+
+    mmseg 1.x ``RandomResize`` / 0.x ``Resize(img_scale, ratio_range)``: the
+    scale is ``(int(s0 * r), int(s1 * r))`` with ``r ~ U(ratio_range)``, then
+    the keep-ratio rule of :func:`rescale_size`.
+    """
+
+    def __init__(
+        self, scale: Sequence[int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0)
+    ) -> None:
+        if ratio_range[0] <= 0 or ratio_range[0] > ratio_range[1]:
+            raise ValueError(f"ratio_range must be 0 < low <= high, got {ratio_range}")
+        self.scale = tuple(scale)
+        self.ratio_range = tuple(ratio_range)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        low, high = self.ratio_range
+        ratio = rng.random() * (high - low) + low
+        scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        return resize_sample(sample, rescale_size(sample["image"].shape[:2], scale))
+
+    def __repr__(self) -> str:
+        return f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range})"
+
+
+class RandomCrop:
+    """Random crop of at most ``crop_size``, avoiding crops dominated by one class.
+
+    mmseg ``RandomCrop``: when ``cat_max_ratio < 1``, a crop is redrawn (up to
+    ``max_tries`` = 10 times) unless it holds more than one non-ignored class
+    and the largest covers less than ``cat_max_ratio`` of the non-ignored
+    pixels; the last draw is kept either way. Images smaller than the crop
+    are kept whole along that side (``Pad`` fills them up later).
+
+    Args:
+        crop_size: ``(H, W)`` or one int.
+        cat_max_ratio: Largest allowed share of one class; 1 disables the check.
+        ignore_index: Label not counted in the ratio.
+        max_tries: Redraws, 10 in mmseg.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | Sequence[int],
+        cat_max_ratio: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        max_tries: int = 10,
+    ) -> None:
+        self.crop_size = _pair(crop_size)
+        if min(self.crop_size) <= 0:
+            raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+        self.max_tries = max_tries
+
+    def _draw_box(self, size_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+        margin_h = max(size_hw[0] - self.crop_size[0], 0)
+        margin_w = max(size_hw[1] - self.crop_size[1], 0)
+        return int(rng.integers(0, margin_h + 1)), int(rng.integers(0, margin_w + 1))
+
+    def _balanced(self, mask: np.ndarray) -> bool:
+        labels, counts = np.unique(mask, return_counts=True)
+        counts = counts[labels != self.ignore_index]
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        size = sample["image"].shape[:2]
+        top, left = self._draw_box(size, rng)
+        crop_h, crop_w = self.crop_size
+        if self.cat_max_ratio < 1.0:
+            for _ in range(self.max_tries):
+                if self._balanced(sample["mask"][top : top + crop_h, left : left + crop_w]):
+                    break
+                top, left = self._draw_box(size, rng)
+        out = dict(sample)
+        out["image"] = sample["image"][top : top + crop_h, left : left + crop_w]
+        out["mask"] = sample["mask"][top : top + crop_h, left : left + crop_w]
+        if "instance_masks" in sample:
+            out["instance_masks"] = sample["instance_masks"][
+                :, top : top + crop_h, left : left + crop_w
+            ]
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(crop_size={self.crop_size}, cat_max_ratio={self.cat_max_ratio})"
+
+
+class RandomFlip:
+    """Horizontal flip with probability ``prob`` (mmseg ``RandomFlip``)."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        self.prob = prob
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if rng.random() >= self.prob:
+            return sample
+        out = dict(sample)
+        out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+        for key in _LABEL_KEYS:
+            if key in sample:
+                out[key] = np.ascontiguousarray(sample[key][..., ::-1])
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(prob={self.prob})"
+
+
+class PhotoMetricDistortion:
+    """mmseg ``PhotoMetricDistortion`` on a uint8 RGB image.
+
+    In order, each step applied with probability 0.5: brightness (add
+    ``U(-delta, delta)``), contrast (multiply by ``U(lower, upper)``) either
+    here or last (a coin flip), saturation (scale HSV S), hue (shift HSV H by
+    an integer from ``[-hue_delta, hue_delta)`` in OpenCV units of 2 degrees).
+    Values are clipped to 0..255 after every step, as mmseg's ``convert``.
+    """
+
+    def __init__(
+        self,
+        brightness_delta: int = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
+    ) -> None:
+        self.brightness_delta = brightness_delta
+        self.contrast_range = contrast_range
+        self.saturation_range = saturation_range
+        self.hue_delta = hue_delta
+
+    @staticmethod
+    def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            return self._convert(image, alpha=rng.uniform(*self.contrast_range))
+        return image
+
+    @staticmethod
+    def _hsv(
+        image: np.ndarray, channel: int, change: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        hsv = np.array(Image.fromarray(image).convert("HSV"))
+        hsv[..., channel] = change(hsv[..., channel])
+        size = (hsv.shape[1], hsv.shape[0])
+        return np.asarray(Image.frombytes("HSV", size, hsv.tobytes()).convert("RGB"))
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image = sample["image"]
+        if rng.integers(2):
+            delta = self.brightness_delta
+            image = self._convert(image, beta=rng.uniform(-delta, delta))
+        contrast_last = rng.integers(2) == 0
+        if not contrast_last:
+            image = self._contrast(image, rng)
+        if rng.integers(2):
+            alpha = rng.uniform(*self.saturation_range)
+            image = self._hsv(image, 1, lambda s: self._convert(s, alpha=alpha))
+        if rng.integers(2):
+            # OpenCV stores hue in 180 steps per turn, PIL in 256.
+            shift = int(rng.integers(-self.hue_delta, self.hue_delta)) * 256 / 180
+            image = self._hsv(
+                image, 0, lambda h: np.round(h.astype(np.float32) + shift).astype(np.int64) % 256
+            )
+        if contrast_last:
+            image = self._contrast(image, rng)
+        return {**sample, "image": np.ascontiguousarray(image, dtype=np.uint8)}
+
+    def __repr__(self) -> str:
+        return (
+            f"PhotoMetricDistortion(brightness_delta={self.brightness_delta}, "
+            f"contrast_range={self.contrast_range}, saturation_range={self.saturation_range}, "
+            f"hue_delta={self.hue_delta})"
+        )
+
+
+class Normalize:
+    """``(image - mean) / std`` per RGB channel; uint8 in, float32 out."""
+
+    def __init__(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image = (sample["image"].astype(np.float32) - self.mean) / self.std
+        return {**sample, "image": image}
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+class Pad:
+    """Pad bottom and right up to ``size`` (mmseg ``Pad``; larger inputs are kept).
+
+    Args:
+        size: ``(H, W)`` or one int.
+        pad_val: Image fill; 0 after ``Normalize`` is the mean colour.
+        seg_pad_val: Mask fill, the ignore index, so padding adds no loss.
+    """
+
+    def __init__(
+        self, size: int | Sequence[int], pad_val: float = 0.0, seg_pad_val: int = IGNORE_INDEX
+    ) -> None:
+        self.size = _pair(size)
+        self.pad_val = pad_val
+        self.seg_pad_val = seg_pad_val
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        height, width = sample["image"].shape[:2]
+        pad_h, pad_w = max(self.size[0] - height, 0), max(self.size[1] - width, 0)
+        if pad_h == 0 and pad_w == 0:
+            return sample
+        out = dict(sample)
+        image_pad = ((0, pad_h), (0, pad_w), (0, 0))
+        out["image"] = np.pad(sample["image"], image_pad, constant_values=self.pad_val)
+        out["mask"] = np.pad(sample["mask"], image_pad[:2], constant_values=self.seg_pad_val)
+        if "instance_masks" in sample:
+            out["instance_masks"] = np.pad(sample["instance_masks"], ((0, 0), *image_pad[:2]))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Pad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})"
+
+
+class ToTensor:
+    """Numpy sample -> tensors: image ``(3, H, W)`` float32, mask ``(H, W)`` int64.
+
+    Instance masks become ``(N, H, W)`` bool and labels ``(N,)`` int64. The
+    image must be float already (after ``Normalize``).
+    """
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image = sample["image"]
+        if image.dtype != np.float32:
+            raise TypeError(
+                f"ToTensor expects the float32 output of Normalize, got {image.dtype}; "
+                "put Normalize() before ToTensor()"
+            )
+        out = dict(sample)
+        out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"], dtype=np.int64))
+        if "instance_masks" in sample:
+            masks = np.ascontiguousarray(sample["instance_masks"], dtype=bool)
+            out["instance_masks"] = torch.from_numpy(masks)
+            out["labels"] = torch.as_tensor(np.asarray(sample["labels"]), dtype=torch.int64)
+        return out
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+def build_train_transforms(
+    crop_size: int | Sequence[int],
+    scale: Sequence[int] = (2048, 512),
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    flip_prob: float = 0.5,
+    photometric: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    ignore_index: int = IGNORE_INDEX,
+) -> Compose:
+    """SegNeXt's training pipeline (official_facts §2; defaults are ADE20K's but the crop).
+
+    Args:
+        crop_size: Crop and pad size ``(H, W)`` or one int; 512 for ADE20K,
+            1024 for Cityscapes.
+        scale: Base resize scale, ``(2048, 512)`` for ADE20K and
+            ``(2048, 1024)`` for Cityscapes.
+        ratio_range: Random scale ratio range.
+        cat_max_ratio: ``RandomCrop``'s largest share of one class (0.75).
+        flip_prob: Horizontal flip probability.
+        photometric: Include ``PhotoMetricDistortion``.
+        mean: Normalisation mean (RGB, 0..255 scale).
+        std: Normalisation std.
+        ignore_index: Label of padded and ignored pixels.
+
+    Returns:
+        A :class:`Compose` called as ``pipeline(sample, rng)``.
+    """
+    steps: list[Transform] = [
+        RandomResize(scale, ratio_range),
+        RandomCrop(crop_size, cat_max_ratio, ignore_index),
+        RandomFlip(flip_prob),
+    ]
+    if photometric:
+        steps.append(PhotoMetricDistortion())
+    steps += [Normalize(mean, std), Pad(crop_size, 0.0, ignore_index), ToTensor()]
+    return Compose(steps)
+
+
+def build_eval_transforms(
+    scale: Sequence[int] | None = None,
+    resize_mask: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Compose:
+    """SegNeXt's test pipeline: optional keep-ratio resize, normalise, to tensor.
+
+    Args:
+        scale: Keep-ratio resize scale, e.g. ``(2048, 512)``; None keeps the size.
+        resize_mask: Resize the mask with the image. Off by default: mmseg
+            scores predictions resized back to the original label size, so
+            the mask keeps the original resolution and may then differ in size
+            from the image.
+        mean: Normalisation mean.
+        std: Normalisation std.
+    """
+    steps: list[Transform] = [] if scale is None else [Resize(scale, resize_mask)]
+    return Compose([*steps, Normalize(mean, std), ToTensor()])
+
+
+def denormalize(
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """Undo ``Normalize`` for display.
+
+    Args:
+        image: ``(3, H, W)`` normalised tensor (any device or dtype).
+        mean: The mean used to normalise.
+        std: The std used to normalise.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB array.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"denormalize expects a (3, H, W) tensor, got {tuple(image.shape)}")
+    array = image.detach().float().cpu().numpy().transpose(1, 2, 0)
+    array = array * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)

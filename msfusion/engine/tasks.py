@@ -1,0 +1,227 @@
+"""Tasks: what the task-neutral trainer asks of a task (data, loss, evaluation).
+
+The trainer (``msfusion.engine.trainer``) knows nothing about segmentation: it
+asks a :class:`Task` for the datasets, the batch layout, the loss of a batch
+and an evaluation. A detection task adds a subclass here (``loss`` = the
+torchvision detector's loss dict summed; ``evaluate`` = COCO AP) and registers
+it in ``TASKS``; no second loop.
+
+Segmentation (official_facts §2): cross-entropy with ignore index 255,
+averaged over labelled pixels, plus each auxiliary head's cross-entropy times
+its weight (``model.auxiliary_weights``; SegNeXt has none).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msfusion.engine.distributed import DistInfo
+
+__all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
+
+
+class Task:
+    """The interface the trainer uses. Subclasses implement every method.
+
+    Attributes:
+        name: the ``task`` value of a recipe.
+        primary_metric: the metric that selects the best checkpoint (higher is better).
+    """
+
+    name = "task"
+    primary_metric = "score"
+
+    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+        """The training set and the validation set (None if the recipe has none)."""
+        raise NotImplementedError
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch samples for the DataLoader."""
+        raise NotImplementedError
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """Move the tensors of a batch to ``device``."""
+        return {
+            k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in batch.items()
+        }
+
+    def setup(self, model: nn.Module) -> None:
+        """Read what the loss needs from the (unwrapped) model, once before training."""
+
+    def loss(self, forward: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """The scalar training loss of a batch and the values to log.
+
+        ``forward(images)`` returns the model's training outputs (its
+        ``forward_train``); it may be wrapped in DistributedDataParallel, so a
+        task calls it rather than the model's methods, and gradients are then
+        synchronised over ranks.
+        """
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        cfg: Mapping[str, Any],
+        device: torch.device,
+        dist_info: DistInfo,
+    ) -> dict[str, Any]:
+        """Metrics on ``dataset`` (must contain ``primary_metric``), the same on every rank."""
+        raise NotImplementedError
+
+    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
+        """Model constructor arguments the data decides (e.g. the class count)."""
+        return {}
+
+
+def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+    """The dataset description of ``split`` with the recipe's transforms and policies filled in."""
+    from msfusion.data import DATASET_TYPES
+
+    cfg = dict(data_cfg[split])
+    if not cfg:
+        return {}
+    if "type" not in cfg:
+        raise ValueError(f"data.{split} needs a 'type' (one of {sorted(DATASET_TYPES)})")
+    accepted = (
+        set(inspect.signature(DATASET_TYPES[cfg["type"]]).parameters)
+        if cfg["type"] in DATASET_TYPES
+        else set()
+    )
+    if "transforms" not in cfg:
+        if split == "train":
+            cfg["transforms"] = {
+                "type": "train",
+                "crop_size": list(data_cfg["crop_size"]),
+                "scale": list(data_cfg["scale"]),
+                "ratio_range": tuple(data_cfg["ratio_range"]),
+                "cat_max_ratio": data_cfg["cat_max_ratio"],
+                "photometric": data_cfg["photometric"],
+            }
+        else:
+            scale = data_cfg["eval_scale"]
+            cfg["transforms"] = {"type": "eval", "scale": list(scale) if scale else None}
+    if split == "train" and "aug_seed" in accepted and cfg.get("aug_seed") is None:
+        # Augmentation drawn from (seed, epoch, index): independent of worker count, exact on resume.
+        cfg["aug_seed"] = seed
+    if "on_bad_file" in accepted and "on_bad_file" not in cfg:
+        cfg["on_bad_file"] = data_cfg["on_bad_file"]
+    return cfg
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation: CE (ignore 255) + weighted auxiliary CE; mIoU evaluation."""
+
+    name = "segmentation"
+    primary_metric = "mIoU"
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = ignore_index
+        self.auxiliary_weights: tuple[float, ...] = ()
+
+    def setup(self, model: nn.Module) -> None:
+        self.auxiliary_weights = tuple(getattr(model, "auxiliary_weights", ()) or ())
+
+    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+        from msfusion.data import build_dataset
+
+        data = cfg["data"]
+        if not data["train"]:
+            raise ValueError(
+                "the recipe has no data.train dataset (e.g. {type: folder, root: data/mine, split: train})"
+            )
+        train = build_dataset(_dataset_kwargs(data, "train", cfg["train"]["seed"]))
+        val_kwargs = _dataset_kwargs(data, "val", cfg["train"]["seed"])
+        val = build_dataset(val_kwargs) if val_kwargs else None
+        if val is not None and list(val.classes) != list(train.classes):
+            raise ValueError(
+                f"train and val datasets have different classes: {train.classes} vs {val.classes}"
+            )
+        self.ignore_index = getattr(train, "ignore_index", self.ignore_index)
+        return train, val
+
+    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
+        """The validation set of a recipe (for ``msfusion eval``)."""
+        from msfusion.data import build_dataset
+
+        kwargs = _dataset_kwargs(cfg["data"], "val", cfg["train"]["seed"])
+        if not kwargs:
+            raise ValueError("the recipe has no data.val dataset to evaluate on")
+        return build_dataset(kwargs)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        from msfusion.data import collate_segmentation
+
+        return collate_segmentation(samples)
+
+    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
+        return {"num_classes": dataset.num_classes}
+
+    def _ce(self, logits: Tensor, mask: Tensor) -> Tensor:
+        if not (mask != self.ignore_index).any():
+            # Every pixel ignored: a zero loss that keeps the graph, instead of CE's NaN.
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index)
+
+    def loss(self, forward: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        out = forward(batch["image"])
+        mask = batch["mask"]
+        num_classes = out["logits"].shape[1]
+        bad = (mask != self.ignore_index) & ((mask < 0) | (mask >= num_classes))
+        if bad.any():
+            values = sorted(set(mask[bad].unique().tolist()))
+            raise ValueError(
+                f"mask values {values} outside [0, {num_classes}) and not the ignore index {self.ignore_index} "
+                f"in a batch of {batch.get('path', '?')}"
+            )
+        loss_main = self._ce(out["logits"], mask)
+        logs = {"loss_ce": loss_main.item()}
+        total = loss_main
+        aux_logits = out.get("aux_logits") or []
+        if len(aux_logits) != len(self.auxiliary_weights):
+            raise ValueError(
+                f"{len(aux_logits)} auxiliary outputs but {len(self.auxiliary_weights)} weights"
+            )
+        for i, (aux, weight) in enumerate(zip(aux_logits, self.auxiliary_weights, strict=True)):
+            aux_loss = self._ce(aux, mask) * weight
+            logs[f"loss_aux{i}"] = aux_loss.item()
+            total = total + aux_loss
+        logs["loss"] = total.item()
+        return total, logs
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        cfg: Mapping[str, Any],
+        device: torch.device,
+        dist_info: DistInfo,
+    ) -> dict[str, Any]:
+        from msfusion.engine.evaluator import evaluate_segmentation
+
+        return evaluate_segmentation(
+            model,
+            dataset,
+            eval_cfg=cfg["eval"],
+            device=device,
+            amp=cfg["train"]["amp"],
+            dist_info=dist_info,
+            progress=cfg["train"]["progress"],
+        )
+
+
+TASKS: dict[str, type[Task]] = {"segmentation": SegmentationTask}
+
+
+def build_task(name: str) -> Task:
+    """The task of a recipe's ``task`` key."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]()

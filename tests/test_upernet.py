@@ -1,0 +1,204 @@
+"""UperNet: UPerHead / FCNHead semantics and key names, the CEDNet presets, their configs.
+
+Fidelity: CEDNet Table 3 parameters (61 / 83 / 123 M) and mmcv-rule MACs at
+512x2048 (962 / 1045 / 1184 G), counted on the meta device.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import msfusion as mf
+from msfusion.convert.cednet import to_official
+from msfusion.models.heads import build_head
+from msfusion.models.heads.fcn import FCNHead
+from msfusion.models.heads.uper import UPerHead
+from msfusion.models.upernet_cednet import UPerNet
+from msfusion.registry import paper_figures
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+VARIANTS = ["upernet_cednet_next_t", "upernet_cednet_next_s", "upernet_cednet_next_b"]
+
+
+def _features(chs=(8, 16, 24, 32), size=(33, 47), batch=2):
+    """Random maps at strides 4..32 of a (size) image, sides rounded up like a padded backbone."""
+    h, w = size
+    return [
+        torch.randn(batch, c, -(-h // s), -(-w // s))
+        for c, s in zip(chs, (4, 8, 16, 32), strict=True)
+    ]
+
+
+def test_uper_head_shapes_and_backward():
+    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16).train()
+    feats = [f.requires_grad_(True) for f in _features()]
+    out = head(feats)
+    assert out.shape == (2, 5, 9, 12)  # the finest input's size
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+
+
+def test_uper_head_mmcv_key_names():
+    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16)
+    keys = set(head.state_dict())
+    expected = {
+        "conv_seg.weight",
+        "conv_seg.bias",
+        "bottleneck.conv.weight",
+        "bottleneck.bn.running_mean",
+        "fpn_bottleneck.conv.weight",
+        "fpn_bottleneck.bn.weight",
+    }
+    expected |= {f"lateral_convs.{i}.conv.weight" for i in range(3)}
+    expected |= {f"lateral_convs.{i}.bn.bias" for i in range(3)}
+    expected |= {f"fpn_convs.{i}.conv.weight" for i in range(3)}
+    expected |= {f"psp_modules.{j}.1.conv.weight" for j in range(4)}
+    expected |= {f"psp_modules.{j}.1.bn.num_batches_tracked" for j in range(4)}
+    assert expected <= keys
+    # mmcv ConvModule: no conv bias in front of a norm.
+    assert not any(k.endswith("conv.bias") for k in keys)
+    sd = head.state_dict()
+    assert sd["bottleneck.conv.weight"].shape == (16, 32 + 4 * 16, 3, 3)
+    assert sd["fpn_bottleneck.conv.weight"].shape == (16, 4 * 16, 3, 3)
+    assert sd["lateral_convs.0.conv.weight"].shape == (16, 8, 1, 1)
+
+
+def test_uper_head_official_param_count():
+    # official_facts §1(c): UPerHead(512 ch, 150 classes) on CEDNet-T's [96, 192, 352, 512]
+    # is 60.50 M - 30.72 M (backbone) = 29.78 M.
+    with torch.device("meta"):
+        head = build_head("uper", in_channels=[96, 192, 352, 512], num_classes=150)
+    assert isinstance(head, UPerHead)
+    assert mf.count_params(head) == 29_777_046
+
+
+def test_fcn_head():
+    feats = _features()
+    head = FCNHead([8, 16, 24, 32], num_classes=5, in_index=1, channels=12)
+    assert head(feats).shape == (2, 5, 5, 6)
+    assert {"convs.0.conv.weight", "convs.0.bn.weight", "conv_seg.weight"} <= set(head.state_dict())
+    assert "conv_cat.conv.weight" not in head.state_dict()
+    cat = FCNHead(
+        [8, 16, 24, 32], num_classes=5, in_index=-1, channels=12, num_convs=2, concat_input=True
+    )
+    assert cat(feats).shape == (2, 5, 2, 2)
+    assert cat.state_dict()["conv_cat.conv.weight"].shape == (12, 32 + 12, 3, 3)
+    with pytest.raises(ValueError, match="num_convs=0"):
+        FCNHead([8, 16], num_classes=5, in_index=1, channels=12, num_convs=0)
+    with pytest.raises(ValueError, match="one feature map"):
+        FCNHead([8, 16], num_classes=5, in_index=(0, 1))
+
+
+def test_upernet_any_timm_backbone_odd_size():
+    model = UPerNet(
+        "resnet18",
+        num_classes=4,
+        in_index=(1, 2, 3, 4),
+        channels=16,
+        aux_in_index=3,
+        aux_channels=8,
+    )
+    x = torch.randn(2, 3, 45, 77)
+    out = model.train().forward_train(x)
+    assert out["logits"].shape == (2, 4, 45, 77)
+    assert [a.shape for a in out["aux_logits"]] == [(2, 4, 45, 77)]
+    assert model.auxiliary_weights == (0.4,)
+    (out["logits"].mean() + 0.4 * out["aux_logits"][0].mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        assert model.eval()(x[:1]).shape == (1, 4, 45, 77)
+
+
+def test_upernet_cednet_tiny_uses_stage_m_minus_1_map():
+    model = mf.create_model("test_upernet_cednet").eval()
+    info = model.backbone.feature_info
+    # [c2, c3, c4, c5, c3' of stage m-1]: the auxiliary head reads the last one.
+    assert len(info) == 5 and info[4] == info[1]
+    assert model.auxiliary_head[0].in_index == (4,)
+    assert model.decode_head.in_index == (0, 1, 2, 3)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 45, 71)).shape == (1, 5, 45, 71)
+    with pytest.raises(ValueError, match="segmentor"):
+        mf.create_model("test_upernet_cednet", features_only=True)
+
+
+def test_official_mmseg_checkpoint_loads(tmp_path):
+    src = mf.create_model("test_upernet_cednet").eval()
+    for m in src.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    official = to_official(src.backbone.state_dict(), "mmseg")
+    sd = official["state_dict"]
+    sd.update({f"decode_head.{k}": v for k, v in src.decode_head.state_dict().items()})
+    # mmseg stores a single auxiliary head without a list index.
+    sd.update({f"auxiliary_head.{k}": v for k, v in src.auxiliary_head[0].state_dict().items()})
+    path = tmp_path / "upernet_official.pth"
+    torch.save(official, path)
+
+    dst = mf.create_model("test_upernet_cednet").eval()
+    report = mf.load_checkpoint(dst, path)
+    assert report["missing"] == [] and report["unexpected"] == []
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+        torch.testing.assert_close(
+            dst.forward_train(x)["aux_logits"][0], src.forward_train(x)["aux_logits"][0]
+        )
+
+
+@pytest.mark.parametrize(
+    "name, official_no_aux_m",
+    [
+        ("upernet_cednet_next_t", 60.50),
+        ("upernet_cednet_next_s", 82.84),
+        ("upernet_cednet_next_b", 122.27),
+    ],
+)
+def test_table3_params(name, official_no_aux_m):
+    with torch.device("meta"):
+        model = mf.create_model(name)
+    total = mf.count_params(model)
+    paper = paper_figures(name)
+    assert abs(total / 1e6 - paper.params_m) / paper.params_m < 0.02
+    no_aux = total - mf.count_params(model.auxiliary_head)
+    assert no_aux / 1e6 == pytest.approx(official_no_aux_m, abs=0.01)
+    assert model.backbone.feature_info[4]["reduction"] == 8
+
+
+def test_table3_macs_tiny():
+    with torch.device("meta"):
+        model = mf.create_model("upernet_cednet_next_t")
+    paper = paper_figures("upernet_cednet_next_t")
+    macs = mf.count_macs(model, (1, *paper.input_size), rules=paper.macs_rules)
+    assert macs / 1e9 == pytest.approx(paper.gmacs, rel=0.005)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_config_builds_the_registered_model(name):
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    assert cfg["model"]["name"] == name
+    opt = cfg["optimizer"]
+    assert (opt["type"], opt["lr"], opt["weight_decay"]) == ("adamw", 1e-4, 0.05)
+    assert opt["layer_decay"]["rate"] == 0.9
+    assert opt["layer_decay"]["num_layers"] == (4 if name.endswith("_t") else 7)
+    assert cfg["loss"]["auxiliary_weights"] == [0.4]
+    with torch.device("meta"):
+        model = mf.create_model(name, **cfg["model"]["kwargs"])
+        default = mf.create_model(name)
+    assert mf.count_params(model) == mf.count_params(default)
+    assert isinstance(model.decode_head.bottleneck.bn, torch.nn.SyncBatchNorm)
+
+
+def test_batch_of_one_in_training_says_why():
+    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16).train()
+    with pytest.raises(ValueError, match="at least 2 images"):
+        head(_features(batch=1))
+    assert head.eval()(_features(batch=1)).shape == (1, 5, 9, 12)
+    gn = UPerHead(
+        [8, 16, 24, 32], num_classes=5, channels=64, norm="gn", pool_scales=(1, 2)
+    ).train()
+    assert gn(_features(batch=1)).shape == (1, 5, 9, 12)
