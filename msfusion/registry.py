@@ -64,6 +64,7 @@ _paper: dict[str, PaperFigures] = {}
 _MODEL_MODULES = (
     "msfusion.models.backbones.mscan",
     "msfusion.models.segnext",
+    "msfusion.models.segnext_ablations",
     "msfusion.models.backbones.cednet",
     "msfusion.models.upernet_cednet",
 )

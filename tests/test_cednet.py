@@ -357,3 +357,22 @@ def test_unknown_keys_are_kept_for_the_loader_to_report():
     assert "stem.0.weight" in from_official(
         {"state_dict": {"module.backbone.stem.0.weight": torch.zeros(1)}}
     )
+
+
+# mmdet RetinaHead on 256 channels, 80 classes, 9 anchors: 4+4 3x3 convs, cls and reg outputs.
+RETINA_HEAD = 8 * (256 * 256 * 9 + 256) + (256 * 720 * 9 + 720) + (256 * 36 * 9 + 36)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, table_m",
+    [
+        ("cednet_r50_t", {}, 39),  # Table 5
+        ("cednet_swin_t", {}, 37),  # Table 5
+        ("cednet_cswin_t", {}, 33),  # Table 5
+        ("cednet_next_t", {}, 38.6),  # Table 8, with LR blocks
+        ("cednet_next_t", {"lr_block": False}, 38.5),  # Table 8, without
+    ],
+)
+def test_retinanet_sizes_match_tables_5_and_8(name, kwargs, table_m):
+    total = (mf.count_params(meta(name, pyramid="p3p7", **kwargs)) + RETINA_HEAD) / 1e6
+    assert abs(total - table_m) / table_m < 0.025, total

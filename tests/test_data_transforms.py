@@ -193,3 +193,29 @@ def test_training_is_reproducible_given_torch_seed() -> None:
     torch.manual_seed(0)
     assert torch.equal(first, dataset[0]["image"])
     assert not torch.equal(first, dataset[0]["image"])
+
+
+class ScriptedRng:
+    """Replays fixed draws, to pin the order in which a transform draws."""
+
+    def __init__(self, integers: list[int], uniforms: list[float]) -> None:
+        self._integers, self._uniforms = list(integers), list(uniforms)
+
+    def integers(self, low: int, high: int | None = None) -> int:
+        return self._integers.pop(0)
+
+    def uniform(self, low: float, high: float) -> float:
+        return self._uniforms.pop(0)
+
+
+def test_photometric_distortion_follows_mmseg_draw_order() -> None:
+    image = np.array([[[100, 50, 20]]], np.uint8)
+    distort = PhotoMetricDistortion()
+    # brightness on (+10); mode 0 = contrast last; saturation, hue off; contrast on (x2)
+    rng = ScriptedRng(integers=[1, 0, 0, 0, 1], uniforms=[10.0, 2.0])
+    out = distort({"image": image, "mask": None}, rng)["image"]
+    np.testing.assert_array_equal(out, [[[220, 120, 60]]])
+    # brightness off; mode 1 = contrast second, here off; saturation on (x0)
+    rng = ScriptedRng(integers=[0, 1, 0, 1, 0], uniforms=[0.0])
+    out = distort({"image": image, "mask": None}, rng)["image"]
+    np.testing.assert_array_equal(out, [[[100, 100, 100]]])

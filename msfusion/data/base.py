@@ -122,7 +122,11 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image ``(H, W, 3)`` uint8 and mask ``(H, W)`` uint8 without transforms."""
+        """Image ``(H, W, 3)`` uint8 and mask ``(H, W)`` uint8 (train ids) without transforms.
+
+        Bad files are handled as in ``__getitem__`` (raise, or the next valid
+        sample with ``on_bad_file="skip"``).
+        """
         sample = self._load(self._check_index(index))
         return sample.image, sample.mask
 

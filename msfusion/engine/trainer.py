@@ -444,7 +444,10 @@ class Trainer:
                         for k, v in logs.items():
                             self._writer.add_scalar(f"train/{k}", v, self.step)
                 if main and bar is None and self.history and self.history[-1]["step"] == self.step:
-                    print(f"step {self.step}/{iters} loss {logs['loss']:.4f} lr {logs['lr']:.2e}", flush=True)
+                    print(
+                        f"step {self.step}/{iters} loss {logs['loss']:.4f} lr {logs['lr']:.2e}",
+                        flush=True,
+                    )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
