@@ -25,7 +25,6 @@ COMMANDS = {
     "export": "export",
     "demo": "demo",
     "gradmap": "gradmap",
-    "erf": "erf",
 }
 
 

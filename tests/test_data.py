@@ -242,9 +242,7 @@ def test_grayscale_and_rgba_images_become_rgb(tmp_path: Path) -> None:
 def test_cityscapes_prefers_label_train_ids(tmp_path: Path) -> None:
     fmt = FORMATS["cityscapes"]
     root = fmt.write(tmp_path)
-    train_ids = fmt.label(root, 0).with_name(
-        fmt.label(root, 0).name.replace("labelIds", "labelTrainIds")
-    )
+    train_ids = fmt.label(root, 0).with_name(fmt.label(root, 0).name.replace("labelIds", "labelTrainIds"))
     save_label(train_ids, banded([5, 255]))
     dataset = open_dataset(fmt, root)
     assert band_values(dataset.load_raw(0)[1], 2) == [5, 255]
@@ -291,9 +289,7 @@ def test_voc_aug_adds_sbd_ids(tmp_path: Path) -> None:
 
 
 def test_folder_flat_layout_and_palette_masks(tmp_path: Path) -> None:
-    (tmp_path / "classes.yaml").write_text(
-        "names: [background, cat]\npalette: [[0, 0, 0], [200, 10, 10]]\n"
-    )
+    (tmp_path / "classes.yaml").write_text("names: [background, cat]\npalette: [[0, 0, 0], [200, 10, 10]]\n")
     save_image(tmp_path / "images/a.png", 0)
     colours = np.zeros((H, W, 3), np.uint8)
     colours[:, W // 2 :] = (200, 10, 10)

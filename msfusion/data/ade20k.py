@@ -54,9 +54,7 @@ class ADE20KDataset(FileSegmentationDataset):
         labels = [label_dir / f"{image.stem}.png" for image in images]
         LAYOUT.require_files(labels)
         table = reduce_zero_label_table(len(ADE20K_CLASSES))
-        samples = [
-            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
-        ]
+        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         palette = pascal_colormap(len(ADE20K_CLASSES) + 1)[1:]
         super().__init__(samples, ADE20K_CLASSES, palette, transforms, on_bad_file, aug_seed)
         self.root = root

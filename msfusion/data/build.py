@@ -61,8 +61,7 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
 def _lookup(kind: str, name: Any, table: Mapping[str, Any]) -> Any:
     if name not in table:
         raise ValueError(
-            f"unknown {kind} type {name!r}; choose one of {sorted(table)}."
-            + _suggest(str(name), list(table))
+            f"unknown {kind} type {name!r}; choose one of {sorted(table)}." + _suggest(str(name), list(table))
         )
     return table[name]
 
@@ -71,9 +70,7 @@ def _check_keys(kind: str, factory: Callable[..., Any], kwargs: Mapping[str, Any
     allowed = [p for p in inspect.signature(factory).parameters if p != "self"]
     for key in kwargs:
         if key not in allowed:
-            raise ValueError(
-                f"unknown key {key!r} for {kind}; allowed keys: {allowed}." + _suggest(key, allowed)
-            )
+            raise ValueError(f"unknown key {key!r} for {kind}; allowed keys: {allowed}." + _suggest(key, allowed))
 
 
 def build_transforms(cfg: Mapping[str, Any]) -> Transform:
@@ -137,7 +134,5 @@ def collate_segmentation(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _pad_stack(tensors: Sequence[torch.Tensor], value: float) -> torch.Tensor:
     height = max(t.shape[-2] for t in tensors)
     width = max(t.shape[-1] for t in tensors)
-    padded = [
-        F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value) for t in tensors
-    ]
+    padded = [F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value) for t in tensors]
     return torch.stack(padded)

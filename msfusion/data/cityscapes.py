@@ -60,9 +60,7 @@ class CityscapesDataset(FileSegmentationDataset):
         aug_seed: int | None = None,
     ) -> None:
         root = LAYOUT.find_root(root, "leftImg8bit", ["cityscapes"])
-        images = LAYOUT.list_images(
-            root / "leftImg8bit" / split, f"*{_IMAGE_SUFFIX}", recursive=True
-        )
+        images = LAYOUT.list_images(root / "leftImg8bit" / split, f"*{_IMAGE_SUFFIX}", recursive=True)
         label_root = LAYOUT.require_dir(root / "gtFine" / split)
         samples, expected = [], []
         for image in images:
@@ -76,8 +74,6 @@ class CityscapesDataset(FileSegmentationDataset):
                 samples.append(SamplePaths(image, label_ids, LABEL_ID_TABLE))
                 expected.append(label_ids)
         LAYOUT.require_files(expected)
-        super().__init__(
-            samples, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms, on_bad_file, aug_seed
-        )
+        super().__init__(samples, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms, on_bad_file, aug_seed)
         self.root = root
         self.split = split

@@ -36,9 +36,7 @@ _SPLITS = {"train": "train2017", "val": "val2017", "train2017": "train2017",
 RAW_ID_TABLE = table_from_mapping(
     {
         raw: train_id
-        for train_id, raw in enumerate(
-            r for r in range(COCO_STUFF_NUM_RAW_IDS) if r not in COCO_STUFF_UNUSED_IDS
-        )
+        for train_id, raw in enumerate(r for r in range(COCO_STUFF_NUM_RAW_IDS) if r not in COCO_STUFF_UNUSED_IDS)
     }
 )
 TRAIN_ID_TABLE = identity_table(len(COCO_STUFF_CLASSES))

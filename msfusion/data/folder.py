@@ -58,28 +58,21 @@ def read_classes_yaml(path: Path) -> tuple[list[str], list[tuple[int, int, int]]
     if palette is None:
         return names, None
     valid = isinstance(palette, list) and all(
-        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in c)
-        for c in palette
+        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in c) for c in palette
     )
     if not valid or len(palette) != len(names):
-        raise ValueError(
-            f"{path}: 'palette' must list one [r, g, b] (0-255) per class ({len(names)} classes)"
-        )
+        raise ValueError(f"{path}: 'palette' must list one [r, g, b] (0-255) per class ({len(names)} classes)")
     return names, [tuple(color) for color in palette]
 
 
-def write_classes_yaml(
-    root: str | Path, names: Sequence[str], palette: Sequence[Sequence[int]]
-) -> None:
+def write_classes_yaml(root: str | Path, names: Sequence[str], palette: Sequence[Sequence[int]]) -> None:
     """Write ``root/classes.yaml`` with ``names`` and ``palette``."""
     content = {"names": list(names), "palette": [[int(v) for v in c] for c in palette]}
     Path(root).mkdir(parents=True, exist_ok=True)
     (Path(root) / "classes.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
 
 
-def write_folder_sample(
-    root: str | Path, split: str, stem: str, image: np.ndarray, mask: np.ndarray
-) -> None:
+def write_folder_sample(root: str | Path, split: str, stem: str, image: np.ndarray, mask: np.ndarray) -> None:
     """Write one image (PNG) and its mask (single-channel PNG) in the folder layout."""
     for folder, array in (("images", image), ("masks", mask)):
         out_dir = Path(root) / folder / split
@@ -123,9 +116,7 @@ class FolderDataset(FileSegmentationDataset):
         labels = [mask_dir / f"{image.stem}.png" for image in images]
         LAYOUT.require_files(labels)
         table = identity_table(len(names))
-        samples = [
-            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
-        ]
+        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         has_unique_palette = palette is not None and len(set(palette)) == len(palette)
         super().__init__(
             samples,

@@ -62,8 +62,7 @@ def read_label(path: str | Path, colors: Sequence[Sequence[int]] | None = None) 
     except _DECODE_ERRORS as error:
         raise InvalidSampleError(f"cannot read label image {path}: {error}", str(path)) from error
     raise InvalidSampleError(
-        f"label image {path} has mode {mode}; expected a single-channel PNG of class "
-        "indices (mode 'L' or 'P')",
+        f"label image {path} has mode {mode}; expected a single-channel PNG of class indices (mode 'L' or 'P')",
         str(path),
     )
 
@@ -78,9 +77,7 @@ def _decode_colors(rgb: np.ndarray, colors: Sequence[Sequence[int]], path: str) 
     if not known.all():
         unknown = np.unique(pixels[~known])[:5].tolist()
         shown = ", ".join(str(((c >> 16) & 255, (c >> 8) & 255, c & 255)) for c in unknown)
-        raise InvalidSampleError(
-            f"label image {path} contains colours not in the class palette: {shown}", path
-        )
+        raise InvalidSampleError(f"label image {path} contains colours not in the class palette: {shown}", path)
     return order[position].reshape(rgb.shape[:2]).astype(np.int32)
 
 

@@ -49,17 +49,13 @@ class ISAIDDataset(FileSegmentationDataset):
     ) -> None:
         root = LAYOUT.find_root(root, "img_dir", ["iSAID"])
         images = [
-            p
-            for p in LAYOUT.list_images(root / "img_dir" / split, "*.png")
-            if not p.name.endswith(_LABEL_SUFFIX)
+            p for p in LAYOUT.list_images(root / "img_dir" / split, "*.png") if not p.name.endswith(_LABEL_SUFFIX)
         ]
         label_dir = LAYOUT.require_dir(root / "ann_dir" / split)
         labels = [label_dir / f"{image.stem}{_LABEL_SUFFIX}" for image in images]
         LAYOUT.require_files(labels)
         table = identity_table(len(ISAID_CLASSES))
-        samples = [
-            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
-        ]
+        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         super().__init__(
             samples,
             ISAID_CLASSES,

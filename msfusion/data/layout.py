@@ -28,9 +28,7 @@ class DatasetLayout:
 
     def missing(self, path: Path, what: str = "folder") -> FileNotFoundError:
         """The error for a missing folder or file."""
-        return FileNotFoundError(
-            f"{self.name}: missing {what} {path}\nExpected layout:\n{self.tree}"
-        )
+        return FileNotFoundError(f"{self.name}: missing {what} {path}\nExpected layout:\n{self.tree}")
 
     def find_root(self, root: str | Path, marker: str, wrappers: Sequence[str] = ()) -> Path:
         """Locate the dataset folder given it or one of its parents.
@@ -80,8 +78,7 @@ class DatasetLayout:
         images = sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
             raise ValueError(
-                f"{self.name}: no image files matching {pattern!r} in {folder}\n"
-                f"Expected layout:\n{self.tree}"
+                f"{self.name}: no image files matching {pattern!r} in {folder}\nExpected layout:\n{self.tree}"
             )
         return images
 

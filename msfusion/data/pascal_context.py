@@ -54,12 +54,8 @@ class PascalContextDataset(FileSegmentationDataset):
         LAYOUT.require_files(images, "image files")
         LAYOUT.require_files(labels)
         table = reduce_zero_label_table(len(PASCAL_CONTEXT_59_CLASSES))
-        samples = [
-            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
-        ]
+        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         palette = pascal_colormap(len(PASCAL_CONTEXT_59_CLASSES) + 1)[1:]
-        super().__init__(
-            samples, PASCAL_CONTEXT_59_CLASSES, palette, transforms, on_bad_file, aug_seed
-        )
+        super().__init__(samples, PASCAL_CONTEXT_59_CLASSES, palette, transforms, on_bad_file, aug_seed)
         self.root = root
         self.split = split

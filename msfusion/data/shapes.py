@@ -17,9 +17,12 @@ Generation of image ``i`` of split ``s``:
   circumscribed diameter drawn log-uniformly from ``min_object_size`` pixels
   to ``max_object_fraction`` of the short image side, a random rotation and
   centre (objects may leave the frame);
-- object colour: a saturated hue around the class's hue (+-40 degrees, so
-  neighbouring classes overlap), and a random hue for 10 % of objects, so
-  shape is the main cue; texture is flat with noise, shaded or striped;
+- object colour: a saturated hue within +-25 degrees of the class's hue
+  (class hues are 60 degrees apart), and a random hue for 5 % of objects;
+  with shading and noise, the nearest class hue is right for about 96 % of
+  object pixels, so colour is a strong cue and shape decides the rest (a
+  tiny U-Net reaches about 0.86 mIoU at 64x64 after 7 CPU-minutes);
+  texture is flat with noise, shaded or striped;
 - objects are drawn roughly largest first, with jitter in the order so that
   large objects sometimes cover small ones; later objects occlude earlier
   ones and the masks keep only what is visible.
@@ -43,8 +46,8 @@ from msfusion.data.transforms import Transform
 SHAPE_CLASSES: list[str] = ["background", "circle", "square", "triangle", "star", "cross", "bar"]
 _CLASS_HUES = {1: 0.0, 2: 60.0, 3: 120.0, 4: 180.0, 5: 240.0, 6: 300.0}  # degrees
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-_HUE_JITTER = 40.0
-_RANDOM_HUE_PROB = 0.1
+_HUE_JITTER = 25.0
+_RANDOM_HUE_PROB = 0.05
 _MIN_OBJECTS = 3
 
 
@@ -53,8 +56,7 @@ def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
 
 
 SHAPE_PALETTE: list[tuple[int, int, int]] = [(0, 0, 0)] + [
-    tuple(int(round(v)) for v in _hsv_to_rgb(_CLASS_HUES[k], 1.0, 1.0))
-    for k in range(1, len(SHAPE_CLASSES))
+    tuple(int(round(v)) for v in _hsv_to_rgb(_CLASS_HUES[k], 1.0, 1.0)) for k in range(1, len(SHAPE_CLASSES))
 ]
 
 
@@ -71,9 +73,7 @@ def _blend(t: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return first.astype(np.float32) * (1.0 - t) + second.astype(np.float32) * t
 
 
-def _linear_field(
-    rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, stripes: bool
-) -> np.ndarray:
+def _linear_field(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, stripes: bool) -> np.ndarray:
     """A field in 0..1 over the given pixel coordinates: a gradient or soft stripes."""
     angle = rng.uniform(0.0, 2.0 * np.pi)
     projection = xs * np.float32(np.cos(angle)) + ys * np.float32(np.sin(angle))
@@ -95,10 +95,7 @@ def _noise(rng: np.random.Generator, std: float, shape: tuple[int, ...]) -> np.n
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    colors = [
-        _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.15, 0.85))
-        for _ in range(2)
-    ]
+    colors = [_hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.15, 0.85)) for _ in range(2)]
     kind = int(rng.integers(3))
     if kind == 2:
         field = _blotch_field(rng, height, width)
@@ -108,9 +105,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image + _noise(rng, rng.uniform(2.0, 8.0), image.shape)
 
 
-def _object_texture(
-    rng: np.random.Generator, label: int, ys: np.ndarray, xs: np.ndarray
-) -> np.ndarray:
+def _object_texture(rng: np.random.Generator, label: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Colours ``(P, 3)`` of an object's pixels at coordinates ``ys, xs``."""
     if rng.random() < _RANDOM_HUE_PROB:
         hue = rng.uniform(0.0, 360.0)
@@ -192,14 +187,10 @@ def render_shapes(
         canvas = Image.new("L", (width, height), 0)
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         angle = rng.uniform(0.0, 2.0 * np.pi)
-        _draw_shape(
-            ImageDraw.Draw(canvas), int(labels[index]), cx, cy, sizes[index] / 2, angle, rng
-        )
+        _draw_shape(ImageDraw.Draw(canvas), int(labels[index]), cx, cy, sizes[index] / 2, angle, rng)
         ys, xs = np.nonzero(np.asarray(canvas))
         owner[ys, xs] = slot
-        texture = _object_texture(
-            rng, int(labels[index]), ys.astype(np.float32), xs.astype(np.float32)
-        )
+        texture = _object_texture(rng, int(labels[index]), ys.astype(np.float32), xs.astype(np.float32))
         image[ys, xs] = texture
     image += _noise(rng, 3.0, image.shape)
     drawn_labels = labels[order]

@@ -161,9 +161,7 @@ class RandomResize:
     the keep-ratio rule of :func:`rescale_size`.
     """
 
-    def __init__(
-        self, scale: Sequence[int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0)
-    ) -> None:
+    def __init__(self, scale: Sequence[int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0)) -> None:
         if ratio_range[0] <= 0 or ratio_range[0] > ratio_range[1]:
             raise ValueError(f"ratio_range must be 0 < low <= high, got {ratio_range}")
         self.scale = tuple(scale)
@@ -232,9 +230,7 @@ class RandomCrop:
         out["image"] = sample["image"][top : top + crop_h, left : left + crop_w]
         out["mask"] = sample["mask"][top : top + crop_h, left : left + crop_w]
         if "instance_masks" in sample:
-            out["instance_masks"] = sample["instance_masks"][
-                :, top : top + crop_h, left : left + crop_w
-            ]
+            out["instance_masks"] = sample["instance_masks"][:, top : top + crop_h, left : left + crop_w]
         return out
 
     def __repr__(self) -> str:
@@ -293,9 +289,7 @@ class PhotoMetricDistortion:
         return image
 
     @staticmethod
-    def _hsv(
-        image: np.ndarray, channel: int, change: Callable[[np.ndarray], np.ndarray]
-    ) -> np.ndarray:
+    def _hsv(image: np.ndarray, channel: int, change: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         hsv = np.array(Image.fromarray(image).convert("HSV"))
         hsv[..., channel] = change(hsv[..., channel])
         size = (hsv.shape[1], hsv.shape[0])
@@ -315,9 +309,7 @@ class PhotoMetricDistortion:
         if rng.integers(2):
             # OpenCV stores hue in 180 steps per turn, PIL in 256.
             shift = int(rng.integers(-self.hue_delta, self.hue_delta)) * 256 / 180
-            image = self._hsv(
-                image, 0, lambda h: np.round(h.astype(np.float32) + shift).astype(np.int64) % 256
-            )
+            image = self._hsv(image, 0, lambda h: np.round(h.astype(np.float32) + shift).astype(np.int64) % 256)
         if contrast_last:
             image = self._contrast(image, rng)
         return {**sample, "image": np.ascontiguousarray(image, dtype=np.uint8)}
@@ -333,9 +325,7 @@ class PhotoMetricDistortion:
 class Normalize:
     """``(image - mean) / std`` per RGB channel; uint8 in, float32 out."""
 
-    def __init__(
-        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
@@ -356,9 +346,7 @@ class Pad:
         seg_pad_val: Mask fill, the ignore index, so padding adds no loss.
     """
 
-    def __init__(
-        self, size: int | Sequence[int], pad_val: float = 0.0, seg_pad_val: int = IGNORE_INDEX
-    ) -> None:
+    def __init__(self, size: int | Sequence[int], pad_val: float = 0.0, seg_pad_val: int = IGNORE_INDEX) -> None:
         self.size = _pair(size)
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val

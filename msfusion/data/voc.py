@@ -53,9 +53,7 @@ class VOCSegmentationDataset(FileSegmentationDataset):
         root = LAYOUT.find_root(root, "JPEGImages", ["VOC2012", "VOCdevkit/VOC2012"])
         split_dir = root / "ImageSets" / "Segmentation"
         image_dir = LAYOUT.require_dir(root / "JPEGImages")
-        pairs = [
-            (i, "SegmentationClass") for i in LAYOUT.read_split_file(split_dir / f"{split}.txt")
-        ]
+        pairs = [(i, "SegmentationClass") for i in LAYOUT.read_split_file(split_dir / f"{split}.txt")]
         if aug:
             seen = {sample_id for sample_id, _ in pairs}
             aug_ids = LAYOUT.read_split_file(split_dir / "aug.txt")
@@ -67,9 +65,7 @@ class VOCSegmentationDataset(FileSegmentationDataset):
         LAYOUT.require_files(images, "image files")
         LAYOUT.require_files(labels)
         table = identity_table(len(VOC_CLASSES))
-        samples = [
-            SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)
-        ]
+        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         palette = pascal_colormap(len(VOC_CLASSES))
         super().__init__(samples, VOC_CLASSES, palette, transforms, on_bad_file, aug_seed)
         self.root = root
