@@ -53,9 +53,7 @@ def check_onnx(
             expected = model(x).float().numpy()
         got = session.run(None, {input_name: x.numpy()})[0]
         if got.shape != expected.shape:
-            raise ValueError(
-                f"ONNX output shape {got.shape} differs from PyTorch {expected.shape} for input {size}"
-            )
+            raise ValueError(f"ONNX output shape {got.shape} differs from PyTorch {expected.shape} for input {size}")
         diffs["x".join(map(str, size))] = float(np.abs(got - expected).max())
     return diffs
 
@@ -168,9 +166,7 @@ def export_onnx(
             atomic_write(path, lambda tmp, export=export: export(graph_model, x, Path(tmp), opset))
             diffs = check_onnx(model, path, sizes)
         except Exception as err:  # exporters raise many types; try the next one
-            failures.append(
-                f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            )
+            failures.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
         worst = max(diffs.values())
         if worst <= atol:

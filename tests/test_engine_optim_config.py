@@ -12,7 +12,7 @@ import yaml
 import msfusion
 from msfusion.engine.config import ConfigError, apply_overrides, load_config, validate_config
 from msfusion.engine.demo import DEMO_RECIPE
-from msfusion.engine.optim import PolyWarmup, build_optimizer, build_param_groups, build_scheduler, match_custom_key
+from msfusion.engine.optim import build_optimizer, build_param_groups, build_scheduler, match_custom_key
 
 OFFICIAL_KEYS = {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}}
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,9 @@ def test_unknown_keys_rejected_with_did_you_mean(tmp_path):
 
 
 def test_overrides_parse_yaml_scalars_and_open_trees():
-    cfg = load_config(None, ["optim.lr=1e-3", "data.crop_size=[64, 32]", "data.train.num_images=7", "train.clip_grad=null"])
+    cfg = load_config(
+        None, ["optim.lr=1e-3", "data.crop_size=[64, 32]", "data.train.num_images=7", "train.clip_grad=null"]
+    )
     assert cfg["optim"]["lr"] == 1e-3 and cfg["data"]["crop_size"] == [64, 32]
     assert cfg["data"]["train"] == {"num_images": 7} and cfg["train"]["clip_grad"] is None
     assert apply_overrides({}, ["model.kwargs.anything=1"])["model"]["kwargs"] == {"anything": 1}
@@ -107,7 +109,9 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "configs" / "segnext_*.yaml"))) + [str(ROOT / "configs" / "demo_shapes.yaml")])
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(str(ROOT / "configs" / "segnext_*.yaml"))) + [str(ROOT / "configs" / "demo_shapes.yaml")]
+)
 def test_shipped_recipes_validate(path):
     cfg = load_config(path)
     assert msfusion.list_models(cfg["model"]["name"]) == [cfg["model"]["name"]]

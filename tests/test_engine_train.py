@@ -155,3 +155,10 @@ def test_bad_mask_values_are_named(tmp_path):
     mask[0, 0, 1] = 255
     with pytest.raises(ValueError, match=r"\[7\].*outside \[0, 3\).*img.png"):
         task.loss(forward, {"image": torch.zeros(1, 3, 4, 4), "mask": mask, "path": ["img.png"]})
+
+
+def test_resume_with_more_iterations_follows_the_new_schedule(tmp_path):
+    train(tiny_config(tmp_path, "schedule.iters=2"))  # ends with lr 0 (poly reaches the end)
+    summary = train(tiny_config(tmp_path, "schedule.iters=4"), resume=True)
+    lrs = {h["step"]: h["lr"] for h in summary["history"]}
+    assert summary["step"] == 4 and lrs[3] == pytest.approx(2e-3 * (1 - 2 / 4))

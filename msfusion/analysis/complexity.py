@@ -65,14 +65,15 @@ def _out_numel(out: Any) -> int:
 
 
 def _conv(args, kwargs, out) -> int:
+    # aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)
     x, w = args[0], args[1]
     transposed = bool(args[6]) if len(args) > 6 else False
-    groups = int(args[8]) if len(args) > 8 else 1
     kernel = _numel(w.shape[2:])
     if transposed:
-        # Each input element scatters into out_chs/groups x kernel outputs.
-        return x.numel() * (w.shape[1]) * kernel
-    return _out_numel(out) * (w.shape[1]) * kernel if groups else 0
+        # Weight is (in, out/groups, k...): each input element feeds out/groups x kernel outputs.
+        return x.numel() * w.shape[1] * kernel
+    # Weight is (out, in/groups, k...): each output element sums in/groups x kernel products.
+    return _out_numel(out) * w.shape[1] * kernel
 
 
 def _mm(args, kwargs, out) -> int:

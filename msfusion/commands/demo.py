@@ -6,9 +6,7 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        name, help="the embedded demo: train, evaluate, write a report folder (no download)"
-    )
+    p = subparsers.add_parser(name, help="the embedded demo: train, evaluate, write a report folder (no download)")
     p.add_argument("--out", default="msfusion_demo", help="report folder (default: msfusion_demo)")
     p.add_argument(
         "--set",

@@ -10,13 +10,9 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help="evaluate a checkpoint on a recipe's validation set")
     p.add_argument("config", help="YAML recipe whose data.val and eval sections are used")
-    p.add_argument(
-        "--checkpoint", required=True, help="weights (.safetensors of ours, or an official .pth)"
-    )
+    p.add_argument("--checkpoint", required=True, help="weights (.safetensors of ours, or an official .pth)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test")
-    p.add_argument(
-        "--mode", choices=("whole", "slide"), help="test mode (default: the recipe's eval.mode)"
-    )
+    p.add_argument("--mode", choices=("whole", "slide"), help="test mode (default: the recipe's eval.mode)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--out",
@@ -28,6 +24,18 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from msfusion.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except CheckpointError as err:
+        print(f"msfusion eval: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from msfusion.checkpoint import load_checkpoint, read_metadata

@@ -8,9 +8,7 @@ import json
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help="export a model to ONNX and check it with onnxruntime")
-    p.add_argument(
-        "model", nargs="?", help="a registered model name (random weights), or use --checkpoint"
-    )
+    p.add_argument("model", nargs="?", help="a registered model name (random weights), or use --checkpoint")
     p.add_argument(
         "--checkpoint",
         help="a .safetensors checkpoint of ours (the model is rebuilt from its .json)",
@@ -29,6 +27,18 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from msfusion.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except CheckpointError as err:
+        print(f"msfusion export: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     import msfusion
     from msfusion.export import DEFAULT_OPSET, export_onnx
 
@@ -43,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
         height, width = (int(v) for v in args.input.lower().split("x"))
     except ValueError:
         raise ValueError(f"--input must look like 512x512, got {args.input!r}") from None
-    report = export_onnx(
-        model, args.onnx, (1, 3, height, width), args.opset or DEFAULT_OPSET, exporter=args.exporter
-    )
+    report = export_onnx(model, args.onnx, (1, 3, height, width), args.opset or DEFAULT_OPSET, exporter=args.exporter)
     print(json.dumps(report, indent=2))
-    print(
-        f"max |PyTorch - onnxruntime| = {report['max_abs_diff']:.2e} (fp32, {report['exporter']} exporter)"
-    )
+    print(f"max |PyTorch - onnxruntime| = {report['max_abs_diff']:.2e} (fp32, {report['exporter']} exporter)")
     return 0

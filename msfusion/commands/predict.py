@@ -7,12 +7,8 @@ import argparse
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help="segment images and write PNG masks and overlays")
-    p.add_argument(
-        "inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images"
-    )
-    p.add_argument(
-        "--checkpoint", required=True, help="a .safetensors checkpoint of ours (with its .json)"
-    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of ours (with its .json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test")
     p.add_argument("--slide", metavar="CROP,STRIDE", help="sliding-window test, e.g. 512,341")
@@ -40,6 +36,18 @@ def _pair(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from msfusion.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except CheckpointError as err:
+        print(f"msfusion predict: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     from msfusion.checkpoint import load_model, read_metadata
     from msfusion.engine.predictor import predict_files
 

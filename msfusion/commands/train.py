@@ -7,6 +7,7 @@ command runs data-parallel (gloo on CPU, NCCL on GPUs).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -21,9 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set optim.lr=1e-4 --set data.batch_size=8 (repeatable)",
     )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from <work_dir>/checkpoints/latest.json"
-    )
+    p.add_argument("--resume", action="store_true", help="continue from <work_dir>/checkpoints/latest.json")
     p.add_argument("--work-dir", help="shortcut for --set train.work_dir=DIR")
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
@@ -49,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError) as err:
         print(f"msfusion train: error: {err}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     best = summary["best"]
     if best:
         print(f"best {best['metric']} {100 * best['value']:.2f} at step {best['step']}")

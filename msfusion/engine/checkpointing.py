@@ -105,9 +105,7 @@ def save_training_checkpoint(
     state_path = folder / f"iter_{step:07d}.state.pt"
     atomic_write(state_path, lambda tmp: torch.save({**state, "step": step}, tmp))
     pointer = {"step": step, "weights": weights.name, "state": state_path.name}
-    atomic_write(
-        folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=2))
-    )
+    atomic_write(folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=2)))
     steps = sorted(int(p.name[5:12]) for p in folder.glob("iter_*.state.pt"))
     for old in steps[: max(len(steps) - keep, 0)]:
         if old == step:
@@ -127,9 +125,7 @@ def latest_checkpoint(work_dir: str | Path) -> tuple[Path, Path] | None:
         pointer = json.loads(pointer_path.read_text())
         weights, state = folder / pointer["weights"], folder / pointer["state"]
     except (json.JSONDecodeError, KeyError) as err:
-        raise CheckpointError(
-            f"{pointer_path} is damaged ({err}); delete it to resume from an iter_* file"
-        ) from err
+        raise CheckpointError(f"{pointer_path} is damaged ({err}); delete it to resume from an iter_* file") from err
     for path in (weights, state):
         if not path.exists():
             raise CheckpointError(f"{pointer_path} names {path.name}, which is missing")
@@ -141,20 +137,14 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files
-        raise CheckpointError(
-            f"{path}: cannot read training state ({type(err).__name__}: {err})"
-        ) from err
+        raise CheckpointError(f"{path}: cannot read training state ({type(err).__name__}: {err})") from err
 
 
 def check_same_model(weights: str | Path, model: nn.Module) -> None:
     """Refuse to resume from a checkpoint of another model or variant (clear message, no partial load)."""
     saved = read_metadata(weights).get("model") or {}
     own = getattr(model, "model_cfg", None) or {}
-    if (
-        saved
-        and own
-        and (saved.get("name") != own.get("name") or saved.get("kwargs") != own.get("kwargs"))
-    ):
+    if saved and own and (saved.get("name") != own.get("name") or saved.get("kwargs") != own.get("kwargs")):
         raise CheckpointError(
             f"{weights} was written by model {saved.get('name')!r} with {saved.get('kwargs')}, but this recipe "
             f"builds {own.get('name')!r} with {own.get('kwargs')}. Resume with the recipe that wrote it, or use "

@@ -104,7 +104,6 @@ DEFAULTS: dict[str, Any] = {
         "tta": False,
         "scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
         "flip": True,
-        "batch_size": 1,
     },
 }
 
@@ -143,18 +142,12 @@ def _check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str =
             _check_keys(value, schema[key], f"{path}.")
 
 
-def merge_config(
-    base: Mapping[str, Any], update: Mapping[str, Any], prefix: str = ""
-) -> dict[str, Any]:
+def merge_config(base: Mapping[str, Any], update: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Deep-merge ``update`` into a copy of ``base``; open sub-trees are replaced, not merged."""
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         path = f"{prefix}{key}"
-        if (
-            isinstance(value, Mapping)
-            and isinstance(out.get(key), Mapping)
-            and path not in OPEN_KEYS
-        ):
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and path not in OPEN_KEYS:
             out[key] = merge_config(out[key], value, f"{path}.")
         elif isinstance(value, Mapping) and path in OPEN_KEYS and key == "custom_keys":
             out[key] = copy.deepcopy(dict(value))  # a recipe's custom keys replace the default set
@@ -171,13 +164,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         value = _get(full, path)
         if value not in choices:
             raise ConfigError(f"{path} must be one of {list(choices)}, got {value!r}")
-    positive = (
-        "data.batch_size",
-        "schedule.iters",
-        "train.grad_accum",
-        "train.log_interval",
-        "eval.batch_size",
-    )
+    positive = ("data.batch_size", "schedule.iters", "train.grad_accum", "train.log_interval")
     for path in positive:
         value = _get(full, path)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -243,11 +230,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             prefix = ".".join(parts[:depth])
             if not open_tree:
                 if not isinstance(schema, Mapping) or part not in schema:
-                    known = (
-                        [f"{prefix}.{k}" if prefix else k for k in schema]
-                        if isinstance(schema, Mapping)
-                        else []
-                    )
+                    known = [f"{prefix}.{k}" if prefix else k for k in schema] if isinstance(schema, Mapping) else []
                     raise ConfigError(
                         f"unknown config key {path!r} in --set.{_suggest('.'.join(parts[: depth + 1]), known)}"
                     )

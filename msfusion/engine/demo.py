@@ -32,7 +32,7 @@ __all__ = ["DEMO_RECIPE", "run_demo"]
 
 DEMO_RECIPE: dict[str, Any] = {
     "task": "segmentation",
-    "model": {"name": "segnext_t", "kwargs": {"drop_path_rate": 0.0}},
+    "model": {"name": "segnext_t", "kwargs": {"drop_path_rate": 0.0, "in_index": [0, 1, 2, 3]}},
     "data": {
         "train": {
             "type": "shapes",
@@ -50,15 +50,15 @@ DEMO_RECIPE: dict[str, Any] = {
         "photometric": False,
         "eval_scale": None,
     },
-    "optim": {"lr": 2.0e-3, "weight_decay": 0.01},
-    "schedule": {"iters": 500, "warmup_iters": 50},
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.01},
+    "schedule": {"iters": 600, "warmup_iters": 50},
     "train": {
         "work_dir": "work_dirs/demo",
         "seed": 0,
         "amp": "bf16",
         "log_interval": 10,
-        "eval_interval": 100,
-        "ckpt_interval": 500,
+        "eval_interval": 200,
+        "ckpt_interval": 600,
         "keep_checkpoints": 1,
     },
     "eval": {"mode": "whole"},

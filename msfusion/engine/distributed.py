@@ -46,9 +46,7 @@ class DistInfo:
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError(
-                "train.device is 'cuda' but CUDA is not available; use train.device=cpu"
-            )
+            raise ValueError("train.device is 'cuda' but CUDA is not available; use train.device=cpu")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -36,9 +36,7 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp 'fp16' needs CUDA; use amp=bf16 on CPU")
-    return torch.autocast(
-        device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16
-    )
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 @torch.no_grad()
@@ -64,9 +62,7 @@ def segment(
     crop = tuple(int(c) for c in crop_size) if mode == "slide" else None
     step = tuple(int(s) for s in stride) if mode == "slide" else None
     if tta:
-        return model.aug_inference(
-            images, scales=tuple(scales), flip=flip, crop_size=crop, stride=step
-        )
+        return model.aug_inference(images, scales=tuple(scales), flip=flip, crop_size=crop, stride=step)
     if mode == "slide":
         return model.slide_inference(images, crop, step)
     return model(images)
@@ -134,9 +130,7 @@ def evaluate_segmentation(
                 )
             scores = scores.float()
             if scores.shape[-2:] != mask.shape[-2:]:
-                scores = F.interpolate(
-                    scores, size=mask.shape[-2:], mode="bilinear", align_corners=False
-                )
+                scores = F.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)
             pred = scores.argmax(dim=1)[0]
             try:
                 confusion += confusion_matrix(pred, mask, num_classes, ignore_index)

@@ -23,9 +23,7 @@ from torch import Tensor
 __all__ = ["confusion_matrix", "metrics_from_confusion", "format_metrics_table", "save_metrics"]
 
 
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255
-) -> Tensor:
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
     """Count (label, prediction) pairs.
 
     Args:
@@ -41,9 +39,7 @@ def confusion_matrix(
         ValueError: shapes differ, or a label outside [0, K) that is not the ignore index.
     """
     if pred.shape != target.shape:
-        raise ValueError(
-            f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}"
-        )
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).long()
     keep = target != ignore_index
@@ -55,9 +51,7 @@ def confusion_matrix(
             f"label values {values} are outside [0, {num_classes}) and not the ignore index {ignore_index}"
         )
     index = target * num_classes + pred.clamp(0, num_classes - 1)
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -65,9 +59,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-def metrics_from_confusion(
-    confusion: Tensor, class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
+def metrics_from_confusion(confusion: Tensor, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """aAcc, mIoU, mAcc and the per-class table from a (K, K) confusion matrix.
 
     Returns:
@@ -80,9 +72,7 @@ def metrics_from_confusion(
     pred_area = cm.sum(dim=0)
     union = label_area + pred_area - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    acc = torch.where(
-        label_area > 0, tp / label_area.clamp(min=1), torch.full_like(tp, float("nan"))
-    )
+    acc = torch.where(label_area > 0, tp / label_area.clamp(min=1), torch.full_like(tp, float("nan")))
     total = label_area.sum().item()
     names = list(class_names) if class_names is not None else [str(i) for i in range(cm.shape[0])]
     if len(names) != cm.shape[0]:
@@ -114,9 +104,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     width = max([5] + [len(r["class"]) for r in rows])
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", f"{'-' * width}  ------  ------"]
     lines += [f"{r['class']:<{width}}  {_pct(r['IoU'])}  {_pct(r['Acc'])}" for r in rows]
-    lines.append(
-        f"aAcc {_pct(metrics['aAcc'])}  mIoU {_pct(metrics['mIoU'])}  mAcc {_pct(metrics['mAcc'])}"
-    )
+    lines.append(f"aAcc {_pct(metrics['aAcc'])}  mIoU {_pct(metrics['mIoU'])}  mAcc {_pct(metrics['mAcc'])}")
     return "\n".join(lines)
 
 
@@ -130,9 +118,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def save_metrics(
-    metrics: dict[str, Any], out_dir: str | Path, stem: str = "metrics"
-) -> tuple[Path, Path]:
+def save_metrics(metrics: dict[str, Any], out_dir: str | Path, stem: str = "metrics") -> tuple[Path, Path]:
     """Write ``<stem>.json`` (NaN as null) and ``<stem>_per_class.csv``; returns both paths."""
     from msfusion.checkpoint import atomic_write
 

@@ -93,9 +93,7 @@ def build_param_groups(
 
 def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
     """AdamW over :func:`build_param_groups` (config keys: lr, weight_decay, betas, eps, custom_keys)."""
-    groups = build_param_groups(
-        model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys")
-    )
+    groups = build_param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys"))
     if not groups:
         raise ValueError("the model has no trainable parameters")
     return torch.optim.AdamW(

@@ -45,9 +45,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             files += found
@@ -85,14 +83,10 @@ def predict_array(
     picture = image
     if resize:
         new_h, new_w = rescale_size((height, width), tuple(resize))
-        picture = np.asarray(
-            Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
-        )
+        picture = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     mean_t = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std or IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    tensor = (
-        torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1).float() - mean_t
-    ) / std_t
+    tensor = (torch.from_numpy(np.array(picture, dtype=np.float32)).permute(2, 0, 1) - mean_t) / std_t
     cfg = dict(eval_cfg or {})
     scores = segment(
         model,

@@ -47,10 +47,7 @@ class Task:
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """Move the tensors of a batch to ``device``."""
-        return {
-            k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
-            for k, v in batch.items()
-        }
+        return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def setup(self, model: nn.Module) -> None:
         """Read what the loss needs from the (unwrapped) model, once before training."""
@@ -90,11 +87,7 @@ def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[
         return {}
     if "type" not in cfg:
         raise ValueError(f"data.{split} needs a 'type' (one of {sorted(DATASET_TYPES)})")
-    accepted = (
-        set(inspect.signature(DATASET_TYPES[cfg["type"]]).parameters)
-        if cfg["type"] in DATASET_TYPES
-        else set()
-    )
+    accepted = set(inspect.signature(DATASET_TYPES[cfg["type"]]).parameters) if cfg["type"] in DATASET_TYPES else set()
     if "transforms" not in cfg:
         if split == "train":
             cfg["transforms"] = {
@@ -141,9 +134,7 @@ class SegmentationTask(Task):
         val_kwargs = _dataset_kwargs(data, "val", cfg["train"]["seed"])
         val = build_dataset(val_kwargs) if val_kwargs else None
         if val is not None and list(val.classes) != list(train.classes):
-            raise ValueError(
-                f"train and val datasets have different classes: {train.classes} vs {val.classes}"
-            )
+            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
         self.ignore_index = getattr(train, "ignore_index", self.ignore_index)
         return train, val
 
@@ -186,9 +177,7 @@ class SegmentationTask(Task):
         total = loss_main
         aux_logits = out.get("aux_logits") or []
         if len(aux_logits) != len(self.auxiliary_weights):
-            raise ValueError(
-                f"{len(aux_logits)} auxiliary outputs but {len(self.auxiliary_weights)} weights"
-            )
+            raise ValueError(f"{len(aux_logits)} auxiliary outputs but {len(self.auxiliary_weights)} weights")
         for i, (aux, weight) in enumerate(zip(aux_logits, self.auxiliary_weights, strict=True)):
             aux_loss = self._ce(aux, mask) * weight
             logs[f"loss_aux{i}"] = aux_loss.item()

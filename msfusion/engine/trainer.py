@@ -113,9 +113,7 @@ class StepBatches:
                 f"({accum} x {world_size})"
             )
         if num_samples < batch_size:
-            raise ValueError(
-                f"the training set has {num_samples} images, fewer than one batch of {batch_size}"
-            )
+            raise ValueError(f"the training set has {num_samples} images, fewer than one batch of {batch_size}")
         self.num_samples, self.batch_size, self.accum = num_samples, batch_size, accum
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.steps_per_epoch = num_samples // batch_size
@@ -126,9 +124,7 @@ class StepBatches:
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
-            perm = torch.randperm(
-                self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            )
+            perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             perm = torch.arange(self.num_samples)
         chunk = self.batch_size // self.accum
@@ -150,11 +146,7 @@ class TrainingForward(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         forward_train = getattr(self.model, "forward_train", None)
-        return (
-            forward_train(*args, **kwargs)
-            if callable(forward_train)
-            else self.model(*args, **kwargs)
-        )
+        return forward_train(*args, **kwargs) if callable(forward_train) else self.model(*args, **kwargs)
 
 
 def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
@@ -164,9 +156,7 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
     kwargs = dict(cfg["model"]["kwargs"] or {})
     for key, value in task.model_kwargs(dataset).items():
         if key in kwargs and kwargs[key] != value:
-            raise ValueError(
-                f"model.kwargs.{key}={kwargs[key]} but the training data gives {value}"
-            )
+            raise ValueError(f"model.kwargs.{key}={kwargs[key]} but the training data gives {value}")
         kwargs[key] = value
     model = create_model(cfg["model"]["name"], **kwargs)
     if cfg["model"]["pretrained"]:
@@ -301,10 +291,19 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"{state_path}: optimiser state does not fit this model ({err})"
-            ) from err
+            raise CheckpointError(f"{state_path}: optimiser state does not fit this model ({err})") from err
+        configured = [dict(vars(f)) for f in self.scheduler.lr_lambdas]
         self.scheduler.load_state_dict(state["scheduler"])
+        # The schedule is a function of the recipe: a resumed run with more iterations
+        # (--set schedule.iters=...) follows the new recipe rather than the saved one.
+        for factor, values in zip(self.scheduler.lr_lambdas, configured, strict=True):
+            vars(factor).update(values)
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         rng_states = state["rng"]
         if state.get("world_size", 1) == self.dist.world_size:
@@ -347,9 +346,7 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
         if self.dist.distributed:
-            all_reduce_sum(
-                bad
-            )  # every rank stops together instead of hanging in the next all-reduce
+            all_reduce_sum(bad)  # every rank stops together instead of hanging in the next all-reduce
         if bad.item() > 0:
             kept = (
                 f"the last good checkpoint is kept: {self.last_checkpoint}"
@@ -397,9 +394,7 @@ class Trainer:
         _set_train_mode(self.model, self.cfg["model"]["norm_eval"])
         key = self.task.primary_metric
         value = metrics[key]
-        self.evals.append(
-            {"step": self.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        )
+        self.evals.append({"step": self.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         if self._writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
@@ -407,9 +402,7 @@ class Trainer:
         if not self.best or value > self.best["value"]:
             self.best = {"metric": key, "value": value, "step": self.step}
             if self.dist.is_main:
-                save_best(
-                    self.work_dir, self.model, {**self._metadata(), "step": self.step, key: value}
-                )
+                save_best(self.work_dir, self.model, {**self._metadata(), "step": self.step, key: value})
         barrier()
         return metrics
 
@@ -435,36 +428,38 @@ class Trainer:
         start_time = time.perf_counter()
         last_metrics: dict[str, Any] | None = None
         try:
+            window: dict[str, list[float]] = {}
             while self.step < iters:
                 logs = self.train_step(batches)
+                for key, value in logs.items():
+                    window.setdefault(key, []).append(value)
                 if self.step % tcfg["log_interval"] == 0 or self.step == iters or self.step == 1:
-                    record = {"step": self.step, "time": time.perf_counter() - start_time, **logs}
+                    # Losses are averaged over the steps since the last record (a readable curve);
+                    # lr and grad norm are the current values.
+                    averaged = {k: sum(v) / len(v) for k, v in window.items() if k.startswith("loss")}
+                    window = {}
+                    record = {"step": self.step, "time": time.perf_counter() - start_time, **logs, **averaged}
                     self.history.append(record)
                     if self._writer is not None:
-                        for k, v in logs.items():
-                            self._writer.add_scalar(f"train/{k}", v, self.step)
+                        for k, v in record.items():
+                            if k not in ("step", "time"):
+                                self._writer.add_scalar(f"train/{k}", v, self.step)
                 if main and bar is None and self.history and self.history[-1]["step"] == self.step:
                     print(
-                        f"step {self.step}/{iters} loss {logs['loss']:.4f} lr {logs['lr']:.2e}",
+                        f"step {self.step}/{iters} loss {self.history[-1]['loss']:.4f} lr {logs['lr']:.2e}",
                         flush=True,
                     )
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False
-                    )
-                eval_now = tcfg["eval_interval"] and (
-                    self.step % tcfg["eval_interval"] == 0 or self.step == iters
-                )
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
+                eval_now = tcfg["eval_interval"] and (self.step % tcfg["eval_interval"] == 0 or self.step == iters)
                 if eval_now:
                     last_metrics = self.evaluate()
                     if main and last_metrics is not None:
                         key = self.task.primary_metric
                         message = f"step {self.step}: {key} {100 * last_metrics[key]:.2f}"
                         bar.write(message) if bar is not None else print(message, flush=True)
-                if tcfg["ckpt_interval"] and (
-                    self.step % tcfg["ckpt_interval"] == 0 or self.step == iters
-                ):
+                if tcfg["ckpt_interval"] and (self.step % tcfg["ckpt_interval"] == 0 or self.step == iters):
                     self.save()
         finally:
             if bar is not None:
@@ -503,9 +498,7 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> dict[str, Any]:
         trainer = Trainer(cfg, task, model, train_set, val_set, dist_info)
         if resume:
             if not trainer.resume() and dist_info.is_main:
-                print(
-                    f"--resume: no checkpoint in {trainer.work_dir / 'checkpoints'}; starting from step 0"
-                )
+                print(f"--resume: no checkpoint in {trainer.work_dir / 'checkpoints'}; starting from step 0")
         return trainer.fit()
     finally:
         cleanup_distributed()

@@ -69,11 +69,7 @@ def add_legend(
         palette: class colours.
         present: class ids to list (default: all).
     """
-    ids = (
-        list(range(len(classes)))
-        if present is None
-        else [int(i) for i in present if 0 <= int(i) < len(classes)]
-    )
+    ids = list(range(len(classes))) if present is None else [int(i) for i in present if 0 <= int(i) < len(classes)]
     font = ImageFont.load_default()
     row, swatch, pad = 14, 10, 4
     text_width = max([len(classes[i]) for i in ids] + [6]) * 6 + 3 * pad + swatch
@@ -93,9 +89,7 @@ def add_legend(
     return canvas
 
 
-def plot_training_curve(
-    history: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]], path: str | Path
-) -> Path:
+def plot_training_curve(history: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss and learning rate against the step, and the validation metric, in one PNG."""
     import matplotlib
 
@@ -109,21 +103,15 @@ def plot_training_curve(
     ax_loss.set_ylabel("loss", color="tab:blue")
     ax_loss.set_yscale("log")
     ax_lr = ax_loss.twinx()
-    ax_lr.plot(
-        steps, [h["lr"] for h in history], color="tab:orange", alpha=0.7, label="learning rate"
-    )
+    ax_lr.plot(steps, [h["lr"] for h in history], color="tab:orange", alpha=0.7, label="learning rate")
     ax_lr.set_ylabel("lr (first group)", color="tab:orange")
     ax_loss.set_title("training")
     if evals:
         key = "mIoU"
-        ax_val.plot(
-            [e["step"] for e in evals], [100 * e[key] for e in evals], marker="o", color="tab:green"
-        )
+        ax_val.plot([e["step"] for e in evals], [100 * e[key] for e in evals], marker="o", color="tab:green")
         for name, style in (("mAcc", "--"), ("aAcc", ":")):
             if all(name in e for e in evals):
-                ax_val.plot(
-                    [e["step"] for e in evals], [100 * e[name] for e in evals], style, label=name
-                )
+                ax_val.plot([e["step"] for e in evals], [100 * e[name] for e in evals], style, label=name)
         ax_val.set_ylim(0, 100)
         ax_val.legend(["mIoU", "mAcc", "aAcc"], loc="lower right")
     ax_val.set_xlabel("step")
