@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from msfusion.checkpoint import CheckpointError
+
 __all__ = ["main", "COMMANDS"]
 
 # Sub-command name -> module in msfusion.commands.
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
         return 2
 

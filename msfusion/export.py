@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["export_onnx", "check_onnx", "DEFAULT_OPSET"]
@@ -56,28 +55,6 @@ def check_onnx(
             raise ValueError(f"ONNX output shape {got.shape} differs from PyTorch {expected.shape} for input {size}")
         diffs["x".join(map(str, size))] = float(np.abs(got - expected).max())
     return diffs
-
-
-class _PadToDivisor(nn.Module):
-    """Pads to the model's ``size_divisor`` with integer shape arithmetic, then crops back.
-
-    The segmentor pads inside with ``math.ceil``, which the tracer records as a
-    constant (the graph would only be right at the export size); ``(d - h % d) % d``
-    stays a traced shape expression, so the graph is right at every size, and
-    the model's own padding then has nothing to do.
-    """
-
-    def __init__(self, model: nn.Module, divisor: int) -> None:
-        super().__init__()
-        self.model = model
-        self.divisor = divisor
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2], images.shape[-1]
-        pad_h = (self.divisor - height % self.divisor) % self.divisor
-        pad_w = (self.divisor - width % self.divisor) % self.divisor
-        logits = self.model(F.pad(images, (0, pad_w, 0, pad_h)))
-        return logits[..., :height, :width]
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
@@ -156,14 +133,12 @@ def export_onnx(
     x = torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(0))
     # A second size that is not a multiple of 32 exercises the dynamic pad/crop.
     sizes = [(b, c, h, w), (max(b, 1), c, h + 37, max(w - 21, 33))]
-    divisor = getattr(model, "size_divisor", None)
-    graph_model = _PadToDivisor(model, int(divisor)).eval() if divisor else model
     candidates = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     failures = []
     for name in candidates:
         export = _export_torchscript if name == "torchscript" else _export_dynamo
         try:
-            atomic_write(path, lambda tmp, export=export: export(graph_model, x, Path(tmp), opset))
+            atomic_write(path, lambda tmp, export=export: export(model, x, Path(tmp), opset))
             diffs = check_onnx(model, path, sizes)
         except Exception as err:  # exporters raise many types; try the next one
             failures.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

@@ -76,12 +76,11 @@ class Segmentor(nn.Module):
         return feats
 
     def _pad(self, images: Tensor) -> Tensor:
-        h, w = images.shape[-2:]
+        # Integer shape arithmetic and an unconditional pad keep this a traced expression,
+        # so an exported graph (ONNX, dynamic H and W) pads correctly at every size.
+        h, w = images.shape[-2], images.shape[-1]
         d = self.size_divisor
-        pad_h, pad_w = math.ceil(h / d) * d - h, math.ceil(w / d) * d - w
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        return images
+        return F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
         logits = resize_to(logits, padded)
