@@ -8,9 +8,9 @@ different size, and reports the largest absolute difference from PyTorch
 Exporter: the TorchScript-based exporter (``torch.onnx.export(...,
 dynamo=False)``, opset 17 by default) is used: it passes the check at every
 size (max difference about 2e-6 for SegNeXt) and takes seconds. The
-segmentor's pad-to-32 is done by an export wrapper with integer shape
-arithmetic (``_PadToDivisor``), which the tracer keeps as shape operators, so
-height and width stay dynamic. If it fails or its graph does not pass
+segmentor pads to a multiple of 32 with integer shape arithmetic
+(``Segmentor._pad``), which the tracer keeps as shape operators, so height
+and width stay dynamic. If it fails or its graph does not pass
 the check at a second size, the dynamo exporter (``dynamo=True``,
 ``torch.export`` with symbolic H and W; opset 18 at least, about 20x slower
 to export) is tried. The report names the one
