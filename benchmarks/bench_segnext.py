@@ -2,7 +2,8 @@
 
 Prints, per model: the median over >= 10 timed runs (after warm-up) for fp32
 eager, channels_last, bf16 autocast and torch.compile, each as a ratio to fp32
-eager, with each mode's largest output difference from fp32 eager.
+eager, with each mode's largest output difference from fp32 eager (absolute, and
+relative to the largest fp32 logit).
 
     python benchmarks/bench_segnext.py                 # T and S, 512x512, all modes
     python benchmarks/bench_segnext.py --models segnext_t --runs 20 --threads 2
@@ -39,11 +40,11 @@ def main() -> None:
         results = benchmark_modes(model, (1, 3, args.size, args.size), args.modes, args.runs, args.warmup)
         all_results[name] = results
         print(f"\n{name}")
-        print(f"  {'mode':<22}{'median ms':>10}{'min ms':>9}{'vs fp32':>9}{'max |diff|':>12}")
+        print(f"  {'mode':<22}{'median ms':>10}{'min ms':>9}{'vs fp32':>9}{'max |diff|':>12}{'rel':>10}")
         for r in results:
             print(
                 f"  {r['mode']:<22}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
-                f"{r['speedup']:>8.2f}x{r['max_abs_diff']:>12.2e}"
+                f"{r['speedup']:>8.2f}x{r['max_abs_diff']:>12.2e}{r['max_rel_diff']:>10.1e}"
             )
     if args.json:
         with open(args.json, "w") as f:

@@ -87,7 +87,8 @@ def benchmark_modes(
     Returns:
         One dict per mode: ``mode``, ``dtype``, ``median_ms``, ``min_ms``,
         ``speedup`` (baseline median / this median), ``max_abs_diff`` (vs the
-        baseline's output, in float32).
+        baseline's output, in float32) and ``max_rel_diff`` (the same over the
+        baseline's largest absolute output).
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -109,6 +110,7 @@ def benchmark_modes(
                 min_ms=1e3 * min(times),
                 speedup=results[0]["median_ms"] / (1e3 * median) if results else 1.0,
                 max_abs_diff=float((out - reference).abs().max()),
+                max_rel_diff=float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-12)),
             )
         )
     return results
