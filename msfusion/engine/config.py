@@ -13,6 +13,9 @@ The defaults are the official SegNeXt ADE20K recipe (official_facts §2
 0.01, custom keys ``head`` lr x10, ``norm``/``pos_block`` decay x0; poly
 power 1.0 after 1500 linear warm-up iterations (ratio 1e-6); 160k iterations;
 batch 16; crop 512, resize scale (2048, 512), ratio 0.5-2.0; whole-image test.
+``optim.layer_decay`` (off by default: ``rate: null``) selects the CEDNet
+UperNet recipes' layer-wise lr decay instead of the custom keys
+(``msfusion.engine.layer_decay``); it may also be written ``layer_decay: null``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import yaml
 __all__ = [
     "DEFAULTS",
     "OPEN_KEYS",
+    "NULLABLE_KEYS",
     "ConfigError",
     "load_config",
     "merge_config",
@@ -74,6 +78,10 @@ DEFAULTS: dict[str, Any] = {
             "norm": {"decay_mult": 0.0},
             "head": {"lr_mult": 10.0},
         },
+        # Layer-wise lr decay (ced-mmseg LearningRateDecayOptimizerConstructor), off while rate is
+        # null: lr scale min(1, rate ** (num_layers + 1 - layer_id)), layer ids by `rule`
+        # ("cednet" or "cednet_small"), no weight decay for 1-D params and biases, no custom keys.
+        "layer_decay": {"rate": None, "num_layers": None, "rule": None},
     },
     "schedule": {
         "iters": 160000,
@@ -109,6 +117,8 @@ DEFAULTS: dict[str, Any] = {
 
 # Sub-trees whose keys belong to another constructor; they are not checked here.
 OPEN_KEYS = ("model.kwargs", "data.train", "data.val", "optim.custom_keys")
+# Mappings that may also be written as null (meaning "off").
+NULLABLE_KEYS = ("optim.layer_decay",)
 
 _CHOICES = {
     "task": ("segmentation",),
@@ -137,6 +147,8 @@ def _check_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str =
                 raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
             continue
         if isinstance(schema[key], Mapping):
+            if value is None and path in NULLABLE_KEYS:
+                continue
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path} must be a mapping of keys, got {value!r}")
             _check_keys(value, schema[key], f"{path}.")
@@ -184,10 +196,31 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"optim.custom_keys.{name} must be a mapping with lr_mult and/or decay_mult, got {rule!r}"
             )
+    _check_layer_decay(full["optim"])
     clip = full["train"]["clip_grad"]
     if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
         raise ConfigError(f"train.clip_grad must be a positive number or null, got {clip!r}")
     return full
+
+
+def _check_layer_decay(optim: Mapping[str, Any]) -> None:
+    from msfusion.engine.layer_decay import LAYER_ID_RULES
+
+    ld = optim["layer_decay"]
+    if ld is None or ld.get("rate") is None:
+        return
+    rate, num_layers, rule = ld["rate"], ld["num_layers"], ld["rule"]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 1:
+        raise ConfigError(f"optim.layer_decay.rate must be a number in (0, 1], got {rate!r}")
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ConfigError(f"optim.layer_decay.num_layers must be a positive integer, got {num_layers!r}")
+    if rule not in LAYER_ID_RULES:
+        raise ConfigError(f"optim.layer_decay.rule must be one of {sorted(LAYER_ID_RULES)}, got {rule!r}")
+    if optim["custom_keys"]:
+        raise ConfigError(
+            "optim.layer_decay replaces optim.custom_keys (the official layer-decay constructor has no "
+            "custom keys); set optim.custom_keys: {} in the recipe"
+        )
 
 
 def _get(cfg: Mapping[str, Any], path: str) -> Any:

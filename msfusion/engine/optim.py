@@ -17,6 +17,12 @@ mmseg v0.24.1 on mmcv 1.x):
   ``warmup_iters`` iterations it is multiplied by
   ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)`` (linear warm-up).
 
+With ``optim.layer_decay`` set (the CEDNet UperNet recipes), the groups come
+from :func:`msfusion.engine.layer_decay.build_layer_decay_param_groups`
+instead: ced-mmseg's ``LearningRateDecayOptimizerConstructor`` (layer-wise lr
+decay, no weight decay for 1-D parameters and biases, no custom keys); see that
+module for the rule and its source.
+
 The schedule is a ``LambdaLR`` whose per-group factor is a small callable
 object, so ``scheduler.state_dict()`` round-trips it and ``--resume`` continues
 with the same learning rates.
@@ -31,9 +37,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from msfusion.engine.layer_decay import build_layer_decay_param_groups
+
 __all__ = [
     "match_custom_key",
     "build_param_groups",
+    "layer_decay_enabled",
     "build_optimizer",
     "PolyWarmup",
     "build_scheduler",
@@ -91,9 +100,32 @@ def build_param_groups(
     return list(groups.values())
 
 
+def layer_decay_enabled(optim_cfg: Mapping[str, Any]) -> bool:
+    """Whether ``optim.layer_decay`` is on (a mapping whose ``rate`` is not null)."""
+    layer_decay = optim_cfg.get("layer_decay")
+    return isinstance(layer_decay, Mapping) and layer_decay.get("rate") is not None
+
+
 def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW over :func:`build_param_groups` (config keys: lr, weight_decay, betas, eps, custom_keys)."""
-    groups = build_param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys"))
+    """AdamW over the recipe's parameter groups.
+
+    Config keys: lr, weight_decay, betas, eps, and either custom_keys (mmcv
+    rules, :func:`build_param_groups`) or layer_decay ``{rate, num_layers,
+    rule}`` (:func:`~msfusion.engine.layer_decay.build_layer_decay_param_groups`);
+    the two cannot be combined.
+    """
+    if layer_decay_enabled(optim_cfg):
+        if optim_cfg.get("custom_keys"):
+            raise ValueError(
+                "optim.layer_decay replaces optim.custom_keys (as the official constructor does); "
+                "set optim.custom_keys to {}"
+            )
+        ld = optim_cfg["layer_decay"]
+        groups = build_layer_decay_param_groups(
+            model, optim_cfg["lr"], optim_cfg["weight_decay"], ld["rate"], ld["num_layers"], ld["rule"]
+        )
+    else:
+        groups = build_param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys"))
     if not groups:
         raise ValueError("the model has no trainable parameters")
     return torch.optim.AdamW(
