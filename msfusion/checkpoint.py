@@ -150,9 +150,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _table(rows: Iterable[tuple[str, str, str]], header: tuple[str, str, str]) -> str:
     rows = list(rows)
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(3)]
-    fmt = "  {:<%d}  {:<%d}  {:<%d}" % tuple(widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*r) for r in rows]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  " + "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
+
+    lines = [line(header), line(tuple("-" * w for w in widths))]
+    lines += [line(r) for r in rows]
     return "\n".join(lines)
 
 

@@ -86,9 +86,7 @@ def _load_model_modules() -> None:
                 raise
 
 
-def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, paper: PaperFigures | None = None
-) -> Any:
+def register_model(fn: Callable[..., nn.Module] | None = None, *, paper: PaperFigures | None = None) -> Any:
     """Register a model constructor under its function name.
 
     Use as ``@register_model`` or ``@register_model(paper=PaperFigures(...))``.

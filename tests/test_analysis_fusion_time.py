@@ -17,9 +17,7 @@ def test_convnext_s_fpn_reproduces_figure1():
     with torch.device("meta"):
         net = nn.ModuleDict(
             dict(
-                backbone=timm.create_model(
-                    "convnext_small", features_only=True, out_indices=(1, 2, 3)
-                ),
+                backbone=timm.create_model("convnext_small", features_only=True, out_indices=(1, 2, 3)),
                 fpn=FeaturePyramidNetwork([192, 384, 768], 256, LastLevelP6P7(768, 256)),
             )
         )
@@ -35,9 +33,7 @@ def test_cednet_preset_counts_stem_and_first_encoder():
         backbone = mf.create_model("cednet_next_t", features_only=True)
         seg = mf.create_model("upernet_cednet_next_t")
     assert first_fusion_prefixes(backbone) == ["stem", "stages.0", "stages.1.0"]
-    before = sum(
-        mf.count_params(m) for m in (backbone.stem, backbone.stages[0], backbone.stages[1][0])
-    )
+    before = sum(mf.count_params(m) for m in (backbone.stem, backbone.stages[0], backbone.stages[1][0]))
     split = fusion_split(backbone)
     assert split.before_params == before
     assert split.ratio == pytest.approx(before / mf.count_params(backbone))
@@ -65,9 +61,7 @@ def test_hrnet_fuses_early():
 def test_plain_segmentor_uses_its_backbone():
     model = mf.create_model("test_segnext")
     assert first_fusion_prefixes(model) == ["backbone"]
-    assert fusion_time(model) == pytest.approx(
-        mf.count_params(model.backbone) / mf.count_params(model)
-    )
+    assert fusion_time(model) == pytest.approx(mf.count_params(model.backbone) / mf.count_params(model))
 
 
 def test_errors_name_the_fix():

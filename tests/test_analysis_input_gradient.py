@@ -34,9 +34,7 @@ def test_batch_maps_equal_single_maps(segmentor):
     batch = input_gradient_map(segmentor, x)
     assert batch.shape == (2, 40, 48)
     for i in range(2):
-        torch.testing.assert_close(
-            batch[i], input_gradient_map(segmentor, x[i]), rtol=1e-4, atol=1e-9
-        )
+        torch.testing.assert_close(batch[i], input_gradient_map(segmentor, x[i]), rtol=1e-4, atol=1e-9)
 
 
 def test_target_and_ignore(segmentor):
@@ -82,9 +80,7 @@ def test_gradmap_cli(tmp_path, capsys):
     _write_image(image)
     label = tmp_path / "label.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 3, (56, 72), dtype=np.uint8)).save(label)
-    ckpt = mf.save_checkpoint(
-        mf.create_model("test_upernet_cednet", num_classes=3), tmp_path / "ckpt.safetensors"
-    )
+    ckpt = mf.save_checkpoint(mf.create_model("test_upernet_cednet", num_classes=3), tmp_path / "ckpt.safetensors")
     out = tmp_path / "out"
     rc = main(
         [

@@ -182,9 +182,7 @@ def test_odd_input_equals_explicit_zero_padding_cropped():
         assert torch.allclose(o, p[..., : o.shape[-2], : o.shape[-1]], atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "pyramid, strides", [("p3p7", [8, 16, 32, 64, 128]), ("p2p6", [4, 8, 16, 32, 64])]
-)
+@pytest.mark.parametrize("pyramid, strides", [("p3p7", [8, 16, 32, 64, 128]), ("p2p6", [4, 8, 16, 32, 64])])
 def test_detection_pyramid(pyramid, strides):
     model = mf.create_model("test_cednet_next", pyramid=pyramid).eval()
     assert model.out_channels == 256
@@ -193,9 +191,7 @@ def test_detection_pyramid(pyramid, strides):
         feats = model(torch.randn(1, 3, 97, 131))
     for f, s in zip(feats, strides, strict=True):
         assert f.shape == (1, 256, math.ceil(97 / s), math.ceil(131 / s))
-    sub = mf.create_model(
-        "test_cednet_next", pyramid=pyramid, features_only=True, out_indices=(0, 2)
-    )
+    sub = mf.create_model("test_cednet_next", pyramid=pyramid, features_only=True, out_indices=(0, 2))
     assert [i["reduction"] for i in sub.feature_info] == strides[0:3:2]
 
 
@@ -241,9 +237,7 @@ def test_ced_and_lr_ced_blocks_follow_the_official_equations():
     ced = CEDBlock(8, layer_scale_init=0.5)
     for p in ced.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    z = _official_channels_first_ln(ced.dwconv(x), ced.norm.weight, ced.norm.bias).permute(
-        0, 2, 3, 1
-    )
+    z = _official_channels_first_ln(ced.dwconv(x), ced.norm.weight, ced.norm.bias).permute(0, 2, 3, 1)
     ref = x + (ced.pwconv2(F.gelu(ced.pwconv1(z))) * ced.gamma).permute(0, 3, 1, 2)
     assert torch.allclose(ced(x), ref, atol=1e-5)
 
@@ -354,9 +348,7 @@ def test_unknown_keys_are_kept_for_the_loader_to_report():
     model = mf.create_model("test_cednet_next")
     sd = dict(model.state_dict(), **{"stages.9.0.weight": torch.zeros(1)})
     assert "stages.9.0.weight" in model.checkpoint_filter_fn({"model": sd})
-    assert "stem.0.weight" in from_official(
-        {"state_dict": {"module.backbone.stem.0.weight": torch.zeros(1)}}
-    )
+    assert "stem.0.weight" in from_official({"state_dict": {"module.backbone.stem.0.weight": torch.zeros(1)}})
 
 
 # mmdet RetinaHead on 256 channels, 80 classes, 9 anchors: 4+4 3x3 convs, cls and reg outputs.

@@ -44,7 +44,9 @@ def test_round_trip_in_our_format(tmp_path):
 def test_official_segmentor_layouts_load(tmp_path, layout):
     model = _randomise(mf.create_model("segnext_t"))
     state = to_official(model.state_dict(), layout)
-    key = "backbone.block1.0.mlp.dwconv.dwconv.weight" if layout == "original" else "backbone.block1.0.mlp.dwconv.weight"
+    key = (
+        "backbone.block1.0.mlp.dwconv.dwconv.weight" if layout == "original" else "backbone.block1.0.mlp.dwconv.weight"
+    )
     assert key in state
     assert state["backbone.block1.0.mlp.dwconv.weight" if layout == "mmseg" else key].shape == (256, 1, 3, 3)
     assert state["decode_head.squeeze.gn.weight"].shape == (256,)

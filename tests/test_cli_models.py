@@ -30,6 +30,9 @@ def test_flops_unknown_model_is_a_clear_error(capsys):
 
 def test_entry_point_runs():
     out = subprocess.run(
-        [sys.executable, "-m", "msfusion", "models", "mscan_*", "--no-count"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "msfusion", "models", "mscan_*", "--no-count"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.split() == ["mscan_b", "mscan_l", "mscan_s", "mscan_t"]

@@ -63,9 +63,7 @@ def test_eval_is_deterministic_and_takes_odd_sizes(key):
 
 
 def test_mlp_head_fuses_at_the_first_stage_resolution_with_mmseg_keys():
-    head = build_head(
-        "mlp", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(0, 1, 2, 3), channels=32
-    )
+    head = build_head("mlp", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(0, 1, 2, 3), channels=32)
     feats = [torch.randn(1, c, 32 // 2**i, 48 // 2**i) for i, c in enumerate([8, 16, 24, 32])]
     assert head(feats).shape == (1, 3, 32, 48)
     keys = set(head.state_dict())
@@ -80,9 +78,7 @@ def test_mlp_head_fuses_at_the_first_stage_resolution_with_mmseg_keys():
 
 
 def test_msca_head_is_the_ham_head_with_msca_in_the_context_slot():
-    head = build_head(
-        "msca", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(1, 2, 3), channels=32
-    )
+    head = build_head("msca", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(1, 2, 3), channels=32)
     assert type(head.hamburger).__name__ == "MSCAContext"
     assert {
         "squeeze.conv.weight",

@@ -4,8 +4,6 @@ Fidelity: CEDNet Table 3 parameters (61 / 83 / 123 M) and mmcv-rule MACs at
 512x2048 (962 / 1045 / 1184 G), counted on the meta device.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,17 +15,13 @@ from msfusion.models.heads.uper import UPerHead
 from msfusion.models.upernet_cednet import UPerNet
 from msfusion.registry import paper_figures
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = ["upernet_cednet_next_t", "upernet_cednet_next_s", "upernet_cednet_next_b"]
 
 
 def _features(chs=(8, 16, 24, 32), size=(33, 47), batch=2):
     """Random maps at strides 4..32 of a (size) image, sides rounded up like a padded backbone."""
     h, w = size
-    return [
-        torch.randn(batch, c, -(-h // s), -(-w // s))
-        for c, s in zip(chs, (4, 8, 16, 32), strict=True)
-    ]
+    return [torch.randn(batch, c, -(-h // s), -(-w // s)) for c, s in zip(chs, (4, 8, 16, 32), strict=True)]
 
 
 def test_uper_head_shapes_and_backward():
@@ -80,9 +74,7 @@ def test_fcn_head():
     assert head(feats).shape == (2, 5, 5, 6)
     assert {"convs.0.conv.weight", "convs.0.bn.weight", "conv_seg.weight"} <= set(head.state_dict())
     assert "conv_cat.conv.weight" not in head.state_dict()
-    cat = FCNHead(
-        [8, 16, 24, 32], num_classes=5, in_index=-1, channels=12, num_convs=2, concat_input=True
-    )
+    cat = FCNHead([8, 16, 24, 32], num_classes=5, in_index=-1, channels=12, num_convs=2, concat_input=True)
     assert cat(feats).shape == (2, 5, 2, 2)
     assert cat.state_dict()["conv_cat.conv.weight"].shape == (12, 32 + 12, 3, 3)
     with pytest.raises(ValueError, match="num_convs=0"):
@@ -144,9 +136,7 @@ def test_official_mmseg_checkpoint_loads(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x))
-        torch.testing.assert_close(
-            dst.forward_train(x)["aux_logits"][0], src.forward_train(x)["aux_logits"][0]
-        )
+        torch.testing.assert_close(dst.forward_train(x)["aux_logits"][0], src.forward_train(x)["aux_logits"][0])
 
 
 @pytest.mark.parametrize(
@@ -181,7 +171,5 @@ def test_batch_of_one_in_training_says_why():
     with pytest.raises(ValueError, match="at least 2 images"):
         head(_features(batch=1))
     assert head.eval()(_features(batch=1)).shape == (1, 5, 9, 12)
-    gn = UPerHead(
-        [8, 16, 24, 32], num_classes=5, channels=64, norm="gn", pool_scales=(1, 2)
-    ).train()
+    gn = UPerHead([8, 16, 24, 32], num_classes=5, channels=64, norm="gn", pool_scales=(1, 2)).train()
     assert gn(_features(batch=1)).shape == (1, 5, 9, 12)

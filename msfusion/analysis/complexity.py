@@ -220,9 +220,8 @@ def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
         import copy
 
         # Deep-copy through the meta device: no weight memory is duplicated.
-        memo = {id(t): torch.empty_like(t, device="meta") for t in params}
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        memo = {id(t): torch.empty_like(t, device="meta") for t in model.buffers()}
+        for p in model.parameters():
+            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
         return copy.deepcopy(model, memo)
     return model.to(device)

@@ -171,9 +171,7 @@ def fusion_split(model: nn.Module, before: Sequence[str] | None = None) -> Fusio
     unknown = [p for p in prefixes if not any(_under(n, p) for n, _ in params)]
     if unknown:
         children = [n for n, _ in model.named_children()]
-        raise ValueError(
-            f"no parameters under {unknown}; the model's top-level modules are {children}"
-        )
+        raise ValueError(f"no parameters under {unknown}; the model's top-level modules are {children}")
     total = sum(p.numel() for _, p in params)
     part = sum(p.numel() for n, p in params if any(_under(n, pre) for pre in prefixes))
     return FusionTime(before_params=part, total_params=total, before=prefixes)

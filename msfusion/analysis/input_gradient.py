@@ -66,9 +66,7 @@ def _default_loss(output: Tensor, target: Tensor | None) -> Tensor:
             target = target.unsqueeze(0)
         expected = (output.shape[0], *output.shape[2:])
         if tuple(target.shape) != expected:
-            raise ValueError(
-                f"target shape {tuple(target.shape)} does not fit the model output: expected {expected}"
-            )
+            raise ValueError(f"target shape {tuple(target.shape)} does not fit the model output: expected {expected}")
     if output.dim() == 2:
         return F.cross_entropy(output.float(), target, reduction="sum")
     # Mean over each image's pixels, summed over images: every image's map equals
@@ -181,11 +179,7 @@ def save_gradient_map_figure(
     """
     from matplotlib.figure import Figure
 
-    g = (
-        grad_map.detach().float().cpu().numpy()
-        if isinstance(grad_map, Tensor)
-        else np.asarray(grad_map, np.float32)
-    )
+    g = grad_map.detach().float().cpu().numpy() if isinstance(grad_map, Tensor) else np.asarray(grad_map, np.float32)
     if g.shape != image.shape[:2]:
         raise ValueError(f"grad_map {g.shape} and image {image.shape[:2]} differ in size")
     shown = _display_map(g, clip_percentile)

@@ -167,9 +167,7 @@ def _to_meta(model: nn.Module) -> nn.Module:
     memo: dict[int, object] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
-            memo[id(p)] = nn.Parameter(
-                torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
-            )
+            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
         for b in module.buffers(recurse=False):
             memo[id(b)] = torch.empty_like(b, device="meta")
     return copy.deepcopy(model, memo)

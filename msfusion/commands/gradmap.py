@@ -32,12 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("model", help="registered model name (msfusion models)")
     p.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument(
-        "--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)"
-    )
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="classes of the head (default: the variant's)"
-    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
     p.add_argument(
         "--target",
         nargs="+",
@@ -46,13 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="label PNG(s) of class indices, one per image (segmentors; 255 = ignore). "
         "Default: the model's own prediction",
     )
-    p.add_argument(
-        "--target-class", type=int, default=None, help="class index for a classifier's loss"
-    )
+    p.add_argument("--target-class", type=int, default=None, help="class index for a classifier's loss")
     p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
-    p.add_argument(
-        "--thresholds", type=int, default=101, help="number of thresholds in [0, 1] (default 101)"
-    )
+    p.add_argument("--thresholds", type=int, default=101, help="number of thresholds in [0, 1] (default 101)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
 
@@ -75,9 +67,7 @@ def _load_target(path: Path, shape: tuple[int, int]) -> torch.Tensor:
 
     label = read_label(path)
     if label.shape != shape:
-        label = np.asarray(
-            Image.fromarray(label.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST)
-        )
+        label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST))
     return torch.from_numpy(label.astype(np.int64))
 
 
@@ -92,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if args.target is not None and len(args.target) != len(args.image):
-        raise ValueError(
-            f"give one --target per --image ({len(args.image)} images, {len(args.target)} targets)"
-        )
+        raise ValueError(f"give one --target per --image ({len(args.image)} images, {len(args.target)} targets)")
     if args.thresholds < 2:
         raise ValueError("--thresholds must be at least 2")
     for path in args.image:
@@ -137,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 area=areas,
             )
         )
-        print(
-            f"{path}: max |grad| {float(grad_map.max()):.3e}, area at t=0.1: {areas[_nearest(thresholds, 0.1)]:.4f}"
-        )
+        print(f"{path}: max |grad| {float(grad_map.max()):.3e}, area at t=0.1: {areas[_nearest(thresholds, 0.1)]:.4f}")
 
     mean_area = np.mean([r["area"] for r in records], axis=0).tolist()
     if len(records) > 1:
@@ -153,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
     summary = dict(
         model=args.model,
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        loss_target="labels"
-        if args.target
-        else ("class" if args.target_class is not None else "prediction"),
+        loss_target="labels" if args.target else ("class" if args.target_class is not None else "prediction"),
         threshold_normalisation="max",
         thresholds=thresholds,
         mean_area=mean_area,

@@ -93,9 +93,7 @@ def to_official(state_dict: dict[str, Tensor], layout: str = "imagenet") -> dict
     for key, value in state_dict.items():
         if key.endswith("attn.relative_position_bias_table"):
             window = (int(round(value.shape[0] ** 0.5)) + 1) // 2
-            sd[key.replace("relative_position_bias_table", "relative_position_index")] = (
-                _relative_index(window)
-            )
+            sd[key.replace("relative_position_bias_table", "relative_position_index")] = _relative_index(window)
     if layout == "imagenet":
         return {"model": sd}
     drop = _HEAD_PREFIXES + (_PYRAMID_PREFIXES if layout == "mmseg" else ())
@@ -107,8 +105,6 @@ def to_official(state_dict: dict[str, Tensor], layout: str = "imagenet") -> dict
 
 def _relative_index(window: int) -> Tensor:
     """Swin's (w*w, w*w) index into the (2w-1)^2 relative-position table."""
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-    ).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]

@@ -82,7 +82,11 @@ class SegNeXt(Segmentor):
         backbone = MSCAN(**encoder, num_classes=0, features_only=True)
         in_channels = [info["chs"] for info in backbone.feature_info]
         kwargs: dict[str, Any] = dict(
-            in_channels=in_channels, num_classes=num_classes, in_index=tuple(in_index), channels=channels, dropout=dropout
+            in_channels=in_channels,
+            num_classes=num_classes,
+            in_index=tuple(in_index),
+            channels=channels,
+            dropout=dropout,
         )
         if decoder == "ham":
             kwargs.update(

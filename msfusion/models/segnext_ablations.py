@@ -38,9 +38,7 @@ from msfusion.registry import PaperFigures, register_model
 __all__: list[str] = []
 
 
-def _figures(
-    params_m: float | None, gmacs: float | None, source: str, notes: str = ""
-) -> PaperFigures:
+def _figures(params_m: float | None, gmacs: float | None, source: str, notes: str = "") -> PaperFigures:
     return PaperFigures(
         params_m=params_m,
         gmacs=gmacs,
@@ -51,21 +49,15 @@ def _figures(
 
 
 def _table5(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(
-        params_m, gmacs, "SegNeXt Table 5 (SegNeXt-B decoder context, ADE20K, 150 classes)"
-    )
+    return _figures(params_m, gmacs, "SegNeXt Table 5 (SegNeXt-B decoder context, ADE20K, 150 classes)")
 
 
 def _table6() -> PaperFigures:
-    return _figures(
-        None, None, "SegNeXt Table 6 (MSCA design, SegNeXt-T, ADE20K)", "the table gives mIoU only"
-    )
+    return _figures(None, None, "SegNeXt Table 6 (MSCA design, SegNeXt-T, ADE20K)", "the table gives mIoU only")
 
 
 def _table7(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(
-        params_m, gmacs, "SegNeXt Table 7 (decoder structure, SegNeXt-T, ADE20K, 150 classes)"
-    )
+    return _figures(params_m, gmacs, "SegNeXt Table 7 (decoder structure, SegNeXt-T, ADE20K, 150 classes)")
 
 
 def _table8(params_m: float, gmacs: float) -> PaperFigures:
@@ -73,9 +65,7 @@ def _table8(params_m: float, gmacs: float) -> PaperFigures:
 
 
 def _appendix_table2(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(
-        params_m, gmacs, "SegNeXt appendix Table 2 (MSCA head, COCO-Stuff, 171 classes)"
-    )
+    return _figures(params_m, gmacs, "SegNeXt appendix Table 2 (MSCA head, COCO-Stuff, 171 classes)")
 
 
 # Table 5: the Hamburger of SegNeXt-B's head replaced by another context module.

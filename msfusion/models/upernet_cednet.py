@@ -185,9 +185,7 @@ def _create_upernet_cednet(backbone: str, **kwargs: Any) -> UPerNet:
     seg.setdefault("aux_in_index", 4)
     # ``extra_stage_features`` appends the earlier stages' fused 1/8 maps (output 4 on is
     # c3' of stage m-1, m-2, ...), the official mmseg backbone's output list.
-    backbone_kwargs: dict[str, Any] = dict(
-        layer_scale_init=1.0, last_decoder=False, extra_stage_features=True
-    )
+    backbone_kwargs: dict[str, Any] = dict(layer_scale_init=1.0, last_decoder=False, extra_stage_features=True)
     backbone_kwargs.update(kwargs)
     return UPerNet(backbone, backbone_kwargs=backbone_kwargs, **seg)
 

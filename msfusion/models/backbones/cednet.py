@@ -105,9 +105,7 @@ class _BlockFactory:
         cswin_split: Sequence[int],
     ) -> None:
         self.token_mixer = token_mixer
-        self.common = dict(
-            norm=norm, act=act, layer_scale_init=layer_scale_init, mlp_ratio=mlp_ratio
-        )
+        self.common = dict(norm=norm, act=act, layer_scale_init=layer_scale_init, mlp_ratio=mlp_ratio)
         self.lr_block = lr_block
         self.dilation = dilation
         self.window_size = window_size
@@ -115,32 +113,20 @@ class _BlockFactory:
         self.cswin_heads = tuple(cswin_heads)
         self.cswin_split = tuple(cswin_split)
 
-    def __call__(
-        self, dim: int, drop_path: float, scale: int, index: int, long_range: bool = False
-    ) -> nn.Module:
+    def __call__(self, dim: int, drop_path: float, scale: int, index: int, long_range: bool = False) -> nn.Module:
         long_range = long_range and self.lr_block
         kw: dict[str, Any] = dict(self.common, drop_path=drop_path)
         if self.token_mixer == "dwconv7":
-            return (
-                LRCEDBlock(dim, dilation=self.dilation, **kw) if long_range else CEDBlock(dim, **kw)
-            )
+            return LRCEDBlock(dim, dilation=self.dilation, **kw) if long_range else CEDBlock(dim, **kw)
         if self.token_mixer == "bottleneck":
-            return (
-                LRBottleneckBlock(dim, dilation=self.dilation, **kw)
-                if long_range
-                else BottleneckBlock(dim, **kw)
-            )
+            return LRBottleneckBlock(dim, dilation=self.dilation, **kw) if long_range else BottleneckBlock(dim, **kw)
         if self.token_mixer == "swin":
             kw.update(
                 num_heads=max(dim // self.swin_head_dim, 1),
                 window_size=self.window_size,
                 shift=index % 2 == 1,
             )
-            return (
-                LRSwinCEDBlock(dim, dilation=self.dilation, **kw)
-                if long_range
-                else SwinCEDBlock(dim, **kw)
-            )
+            return LRSwinCEDBlock(dim, dilation=self.dilation, **kw) if long_range else SwinCEDBlock(dim, **kw)
         # cswin
         return CSwinCEDBlock(
             dim,
@@ -273,10 +259,7 @@ class Decoder(nn.Module):
             offsets = (0, blocks[0])
             self.decoder = nn.ModuleList(
                 nn.Sequential(
-                    *[
-                        make_block(dims[lvl], dp_rates[offsets[i] + j], scale=lvl + 1, index=j)
-                        for j in range(blocks[i])
-                    ]
+                    *[make_block(dims[lvl], dp_rates[offsets[i] + j], scale=lvl + 1, index=j) for j in range(blocks[i])]
                 )
                 for i, lvl in enumerate((1, 0))
             )
@@ -402,9 +385,7 @@ class CEDNet(nn.Module):
         if pyramid is not None:
             _check_choice("pyramid", pyramid, PYRAMIDS)
         if len(dims) != 3 or any(int(d) <= 0 for d in dims):
-            raise ValueError(
-                f"dims must be three positive channel counts (C1, C2, C3), got {tuple(dims)}"
-            )
+            raise ValueError(f"dims must be three positive channel counts (C1, C2, C3), got {tuple(dims)}")
         if num_stages < 1:
             raise ValueError(f"num_stages must be at least 1, got {num_stages}")
         if token_mixer == "cswin" and (len(cswin_heads) != 4 or len(cswin_split) != 4):
@@ -458,11 +439,7 @@ class CEDNet(nn.Module):
                 enc, dec = (n1, n2, n3), (0, 0)
             rates = dpr[cursor : cursor + n1 + n2 + n3]
             cursor += n1 + n2 + n3
-            stage = [
-                Encoder(
-                    self.dims, enc, rates, make_block, norm, multi_scale_input=style == "fpn_full"
-                )
-            ]
+            stage = [Encoder(self.dims, enc, rates, make_block, norm, multi_scale_input=style == "fpn_full")]
             if s < num_stages - 1 or last_decoder:
                 stage.append(Decoder(self.dims, style, dec, rates[sum(enc) :], make_block, norm))
             self.stages.append(nn.Sequential(*stage))
@@ -482,8 +459,7 @@ class CEDNet(nn.Module):
         if pyramid is not None:
             num_add = 2 if pyramid == "p3p7" else 1
             self.reduce_convs = nn.ModuleList(
-                nn.Sequential(nn.Conv2d(d, pyramid_chs, 1), make_norm2d(norm, pyramid_chs))
-                for d in self.dims
+                nn.Sequential(nn.Conv2d(d, pyramid_chs, 1), make_norm2d(norm, pyramid_chs)) for d in self.dims
             )
             self.add_blocks = nn.ModuleList(
                 nn.Sequential(
@@ -497,9 +473,7 @@ class CEDNet(nn.Module):
                 first = 2
                 self.upsample_p3 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
                 # The official wrapper uses LayerNorm here whatever ``norm`` is.
-                self.reduce_c2 = nn.Sequential(
-                    nn.Conv2d(p2_dim, pyramid_chs, 1), LayerNorm2d(pyramid_chs, eps=1e-6)
-                )
+                self.reduce_c2 = nn.Sequential(nn.Conv2d(p2_dim, pyramid_chs, 1), LayerNorm2d(pyramid_chs, eps=1e-6))
                 self.merge_c2 = nn.Sequential(
                     LayerNorm2d(pyramid_chs, eps=1e-6),
                     nn.Conv2d(pyramid_chs, pyramid_chs, 3, padding=1),
@@ -507,9 +481,7 @@ class CEDNet(nn.Module):
             info = [dict(chs=pyramid_chs, reduction=2**lvl) for lvl in range(first, first + 5)]
         else:
             info = self.backbone_info
-        self.out_indices, self.feature_info = select_features(
-            info, out_indices if self.features_only else None
-        )
+        self.out_indices, self.feature_info = select_features(info, out_indices if self.features_only else None)
         if not self.features_only:
             self.feature_info = select_features(self.backbone_info, None)[1]
         chs = [f["chs"] for f in self.feature_info]
@@ -533,14 +505,10 @@ class CEDNet(nn.Module):
                     for k in head_stages
                 }
             )
-            self.norms = nn.ModuleDict(
-                {str(k): nn.LayerNorm(head_hidden_dim, eps=1e-6) for k in head_stages}
-            )
+            self.norms = nn.ModuleDict({str(k): nn.LayerNorm(head_hidden_dim, eps=1e-6) for k in head_stages})
             self.heads = nn.ModuleDict(
                 {
-                    str(k): nn.Linear(head_hidden_dim, num_classes)
-                    if num_classes > 0
-                    else nn.Identity()
+                    str(k): nn.Linear(head_hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
                     for k in head_stages
                 }
             )
@@ -590,10 +558,7 @@ class CEDNet(nn.Module):
         feats = [c2, *outs[-1]]
         if self.extra_stage_features:
             feats += [o[0] for o in reversed(outs[:-1])]
-        return [
-            _crop(f, size, info["reduction"])
-            for f, info in zip(feats, self.backbone_info, strict=True)
-        ]
+        return [_crop(f, size, info["reduction"]) for f, info in zip(feats, self.backbone_info, strict=True)]
 
     def forward_pyramid(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> the detection pyramid, ``pyramid_chs`` channels per level.
@@ -659,9 +624,7 @@ def _crop(x: Tensor, size: tuple[int, int], reduction: int) -> Tensor:
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ValueError(
-            f"unknown {name} {value!r}; CEDNet allows {', '.join(repr(a) for a in allowed)}"
-        )
+        raise ValueError(f"unknown {name} {value!r}; CEDNet allows {', '.join(repr(a) for a in allowed)}")
 
 
 def _stage_blocks(blocks: Any, num_stages: int) -> list[tuple[int, int, int]]:
@@ -696,9 +659,7 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def checkpoint_filter_fn(
-    state_dict: dict[str, Any], model: CEDNet | None = None
-) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: CEDNet | None = None) -> dict[str, Tensor]:
     """Map an official CEDNet checkpoint to our keys.
 
     Accepts the ImageNet layout (``{'model': ...}``, keys ``stem.*``,
@@ -734,12 +695,8 @@ def _create_cednet(variant: str, **kwargs: Any) -> CEDNet:
 
 # Variants: Sec. 3.4 (C, B, m) and the official model registry (official_facts
 # §1(a)): drop-path rates are the official ImageNet ones.
-_NEXT_T = dict(
-    num_stages=3, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 4, 2), drop_path_rate=0.1
-)
-_NEXT_S = dict(
-    num_stages=4, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 7, 2), drop_path_rate=0.4
-)
+_NEXT_T = dict(num_stages=3, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 4, 2), drop_path_rate=0.1)
+_NEXT_S = dict(num_stages=4, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 7, 2), drop_path_rate=0.4)
 _NEXT_B = dict(
     num_stages=4,
     p2_dim=128,

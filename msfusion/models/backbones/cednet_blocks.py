@@ -64,17 +64,13 @@ def make_act(act: str) -> nn.Module:
 class _ChannelsLastMLP(nn.Module):
     """Shared tail of the (LR) CED block: MLP x4 in channels-last, layer scale, DropPath."""
 
-    def _init_mlp(
-        self, dim: int, mlp_ratio: float, act: str, layer_scale_init: float, drop_path: float
-    ) -> None:
+    def _init_mlp(self, dim: int, mlp_ratio: float, act: str, layer_scale_init: float, drop_path: float) -> None:
         hidden = int(mlp_ratio * dim)
         self.pwconv1 = nn.Linear(dim, hidden)
         self.act = make_act(act)
         self.pwconv2 = nn.Linear(hidden, dim)
         # Layer scale exists only for a positive init value (official behaviour).
-        self.gamma = (
-            nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
-        )
+        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _mlp(self, x: Tensor) -> Tensor:
@@ -166,9 +162,7 @@ class LRCEDBlock(_ChannelsLastMLP):
         return x + self.drop_path(self._mlp(y))
 
 
-def _conv_norm(
-    in_chs: int, out_chs: int, kernel_size: int, norm: str, act: str | None
-) -> nn.Sequential:
+def _conv_norm(in_chs: int, out_chs: int, kernel_size: int, norm: str, act: str | None) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False),
         make_norm2d(norm, out_chs),

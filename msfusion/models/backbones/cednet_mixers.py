@@ -94,9 +94,7 @@ class SwinCEDBlock(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(
-                f"Swin block: channels {dim} must be divisible by num_heads {num_heads}"
-            )
+            raise ValueError(f"Swin block: channels {dim} must be divisible by num_heads {num_heads}")
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.norm1 = LayerNorm(dim, eps=1e-6)
@@ -168,9 +166,7 @@ class LRSwinCEDBlock(SwinCEDBlock):
         layer_scale_init: float = 0.0,
         dilation: int = 3,
     ) -> None:
-        super().__init__(
-            dim, drop_path, num_heads, window_size, shift, act, mlp_ratio, norm, layer_scale_init
-        )
+        super().__init__(dim, drop_path, num_heads, window_size, shift, act, mlp_ratio, norm, layer_scale_init)
         self.norm_act1 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
         self.dwconv2 = nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim)
         self.norm_act2 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
@@ -230,19 +226,13 @@ class LePEAttention(nn.Module):
             return t.reshape(-1, c, hs, ws)
 
         def heads(t: Tensor) -> Tensor:  # (B', C, hs, ws) -> (B', heads, hs*ws, C/heads)
-            return t.reshape(t.shape[0], self.num_heads, c // self.num_heads, hs * ws).transpose(
-                -2, -1
-            )
+            return t.reshape(t.shape[0], self.num_heads, c // self.num_heads, hs * ws).transpose(-2, -1)
 
         q, k, v = (stripes(t) for t in qkv.unbind(0))
         lepe = self.get_v(v)
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)) + heads(lepe)
         out = out.transpose(1, 2).reshape(-1, hs * ws, c)
-        out = (
-            out.view(b, hp // hs, wp // ws, hs, ws, c)
-            .permute(0, 1, 3, 2, 4, 5)
-            .reshape(b, hp, wp, c)
-        )
+        out = out.view(b, hp // hs, wp // ws, hs, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
         return out[:, top : top + h, left : left + w, :].reshape(b, h * w, c)
 
 
@@ -285,9 +275,7 @@ class CSwinCEDBlock(nn.Module):
                     f"CSwin block: channels ({dim}) and num_heads ({num_heads}) must be even "
                     "(half go to the vertical, half to the horizontal stripes)"
                 )
-            self.attns = nn.ModuleList(
-                [LePEAttention(dim // 2, i, split_size, num_heads // 2) for i in range(2)]
-            )
+            self.attns = nn.ModuleList([LePEAttention(dim // 2, i, split_size, num_heads // 2) for i in range(2)])
         self.norm2 = LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
         self.act = make_act(act)
@@ -301,9 +289,7 @@ class CSwinCEDBlock(nn.Module):
         qkv = self.qkv(self.norm1(x)).reshape(b, -1, 3, c).permute(2, 0, 1, 3)
         if len(self.attns) == 2:
             half = c // 2
-            y = torch.cat(
-                [self.attns[0](qkv[..., :half], h, w), self.attns[1](qkv[..., half:], h, w)], dim=2
-            )
+            y = torch.cat([self.attns[0](qkv[..., :half], h, w), self.attns[1](qkv[..., half:], h, w)], dim=2)
         else:
             y = self.attns[0](qkv, h, w)
         x = x + self.drop_path(self.proj(y))

@@ -94,9 +94,7 @@ class RecurrentCrissCrossAttention(nn.Module):
         norm: norm of ``conva``/``convb`` ("gn": the LightHamHead's GN(32)).
     """
 
-    def __init__(
-        self, chs: int, recurrence: int = 2, reduction: int = 8, norm: str | None = "gn"
-    ) -> None:
+    def __init__(self, chs: int, recurrence: int = 2, reduction: int = 8, norm: str | None = "gn") -> None:
         super().__init__()
         if recurrence < 1:
             raise ValueError(f"recurrence must be >= 1, got {recurrence}")

@@ -62,9 +62,7 @@ class FCNHead(DecodeHead):
         act: str | None = "relu",
     ) -> None:
         if not isinstance(in_index, int):
-            raise ValueError(
-                f"FCNHead takes one feature map: in_index must be an int, got {in_index!r}"
-            )
+            raise ValueError(f"FCNHead takes one feature map: in_index must be an int, got {in_index!r}")
         n = len(in_channels)
         super().__init__(
             in_channels,
@@ -77,9 +75,7 @@ class FCNHead(DecodeHead):
         if num_convs < 0:
             raise ValueError(f"num_convs must be >= 0, got {num_convs}")
         if num_convs == 0 and in_chs != channels:
-            raise ValueError(
-                f"num_convs=0 needs channels equal to the input channels ({in_chs}), got {channels}"
-            )
+            raise ValueError(f"num_convs=0 needs channels equal to the input channels ({in_chs}), got {channels}")
         pad = dilation * (kernel_size // 2)
         units: list[nn.Module] = [
             ConvNormAct(
@@ -96,9 +92,7 @@ class FCNHead(DecodeHead):
         self.convs = nn.Sequential(*units) if units else nn.Identity()
         self.concat_input = concat_input
         if concat_input:
-            self.conv_cat = ConvNormAct(
-                in_chs + channels, channels, kernel_size, norm=norm, act=act
-            )
+            self.conv_cat = ConvNormAct(in_chs + channels, channels, kernel_size, norm=norm, act=act)
 
     def forward_features(self, features: Sequence[Tensor]) -> Tensor:
         """Backbone features -> (B, channels, h, w) before ``cls_seg``."""

@@ -58,12 +58,8 @@ class MLPHead(DecodeHead):
         norm: str = "gn",
     ) -> None:
         super().__init__(in_channels, in_index, channels, num_classes, dropout)
-        self.convs = nn.ModuleList(
-            ConvNormAct(chs, channels, 1, norm=norm, act="relu") for chs in self.in_channels
-        )
-        self.fusion_conv = ConvNormAct(
-            channels * len(self.in_channels), channels, 1, norm=norm, act="relu"
-        )
+        self.convs = nn.ModuleList(ConvNormAct(chs, channels, 1, norm=norm, act="relu") for chs in self.in_channels)
+        self.fusion_conv = ConvNormAct(channels * len(self.in_channels), channels, 1, norm=norm, act="relu")
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         inputs = self.select(features)

@@ -40,9 +40,7 @@ class NonLocal2d(nn.Module):
         norm: norm of ``conv_out`` ("gn": the LightHamHead's GN(32)).
     """
 
-    def __init__(
-        self, chs: int, reduction: int = 2, use_scale: bool = True, norm: str | None = "gn"
-    ) -> None:
+    def __init__(self, chs: int, reduction: int = 2, use_scale: bool = True, norm: str | None = "gn") -> None:
         super().__init__()
         inner = max(chs // reduction, 1)
         self.use_scale = use_scale

@@ -47,9 +47,7 @@ class PPM(nn.ModuleList):
         act: str | None = "relu",
     ) -> None:
         super().__init__(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(scale), ConvNormAct(in_chs, channels, 1, norm=norm, act=act)
-            )
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvNormAct(in_chs, channels, 1, norm=norm, act=act))
             for scale in pool_scales
         )
         self.pool_scales = tuple(pool_scales)
@@ -111,23 +109,17 @@ class UPerHead(DecodeHead):
     ) -> None:
         super().__init__(in_channels, in_index, channels, num_classes, dropout)
         if not pool_scales or any(int(s) < 1 for s in pool_scales):
-            raise ValueError(
-                f"pool_scales must be positive output sizes, e.g. (1, 2, 3, 6); got {pool_scales}"
-            )
+            raise ValueError(f"pool_scales must be positive output sizes, e.g. (1, 2, 3, 6); got {pool_scales}")
         last = self.in_channels[-1]
         self.psp_modules = PPM(pool_scales, last, channels, norm=norm, act=act)
-        self.bottleneck = ConvNormAct(
-            last + len(pool_scales) * channels, channels, 3, norm=norm, act=act
-        )
+        self.bottleneck = ConvNormAct(last + len(pool_scales) * channels, channels, 3, norm=norm, act=act)
         self.lateral_convs = nn.ModuleList(
             ConvNormAct(c, channels, 1, norm=norm, act=act) for c in self.in_channels[:-1]
         )
         self.fpn_convs = nn.ModuleList(
             ConvNormAct(channels, channels, 3, norm=norm, act=act) for _ in self.in_channels[:-1]
         )
-        self.fpn_bottleneck = ConvNormAct(
-            len(self.in_channels) * channels, channels, 3, norm=norm, act=act
-        )
+        self.fpn_bottleneck = ConvNormAct(len(self.in_channels) * channels, channels, 3, norm=norm, act=act)
 
     def psp_forward(self, x: Tensor) -> Tensor:
         """(B, C_last, h, w) -> (B, channels, h, w): the PPM branch and its 3x3 bottleneck."""
