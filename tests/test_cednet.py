@@ -368,3 +368,20 @@ RETINA_HEAD = 8 * (256 * 256 * 9 + 256) + (256 * 720 * 9 + 720) + (256 * 36 * 9 
 def test_retinanet_sizes_match_tables_5_and_8(name, kwargs, table_m):
     total = (mf.count_params(meta(name, pyramid="p3p7", **kwargs)) + RETINA_HEAD) / 1e6
     assert abs(total - table_m) / table_m < 0.025, total
+
+
+def test_swin_official_roll_back_quirk_is_an_option():
+    # On a map that fits one window the official code skips the forward roll but
+    # still rolls the output back; the option reproduces exactly that.
+    from msfusion.models.backbones.cednet_mixers import SwinCEDBlock
+
+    torch.manual_seed(0)
+    plain = SwinCEDBlock(32, num_heads=1, window_size=7, shift=True).eval()
+    quirk = SwinCEDBlock(32, num_heads=1, window_size=7, shift=True, roll_back_unshifted=True).eval()
+    quirk.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 7, 7, 32)
+    with torch.no_grad():
+        expected = torch.roll(plain.window_attention(x), shifts=(3, 3), dims=(1, 2))
+        torch.testing.assert_close(quirk.window_attention(x), expected)
+        y = torch.randn(1, 14, 14, 32)  # larger maps are shifted and rolled back either way
+        torch.testing.assert_close(quirk.window_attention(y), plain.window_attention(y))

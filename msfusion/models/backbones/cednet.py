@@ -103,8 +103,10 @@ class _BlockFactory:
         swin_head_dim: int,
         cswin_heads: Sequence[int],
         cswin_split: Sequence[int],
+        swin_roll_back_unshifted: bool = False,
     ) -> None:
         self.token_mixer = token_mixer
+        self.swin_roll_back_unshifted = swin_roll_back_unshifted
         self.common = dict(norm=norm, act=act, layer_scale_init=layer_scale_init, mlp_ratio=mlp_ratio)
         self.lr_block = lr_block
         self.dilation = dilation
@@ -125,6 +127,7 @@ class _BlockFactory:
                 num_heads=max(dim // self.swin_head_dim, 1),
                 window_size=self.window_size,
                 shift=index % 2 == 1,
+                roll_back_unshifted=self.swin_roll_back_unshifted,
             )
             return LRSwinCEDBlock(dim, dilation=self.dilation, **kw) if long_range else SwinCEDBlock(dim, **kw)
         # cswin
@@ -331,6 +334,9 @@ class CEDNet(nn.Module):
         stem_dim: channels of the first stem conv (official: 32 always).
         window_size: Swin window.
         swin_head_dim: Swin channels per head (official: heads = C // 32).
+        swin_roll_back_unshifted: reproduce the official ImageNet code's
+            roll-back of windows it never shifted (see ``SwinCEDBlock``); needed
+            only for weights trained with the official code.
         cswin_heads: CSwin heads at the stem, 1/8, 1/16, 1/32 (official (2, 4, 8, 10)).
         cswin_split: CSwin stripe widths at the same levels (official (1, 2, 7, 7)).
         head_hidden_dim: width of the classifier's 1x1 conv (2048).
@@ -368,6 +374,7 @@ class CEDNet(nn.Module):
         swin_head_dim: int = 32,
         cswin_heads: Sequence[int] = (2, 4, 8, 10),
         cswin_split: Sequence[int] = (1, 2, 7, 7),
+        swin_roll_back_unshifted: bool = False,
         head_hidden_dim: int = 2048,
         head_init_scale: float = 1.0,
         deep_supervision: bool = False,
@@ -411,6 +418,7 @@ class CEDNet(nn.Module):
             swin_head_dim,
             cswin_heads,
             cswin_split,
+            swin_roll_back_unshifted,
         )
 
         self.stem = nn.Sequential(

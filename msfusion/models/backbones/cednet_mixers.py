@@ -78,6 +78,12 @@ class SwinCEDBlock(nn.Module):
         norm: unused (the Swin blocks always use channels-last LayerNorm); kept
             so all blocks share one signature.
         layer_scale_init: unused (no layer scale in the Swin blocks).
+        roll_back_unshifted: reproduce a quirk of the official ImageNet code,
+            which skips the forward roll when the map fits in one window but
+            still rolls the attention output back by half a window. Off by
+            default (a shift that was never applied is not undone); turn it on
+            for weights trained with the official code. With it on, outputs
+            equal the official ``CEDNet_swin_tiny`` to float64 precision.
     """
 
     def __init__(
@@ -91,12 +97,14 @@ class SwinCEDBlock(nn.Module):
         mlp_ratio: float = 4.0,
         norm: str = "ln",
         layer_scale_init: float = 0.0,
+        roll_back_unshifted: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Swin block: channels {dim} must be divisible by num_heads {num_heads}")
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
+        self.roll_back_unshifted = roll_back_unshifted
         self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = WindowAttention(dim, num_heads=num_heads, window_size=window_size)
         self.norm2 = LayerNorm(dim, eps=1e-6)
@@ -119,8 +127,9 @@ class SwinCEDBlock(nn.Module):
             mask = _shift_mask(hp, wp, ws, shift, x.device).to(x.dtype)
         x = self.attn(_partition(x, ws), mask=mask)
         x = _merge(x, ws, b, hp, wp)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        back = self.shift_size if self.roll_back_unshifted else shift
+        if back:
+            x = torch.roll(x, shifts=(back, back), dims=(1, 2))
         return x[:, :h, :w, :]
 
     def _mlp(self, x: Tensor) -> Tensor:
@@ -150,6 +159,7 @@ class LRSwinCEDBlock(SwinCEDBlock):
         mlp_ratio: MLP hidden width over C.
         norm: unused.
         layer_scale_init: unused.
+        roll_back_unshifted: the official quirk (see ``SwinCEDBlock``).
         dilation: dilation r of the 7x7 depthwise conv (3).
     """
 
@@ -164,9 +174,12 @@ class LRSwinCEDBlock(SwinCEDBlock):
         mlp_ratio: float = 4.0,
         norm: str = "ln",
         layer_scale_init: float = 0.0,
+        roll_back_unshifted: bool = False,
         dilation: int = 3,
     ) -> None:
-        super().__init__(dim, drop_path, num_heads, window_size, shift, act, mlp_ratio, norm, layer_scale_init)
+        super().__init__(
+            dim, drop_path, num_heads, window_size, shift, act, mlp_ratio, norm, layer_scale_init, roll_back_unshifted
+        )
         self.norm_act1 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
         self.dwconv2 = nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim)
         self.norm_act2 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
