@@ -27,6 +27,7 @@ DataLoader workers seeded by torch as usual).
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x_min, y_min, x_max, y_max], dim=1).to(torch.float32)
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, ABC):
     """Base of all msfusion datasets: applies transforms and returns the contract.
 
     Subclasses implement ``__len__`` and ``_load(index) -> RawSample``.
@@ -115,11 +116,12 @@ class SegmentationDataset(Dataset):
         """Number of classes (train ids ``0..num_classes-1``)."""
         return len(self.classes)
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
+    @abstractmethod
     def _load(self, index: int) -> RawSample:
-        raise NotImplementedError
+        """The raw sample at ``index`` (image, mask in train ids, paths)."""
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``(H, W, 3)`` uint8 and mask ``(H, W)`` uint8 (train ids) without transforms.

@@ -14,6 +14,7 @@ its weight (``model.auxiliary_weights``; SegNeXt has none).
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +27,8 @@ from msfusion.engine.distributed import DistInfo
 __all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
 
 
-class Task:
-    """The interface the trainer uses. Subclasses implement every method.
+class Task(ABC):
+    """The interface the trainer uses. Subclasses implement the abstract methods.
 
     Attributes:
         name: the ``task`` value of a recipe.
@@ -37,21 +38,23 @@ class Task:
     name = "task"
     primary_metric = "score"
 
+    @abstractmethod
     def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
         """The training set and the validation set (None if the recipe has none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Batch samples for the DataLoader."""
-        raise NotImplementedError
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """Move the tensors of a batch to ``device``."""
         return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def setup(self, model: nn.Module) -> None:
-        """Read what the loss needs from the (unwrapped) model, once before training."""
+        """Read what the loss needs from the (unwrapped) model, once before training (optional)."""
+        return None
 
+    @abstractmethod
     def loss(self, forward: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """The scalar training loss of a batch and the values to log.
 
@@ -60,8 +63,8 @@ class Task:
         task calls it rather than the model's methods, and gradients are then
         synchronised over ranks.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(
         self,
         model: nn.Module,
@@ -71,7 +74,6 @@ class Task:
         dist_info: DistInfo,
     ) -> dict[str, Any]:
         """Metrics on ``dataset`` (must contain ``primary_metric``), the same on every rank."""
-        raise NotImplementedError
 
     def model_kwargs(self, dataset: Any) -> dict[str, Any]:
         """Model constructor arguments the data decides (e.g. the class count)."""
