@@ -107,6 +107,16 @@ def test_gradmap_cli(tmp_path, capsys):
     assert "area_curve.json" in capsys.readouterr().out
 
 
+def test_gradmap_builds_the_variant_a_checkpoint_describes(tmp_path):
+    # A model trained with non-default options (here: head on stage 4 only) is rebuilt
+    # from the checkpoint's sidecar; a default build would not fit its weights.
+    image = tmp_path / "img.png"
+    _write_image(image)
+    ckpt = mf.save_checkpoint(mf.create_model("test_segnext", in_index=(3,), num_classes=4), tmp_path / "c")
+    rc = main(["gradmap", "test_segnext", "--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
+    assert rc == 0 and (tmp_path / "o" / "img_gradmap.png").exists()
+
+
 def test_gradmap_cli_errors(tmp_path, capsys):
     rc = main(
         [

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         save_area_curve,
         save_gradient_map_figure,
     )
+    from msfusion.checkpoint import read_metadata
     from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if args.target is not None and len(args.target) != len(args.image):
@@ -89,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"image not found: {path}")
 
-    model = mf.create_model(args.model, num_classes=args.num_classes)
+    # One of our checkpoints describes the model it was trained as (its JSON
+    # sidecar): build that variant, so e.g. a demo model's head options match.
+    saved = (read_metadata(args.checkpoint).get("model") or {}) if args.checkpoint is not None else {}
+    kwargs = dict(saved.get("kwargs", {})) if saved.get("name") == args.model else {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    model = mf.create_model(args.model, **kwargs)
     if args.checkpoint is not None:
         mf.load_checkpoint(model, args.checkpoint)
     device = torch.device(args.device)
