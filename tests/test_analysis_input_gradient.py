@@ -113,7 +113,9 @@ def test_gradmap_builds_the_variant_a_checkpoint_describes(tmp_path):
     image = tmp_path / "img.png"
     _write_image(image)
     ckpt = mf.save_checkpoint(mf.create_model("test_segnext", in_index=(3,), num_classes=4), tmp_path / "c")
-    rc = main(["gradmap", "test_segnext", "--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
+    rc = main(
+        ["gradmap", "test_segnext", "--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
+    )
     assert rc == 0 and (tmp_path / "o" / "img_gradmap.png").exists()
 
 
