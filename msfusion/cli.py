@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
+    except CheckpointError as err:
+        print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
         print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -24,18 +24,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from msfusion.checkpoint import CheckpointError
-
-    try:
-        return _run(args)
-    except CheckpointError as err:
-        print(f"msfusion eval: error: {err}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from msfusion.checkpoint import load_checkpoint, read_metadata

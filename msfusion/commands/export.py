@@ -27,18 +27,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from msfusion.checkpoint import CheckpointError
-
-    try:
-        return _run(args)
-    except CheckpointError as err:
-        print(f"msfusion export: error: {err}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     import msfusion
     from msfusion.export import DEFAULT_OPSET, export_onnx
 

@@ -36,18 +36,6 @@ def _pair(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from msfusion.checkpoint import CheckpointError
-
-    try:
-        return _run(args)
-    except CheckpointError as err:
-        print(f"msfusion predict: error: {err}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     from msfusion.checkpoint import load_model, read_metadata
     from msfusion.engine.predictor import predict_files
 

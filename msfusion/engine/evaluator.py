@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from msfusion.engine.distributed import DistInfo, all_reduce_sum
 from msfusion.engine.metrics import confusion_matrix, metrics_from_confusion
 
-__all__ = ["segment", "evaluate_segmentation", "autocast_context"]
+__all__ = ["segment", "segment_with_config", "evaluate_segmentation", "autocast_context"]
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -66,6 +66,20 @@ def segment(
     if mode == "slide":
         return model.slide_inference(images, crop, step)
     return model(images)
+
+
+def segment_with_config(model: nn.Module, images: Tensor, cfg: Mapping[str, Any]) -> Tensor:
+    """``segment`` with the test options of a recipe's ``eval`` section (defaults as ``segment``)."""
+    return segment(
+        model,
+        images,
+        mode=cfg.get("mode", "whole"),
+        crop_size=cfg.get("crop_size", (512, 512)),
+        stride=cfg.get("stride", (341, 341)),
+        tta=bool(cfg.get("tta", False)),
+        scales=cfg.get("scales", (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
+        flip=bool(cfg.get("flip", True)),
+    )
 
 
 @torch.no_grad()
@@ -118,16 +132,7 @@ def evaluate_segmentation(
             image = sample["image"].unsqueeze(0).to(device)
             mask = sample["mask"].to(device)
             with autocast_context(device, amp):
-                scores = segment(
-                    model,
-                    image,
-                    mode=cfg.get("mode", "whole"),
-                    crop_size=cfg.get("crop_size", (512, 512)),
-                    stride=cfg.get("stride", (341, 341)),
-                    tta=bool(cfg.get("tta", False)),
-                    scales=cfg.get("scales", (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
-                    flip=bool(cfg.get("flip", True)),
-                )
+                scores = segment_with_config(model, image, cfg)
             scores = scores.float()
             if scores.shape[-2:] != mask.shape[-2:]:
                 scores = F.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)

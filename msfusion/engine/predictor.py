@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msfusion.engine.evaluator import segment
+from msfusion.engine.evaluator import segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay
 
 __all__ = ["collect_images", "predict_array", "predict_files"]
@@ -88,16 +88,7 @@ def predict_array(
     std_t = torch.tensor(std or IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     tensor = (torch.from_numpy(np.array(picture, dtype=np.float32)).permute(2, 0, 1) - mean_t) / std_t
     cfg = dict(eval_cfg or {})
-    scores = segment(
-        model,
-        tensor.unsqueeze(0).to(device),
-        mode=cfg.get("mode", "whole"),
-        crop_size=cfg.get("crop_size", (512, 512)),
-        stride=cfg.get("stride", (341, 341)),
-        tta=bool(cfg.get("tta", False)),
-        scales=cfg.get("scales", (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
-        flip=bool(cfg.get("flip", True)),
-    ).float()
+    scores = segment_with_config(model, tensor.unsqueeze(0).to(device), cfg).float()
     if scores.shape[-2:] != (height, width):
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
     return scores.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
