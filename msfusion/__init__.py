@@ -1,14 +1,21 @@
-"""msfusion: multi-scale feature fusion for dense prediction, in plain PyTorch."""
+"""msfusion: multi-scale feature fusion for dense prediction, in plain PyTorch.
 
-__version__ = "0.1.0"
+The public API (``import msfusion as mf``); importing it registers every model
+family, as ``import timm`` does.
+"""
 
-from msfusion.analysis.complexity import count_macs, count_params  # noqa: E402
-from msfusion.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from msfusion.models.segmentor import build_segmentor  # noqa: E402
-from msfusion.registry import create_model, list_models, register_model  # noqa: E402
+from msfusion import models  # noqa: F401  (registers every model family)
+from msfusion.analysis.complexity import count_macs, count_params
+from msfusion.checkpoint import load_checkpoint, save_checkpoint
+from msfusion.models.classifier import build_classifier
+from msfusion.models.segmentor import build_segmentor
+from msfusion.registry import KINDS, create_model, list_models, load_model, model_kind, register_model
+from msfusion.version import __version__
 
 __all__ = [
+    "KINDS",
     "__version__",
+    "build_classifier",
     "build_segmentor",
     "count_macs",
     "count_params",
@@ -16,6 +23,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_model",
+    "model_kind",
     "register_model",
     "save_checkpoint",
 ]

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from msfusion.version import __version__
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
-    "load_model",
     "read_state_dict",
     "read_metadata",
     "atomic_write",
@@ -68,16 +69,52 @@ def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+def _unrecordable(cfg: Any) -> str | None:
+    """The reason a ``model_cfg`` cannot rebuild its model, searching nested parts; None if it can."""
+    if isinstance(cfg, dict):
+        if "__unrecordable__" in cfg:
+            return str(cfg["__unrecordable__"])
+        for value in cfg.values():
+            problem = _unrecordable(value)
+            if problem:
+                return problem
+    if isinstance(cfg, list):
+        for value in cfg:
+            problem = _unrecordable(value)
+            if problem:
+                return problem
+    return None
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    allow_unrebuildable: bool = False,
+) -> Path:
     """Save weights as safetensors plus a JSON sidecar; returns the weights path.
 
-    The sidecar records ``model.model_cfg`` (set by ``create_model``) so that
-    ``msfusion.load_model(path)`` can rebuild the model, plus ``metadata``.
+    The sidecar records ``model.model_cfg`` (set by ``create_model`` and the
+    ``build_*`` composers) so that ``msfusion.load_model(path)`` can rebuild the
+    model, plus ``metadata``. A model whose description cannot be recorded
+    (a part given as a module that was not built by name) is refused with the
+    reason, unless ``allow_unrebuildable=True`` (the weights are then saved
+    with no model description, and ``load_checkpoint`` into a model you build
+    yourself is the way back).
     """
     from safetensors.torch import save_file
 
-    from msfusion import __version__
-
+    cfg = getattr(model, "model_cfg", None)
+    problem = _unrecordable(cfg)
+    if problem and not allow_unrebuildable:
+        raise CheckpointError(
+            f"cannot record how to rebuild this model: {problem}. Build every part by name "
+            "(msfusion.create_model / build_segmentor with names and *_kwargs), or pass "
+            "allow_unrebuildable=True to save the weights alone."
+        )
+    if problem:
+        cfg = None
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
@@ -86,7 +123,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict[str, A
     meta = {
         "format": "msfusion",
         "version": __version__,
-        "model": getattr(model, "model_cfg", None),
+        "model": cfg,
         **(metadata or {}),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -228,19 +265,3 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
         del state[k]
     model.load_state_dict(state, strict=False)
     return {"missing": missing + dropped, "unexpected": unexpected, "dropped": dropped}
-
-
-def load_model(path: str | Path, **overrides: Any) -> nn.Module:
-    """Rebuild a model from one of our checkpoints (its JSON sidecar) and load the weights."""
-    from msfusion.registry import create_model
-
-    meta = read_metadata(path)
-    cfg = meta.get("model")
-    if not cfg or "name" not in cfg:
-        raise CheckpointError(
-            f"{path}: no model description beside it ({_metadata_path(Path(path)).name} missing or without 'model'). "
-            "Build the model with create_model(...) and call load_checkpoint(model, path)."
-        )
-    model = create_model(cfg["name"], **{**cfg.get("kwargs", {}), **overrides})
-    load_checkpoint(model, path)
-    return model

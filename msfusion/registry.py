@@ -1,9 +1,11 @@
 """Model registry: ``register_model``, ``list_models``, ``create_model``.
 
-Every model family registers its paper variants with ``@register_model`` at the
-bottom of its file (timm's pattern). ``create_model`` builds any registered name,
-and for any other name tries timm, wrapped by the features adapter, when
-``features_only=True``.
+Every model family registers its paper variants with
+``@register_model(kind=...)`` at the bottom of its file (timm's pattern);
+``msfusion.models`` imports the families, the registry imports none of them.
+``create_model`` builds any registered name, and for any other name, with
+``features_only=True``, asks the registered fallbacks (the timm adapter wraps
+any timm model).
 
 A variant may carry the figures its paper reports (``paper=dict(...)``) so that
 ``msfusion models`` and the fidelity tests can put measured and published
@@ -23,13 +25,20 @@ from typing import Any
 from torch import nn
 
 __all__ = [
+    "KINDS",
     "PaperFigures",
     "register_model",
+    "register_builder",
+    "register_fallback",
     "list_models",
+    "model_kind",
     "create_model",
+    "rebuild_model",
+    "load_model",
     "model_entrypoint",
     "paper_figures",
     "is_model",
+    "recordable",
 ]
 
 
@@ -56,47 +65,56 @@ class PaperFigures:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+KINDS = ("backbone", "classifier", "segmentor", "neck", "addon", "head", "detector")
+
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_kinds: dict[str, str] = {}
 _paper: dict[str, PaperFigures] = {}
-
-# Modules whose import registers models; imported lazily on first registry use so
-# that ``import msfusion`` stays cheap and lower layers never import higher ones.
-_MODEL_MODULES = (
-    "msfusion.models.backbones.mscan",
-    "msfusion.models.segnext",
-    "msfusion.models.segnext_ablations",
-    "msfusion.models.backbones.cednet",
-    "msfusion.models.upernet_cednet",
-)
-_loaded = False
+# Composition builders (``build_segmentor``, ``build_classifier``, ...) that
+# checkpoints of composed models name; they register themselves, so the
+# registry never imports the modules that define them.
+_builders: dict[str, Callable[..., nn.Module]] = {}
+# Fallbacks for names that are not registered (the timm adapter registers one).
+_fallbacks: list[Callable[..., nn.Module | None]] = []
+# Segmentors and detectors name the backbone a user should build for features.
+_feature_backbone: dict[str, str] = {}
 
 
-def _load_model_modules() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            # A family that is not part of this build is simply absent; any other
-            # missing module is a real error.
-            if err.name != module:
-                raise
+def _ensure_models_imported() -> None:
+    # ``import msfusion`` imports ``msfusion.models``, which imports every family (as
+    # ``import timm`` does); this only covers a caller who imported the registry alone.
+    import sys
+
+    if "msfusion.models" not in sys.modules:
+        importlib.import_module("msfusion.models")
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, paper: PaperFigures | None = None) -> Any:
+def register_model(
+    fn: Callable[..., nn.Module] | None = None,
+    *,
+    kind: str | None = None,
+    paper: PaperFigures | None = None,
+    backbone: str | None = None,
+) -> Any:
     """Register a model constructor under its function name.
 
-    Use as ``@register_model`` or ``@register_model(paper=PaperFigures(...))``.
+    Use as ``@register_model(kind="segmentor")`` or with ``paper=PaperFigures(...)``.
+    ``kind`` is one of ``KINDS``. Registered necks, add-ons and heads take the
+    producer's ``feature_info`` as their first argument. ``backbone`` names the
+    registered backbone of a segmentor or detector, suggested to a user who
+    asks the composed model for ``features_only``.
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if kind not in KINDS:
+            raise ValueError(f"register_model({f.__name__}): kind must be one of {KINDS}, got {kind!r}")
         name = f.__name__
         if name in _entrypoints and _entrypoints[name] is not f:
             raise ValueError(f"model name {name!r} is registered twice")
         _entrypoints[name] = f
+        _kinds[name] = kind
+        if backbone is not None:
+            _feature_backbone[name] = backbone
         if paper is not None:
             _paper[name] = paper
         return f
@@ -104,40 +122,70 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, paper: PaperFi
     return wrap(fn) if fn is not None else wrap
 
 
-def list_models(pattern: str = "*", *, include_test: bool = False) -> list[str]:
+def register_builder(name: str, fn: Callable[..., nn.Module]) -> None:
+    """Register a composition function (e.g. ``build_segmentor``) that checkpoints can name."""
+    _builders[name] = fn
+
+
+def register_fallback(fn: Callable[..., nn.Module | None]) -> None:
+    """Register ``fn(name, **kwargs) -> module | None``, tried for names that are not registered."""
+    if fn not in _fallbacks:
+        _fallbacks.append(fn)
+
+
+def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bool = False) -> list[str]:
     """Registered model names matching an fnmatch ``pattern``, sorted.
 
-    Tiny ``test_*`` variants (used by the test suite) are left out unless
-    ``include_test`` is set or the pattern asks for them.
+    Args:
+        pattern: fnmatch pattern, e.g. ``"segnext_*"``.
+        kind: only names of this kind (one of ``KINDS``).
+        include_test: also list the tiny ``test_*`` variants used by the test
+            suite (listed anyway when the pattern starts with ``test``).
     """
-    _load_model_modules()
+    _ensure_models_imported()
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     names = sorted(n for n in _entrypoints if fnmatch.fnmatch(n, pattern))
+    if kind is not None:
+        names = [n for n in names if _kinds[n] == kind]
     if not include_test and not pattern.startswith("test"):
         names = [n for n in names if not n.startswith("test_")]
     return names
 
 
+def model_kind(name: str) -> str:
+    """The kind of a registered name (one of ``KINDS``)."""
+    model_entrypoint(name)
+    return _kinds[name]
+
+
 def is_model(name: str) -> bool:
-    _load_model_modules()
+    _ensure_models_imported()
     return name in _entrypoints
 
 
-def model_entrypoint(name: str) -> Callable[..., nn.Module]:
-    """The constructor registered as ``name``; ``ValueError`` with close matches."""
-    _load_model_modules()
-    if name not in _entrypoints:
-        close = difflib.get_close_matches(name, list(_entrypoints), n=5, cutoff=0.5)
+def model_entrypoint(name: str, kind: str | None = None) -> Callable[..., nn.Module]:
+    """The constructor registered as ``name``; ``ValueError`` with close matches.
+
+    With ``kind``, the name must be of that kind and the suggestions are too.
+    """
+    _ensure_models_imported()
+    pool = [n for n in _entrypoints if kind is None or _kinds[n] == kind]
+    if name not in pool:
+        what = f"{kind} " if kind else ""
+        close = difflib.get_close_matches(name, pool, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown model {name!r}.{hint} `msfusion.list_models()` lists every name; "
-            "with features_only=True any timm model name works too."
-        )
+        if name in _entrypoints:
+            hint = f" {name!r} is a {_kinds[name]}, not a {kind}."
+        listing = f"msfusion.list_models(kind={kind!r})" if kind else "msfusion.list_models()"
+        extra = "" if kind else " With features_only=True any timm model name works too."
+        raise ValueError(f"unknown {what}{name!r}.{hint} `{listing}` lists every name.{extra}")
     return _entrypoints[name]
 
 
 def paper_figures(name: str) -> PaperFigures | None:
     """The published figures registered with ``name``, if any."""
-    _load_model_modules()
+    _ensure_models_imported()
     return _paper.get(name)
 
 
@@ -186,17 +234,25 @@ def create_model(
         raise ValueError("out_indices only applies with features_only=True")
 
     if is_model(name):
+        kind = _kinds[name]
+        if features_only and kind not in ("backbone", "classifier"):
+            hint = _feature_backbone.get(name)
+            use = f" Use its backbone instead: create_model({hint!r}, features_only=True)." if hint else ""
+            raise ValueError(f"{name!r} is a {kind}, which has no features_only form.{use}")
         model = model_entrypoint(name)(**build_kwargs)
-    elif features_only and _is_timm_model(name):
-        from msfusion.models.backbones.timm_adapter import TimmFeatures
-
-        build_kwargs.pop("features_only")
-        model = TimmFeatures(name, **build_kwargs)
     else:
-        model_entrypoint(name)  # raises the did-you-mean error
-        raise AssertionError("unreachable")
+        model = None
+        if features_only:
+            fallback_kwargs = {k: v for k, v in build_kwargs.items() if k != "features_only"}
+            for fallback in _fallbacks:
+                model = fallback(name, **fallback_kwargs)
+                if model is not None:
+                    break
+        if model is None:
+            model_entrypoint(name)  # raises the did-you-mean error
+            raise AssertionError("unreachable")
 
-    model.model_cfg = {"name": name, "kwargs": _jsonable(build_kwargs)}
+    model.model_cfg = {"name": name, "kwargs": recordable(build_kwargs, f"create_model({name!r})")}
     if pretrained:
         from msfusion.checkpoint import load_checkpoint
 
@@ -204,17 +260,79 @@ def create_model(
     return model
 
 
-def _is_timm_model(name: str) -> bool:
-    import timm
+def recordable(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """``kwargs`` as JSON values, so that a checkpoint can rebuild the model.
 
-    return bool(timm.list_models(name)) or name in timm.list_models(pretrained=True)
+    A value that JSON cannot hold (a module, a function, a tensor) is not
+    dropped: the result carries ``"__unrecordable__"`` with the reason, and
+    ``save_checkpoint`` refuses such a model instead of writing a sidecar that
+    rebuilds something else.
+    """
+    out: dict[str, Any] = {}
+    problems: list[str] = []
 
-
-def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in kwargs.items():
+    def convert(value: Any, path: str) -> Any:
         if isinstance(value, tuple):
             value = list(value)
-        if isinstance(value, (str, int, float, bool, list, dict, type(None))):
-            out[key] = value
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return value
+        if isinstance(value, list):
+            return [convert(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
+            return {str(k): convert(v, f"{path}.{k}") for k, v in value.items()}
+        cfg = getattr(value, "model_cfg", None)
+        if isinstance(value, nn.Module) and isinstance(cfg, dict) and "__unrecordable__" not in cfg:
+            return {"__model_cfg__": cfg}
+        problems.append(f"{path} is a {type(value).__name__}")
+        return None
+
+    for key, value in kwargs.items():
+        out[key] = convert(value, key)
+    if problems:
+        out["__unrecordable__"] = f"{where}: " + "; ".join(problems)
     return out
+
+
+def rebuild_model(cfg: dict[str, Any], **overrides: Any) -> nn.Module:
+    """Build the model a ``model_cfg`` (a checkpoint's sidecar) describes."""
+    if not isinstance(cfg, dict) or not ({"name", "builder"} & set(cfg)):
+        raise ValueError(f"not a model description: {cfg!r}")
+    kwargs = _restore(dict(cfg.get("kwargs", {})))
+    if "__unrecordable__" in kwargs:
+        raise ValueError(f"this model cannot be rebuilt from its description: {kwargs['__unrecordable__']}")
+    kwargs.update(overrides)
+    if "builder" in cfg:
+        _ensure_models_imported()
+        if cfg["builder"] not in _builders:
+            raise ValueError(f"unknown composition builder {cfg['builder']!r}; known: {sorted(_builders)}")
+        return _builders[cfg["builder"]](**kwargs)
+    return create_model(cfg["name"], **kwargs)
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__model_cfg__"}:
+            return rebuild_model(value["__model_cfg__"])
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def load_model(path: str | Path, **overrides: Any) -> nn.Module:
+    """Rebuild a model from one of our checkpoints (its JSON sidecar) and load the weights."""
+    from msfusion.checkpoint import CheckpointError, load_checkpoint, read_metadata
+
+    meta = read_metadata(path)
+    cfg = meta.get("model")
+    if not cfg or not ({"name", "builder"} & set(cfg)):
+        raise CheckpointError(
+            f"{path}: no model description beside it ({Path(path).with_suffix('.json').name} missing or "
+            "without 'model'). Build the model with create_model(...) and call load_checkpoint(model, path)."
+        )
+    try:
+        model = rebuild_model(cfg, **overrides)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    load_checkpoint(model, path)
+    return model

@@ -112,7 +112,7 @@ def test_gradmap_builds_the_variant_a_checkpoint_describes(tmp_path):
     # from the checkpoint's sidecar; a default build would not fit its weights.
     image = tmp_path / "img.png"
     _write_image(image)
-    ckpt = mf.save_checkpoint(mf.create_model("test_segnext", in_index=(3,), num_classes=4), tmp_path / "c")
+    ckpt = mf.save_checkpoint(mf.create_model("test_segnext", in_strides=(32,), num_classes=4), tmp_path / "c")
     rc = main(
         ["gradmap", "test_segnext", "--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
     )

@@ -163,9 +163,12 @@ def test_styles_and_mixers_forward_backward(name, style):
 def test_odd_sizes_crop_to_ceil(name):
     model = mf.create_model(name, features_only=True, extra_stage_features=True).eval()
     with torch.no_grad():
-        feats = model(torch.randn(1, 3, 97, 131))
-    assert len(feats) == 5 and [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32, 8]
-    for f, info in zip(feats, model.feature_info, strict=True):
+        feats, extras = model.forward_with_extras(torch.randn(1, 3, 97, 131))
+    # The extra 1/8 map stands apart, so the features stay strictly fine to coarse.
+    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
+    assert [i["reduction"] for i in model.extra_feature_info] == [8]
+    infos = model.feature_info + model.extra_feature_info
+    for f, info in zip(feats + extras, infos, strict=True):
         assert f.shape[-2:] == (
             math.ceil(97 / info["reduction"]),
             math.ceil(131 / info["reduction"]),

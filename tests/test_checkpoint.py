@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import msfusion as mf
-from msfusion.checkpoint import CheckpointError, atomic_write, load_model
+from msfusion.checkpoint import CheckpointError, atomic_write
 from msfusion.convert.segnext import to_official
+from msfusion.registry import load_model
 
 
 def _same_outputs(a, b, size=64):

@@ -22,7 +22,7 @@ from msfusion.engine.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 VARIANTS = {
-    # name: (drop path, layer-decay rule, num_layers); official_facts §1 "Segmentation (ced-mmseg)"
+    # name: (drop path, layer-decay rule, num_layers); the official CEDNet mmseg configs
     "upernet_cednet_next_t": (0.2, "cednet", 4),
     "upernet_cednet_next_s": (0.3, "cednet_small", 7),
     "upernet_cednet_next_b": (0.4, "cednet_small", 7),

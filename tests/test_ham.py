@@ -9,7 +9,7 @@ from msfusion.models.heads.ham import NMF2D
 
 
 def _reference_nmf(x, rank, steps, inv_t=1.0):
-    """The official NMF2D algorithm written out from official_facts §2(a), step by step."""
+    """The official NMF2D algorithm written out from the released SegNeXt code, step by step."""
     b, c, h, w = x.shape
     x = x.view(b, c, h * w)
     bases = F.normalize(torch.rand((b, c, rank)).to(x.device), dim=1)
@@ -62,7 +62,7 @@ def test_training_draws_fresh_bases():
 
 
 def test_gradients_flow_through_all_nmf_steps():
-    # No one-step gradient (official_facts §2(a)): d out / d x includes the iterations.
+    # No one-step gradient (as the released code): d out / d x includes the iterations.
     x = torch.rand(1, 8, 4, 4, requires_grad=True)
     nmf = NMF2D(8, rank=2, eval_steps=3).eval()
     nmf(x).sum().backward()
@@ -91,9 +91,13 @@ def test_no_nmf_state_in_checkpoints():
     assert not any("bases" in k for k in model.state_dict())
 
 
-def test_head_selection_by_in_index():
-    model = mf.create_model("test_segnext", in_index=(3,)).eval()
+def test_head_selection_by_stride():
+    model = mf.create_model("test_segnext", in_strides=(32,)).eval()
     assert model.decode_head.squeeze.conv.in_channels == 32
-    model = mf.create_model("test_segnext", in_index=(0, 1, 2, 3)).eval()
+    # The older positional form still works, converted to the encoder stages' strides.
+    assert mf.create_model("test_segnext", in_index=(3,)).decode_head.in_strides == (32,)
+    with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\]"):
+        mf.create_model("test_segnext", in_strides=(64,))
+    model = mf.create_model("test_segnext", in_strides=(4, 8, 16, 32)).eval()
     assert model.decode_head.squeeze.conv.in_channels == 8 + 16 + 24 + 32
     assert model(torch.randn(1, 3, 40, 56)).shape == (1, 5, 40, 56)

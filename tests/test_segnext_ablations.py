@@ -23,15 +23,17 @@ from msfusion.models.heads.ema import EMAUnit
 from msfusion.models.heads.non_local import NonLocal2d
 from msfusion.registry import paper_figures
 
-# (decoder, context, in_index) on the tiny test model (channels 32, dims 8/16/24/32).
+INFO = [dict(chs=c, reduction=r, module=f"s{r}") for c, r in zip((8, 16, 24, 32), (4, 8, 16, 32), strict=True)]
+
+# (decoder, context, in_strides) on the tiny test model (channels 32, dims 8/16/24/32).
 TINY_CONFIGS = {
-    "mlp": dict(decoder="mlp", in_index=(0, 1, 2, 3)),
+    "mlp": dict(decoder="mlp", in_strides=(4, 8, 16, 32)),
     "msca": dict(decoder="msca"),
     "cc": dict(context="cc"),
     "ema": dict(context="ema"),
     "nl": dict(context="nl"),
-    "lastonly": dict(in_index=(3,)),
-    "stage1": dict(in_index=(0, 1, 2, 3)),
+    "lastonly": dict(in_strides=(32,)),
+    "stage1": dict(in_strides=(4, 8, 16, 32)),
 }
 
 
@@ -63,7 +65,7 @@ def test_eval_is_deterministic_and_takes_odd_sizes(key):
 
 
 def test_mlp_head_fuses_at_the_first_stage_resolution_with_mmseg_keys():
-    head = build_head("mlp", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(0, 1, 2, 3), channels=32)
+    head = build_head("mlp", feature_info=INFO, num_classes=3, in_strides=(4, 8, 16, 32), channels=32)
     feats = [torch.randn(1, c, 32 // 2**i, 48 // 2**i) for i, c in enumerate([8, 16, 24, 32])]
     assert head(feats).shape == (1, 3, 32, 48)
     keys = set(head.state_dict())
@@ -78,7 +80,7 @@ def test_mlp_head_fuses_at_the_first_stage_resolution_with_mmseg_keys():
 
 
 def test_msca_head_is_the_ham_head_with_msca_in_the_context_slot():
-    head = build_head("msca", in_channels=[8, 16, 24, 32], num_classes=3, in_index=(1, 2, 3), channels=32)
+    head = build_head("msca", feature_info=INFO, num_classes=3, in_strides=(8, 16, 32), channels=32)
     assert type(head.hamburger).__name__ == "MSCAContext"
     assert {
         "squeeze.conv.weight",

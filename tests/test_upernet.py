@@ -18,6 +18,10 @@ from msfusion.registry import paper_figures
 VARIANTS = ["upernet_cednet_next_t", "upernet_cednet_next_s", "upernet_cednet_next_b"]
 
 
+def _info(chs=(8, 16, 24, 32), strides=(4, 8, 16, 32)):
+    return [dict(chs=c, reduction=r, module=f"s{r}") for c, r in zip(chs, strides, strict=True)]
+
+
 def _features(chs=(8, 16, 24, 32), size=(33, 47), batch=2):
     """Random maps at strides 4..32 of a (size) image, sides rounded up like a padded backbone."""
     h, w = size
@@ -25,7 +29,7 @@ def _features(chs=(8, 16, 24, 32), size=(33, 47), batch=2):
 
 
 def test_uper_head_shapes_and_backward():
-    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16).train()
+    head = UPerHead(_info(), num_classes=5, channels=16).train()
     feats = [f.requires_grad_(True) for f in _features()]
     out = head(feats)
     assert out.shape == (2, 5, 9, 12)  # the finest input's size
@@ -35,7 +39,7 @@ def test_uper_head_shapes_and_backward():
 
 
 def test_uper_head_mmcv_key_names():
-    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16)
+    head = UPerHead(_info(), num_classes=5, channels=16)
     keys = set(head.state_dict())
     expected = {
         "conv_seg.weight",
@@ -60,34 +64,36 @@ def test_uper_head_mmcv_key_names():
 
 
 def test_uper_head_official_param_count():
-    # official_facts §1(c): UPerHead(512 ch, 150 classes) on CEDNet-T's [96, 192, 352, 512]
-    # is 60.50 M - 30.72 M (backbone) = 29.78 M.
+    # The official code counts UPerHead(512 ch, 150 classes) on CEDNet-T's [96, 192, 352, 512]
+    # as 60.50 M - 30.72 M (backbone) = 29.78 M.
     with torch.device("meta"):
-        head = build_head("uper", in_channels=[96, 192, 352, 512], num_classes=150)
+        head = build_head("uper", feature_info=_info((96, 192, 352, 512)), num_classes=150)
     assert isinstance(head, UPerHead)
     assert mf.count_params(head) == 29_777_046
 
 
 def test_fcn_head():
     feats = _features()
-    head = FCNHead([8, 16, 24, 32], num_classes=5, in_index=1, channels=12)
+    head = FCNHead(_info(), num_classes=5, in_stride=8, channels=12)
     assert head(feats).shape == (2, 5, 5, 6)
     assert {"convs.0.conv.weight", "convs.0.bn.weight", "conv_seg.weight"} <= set(head.state_dict())
     assert "conv_cat.conv.weight" not in head.state_dict()
-    cat = FCNHead([8, 16, 24, 32], num_classes=5, in_index=-1, channels=12, num_convs=2, concat_input=True)
+    cat = FCNHead(_info(), num_classes=5, in_stride=32, channels=12, num_convs=2, concat_input=True)
     assert cat(feats).shape == (2, 5, 2, 2)
     assert cat.state_dict()["conv_cat.conv.weight"].shape == (12, 32 + 12, 3, 3)
     with pytest.raises(ValueError, match="num_convs=0"):
-        FCNHead([8, 16], num_classes=5, in_index=1, channels=12, num_convs=0)
+        FCNHead(_info((8, 16), (4, 8)), num_classes=5, in_stride=8, channels=12, num_convs=0)
     with pytest.raises(ValueError, match="one feature map"):
-        FCNHead([8, 16], num_classes=5, in_index=(0, 1))
+        FCNHead(_info((8, 16), (4, 8)), num_classes=5, in_stride=(4, 8))
+    with pytest.raises(ValueError, match=r"strides \[4, 8\]"):
+        FCNHead(_info((8, 16), (4, 8)), num_classes=5, in_stride=16)
 
 
 def test_upernet_any_timm_backbone_odd_size():
     model = UPerNet(
         "resnet18",
         num_classes=4,
-        in_index=(1, 2, 3, 4),
+        in_strides=(4, 8, 16, 32),
         channels=16,
         aux_in_index=3,
         aux_channels=8,
@@ -106,9 +112,12 @@ def test_upernet_any_timm_backbone_odd_size():
 def test_upernet_cednet_tiny_uses_stage_m_minus_1_map():
     model = mf.create_model("test_upernet_cednet").eval()
     info = model.backbone.feature_info
-    # [c2, c3, c4, c5, c3' of stage m-1]: the auxiliary head reads the last one.
-    assert len(info) == 5 and info[4] == info[1]
-    assert model.auxiliary_head[0].in_index == (4,)
+    # [c2, c3, c4, c5] strictly fine to coarse; c3' of stage m-1 is the first extra map,
+    # which the auxiliary head reads (mmseg's index 4).
+    assert [i["reduction"] for i in info] == [4, 8, 16, 32]
+    extra = model.backbone.extra_feature_info
+    assert len(extra) == 1 and extra[0]["chs"] == info[1]["chs"] and extra[0]["reduction"] == 8
+    assert model.auxiliary_inputs == ("extra:0",)
     assert model.decode_head.in_index == (0, 1, 2, 3)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 45, 71)).shape == (1, 5, 45, 71)
@@ -155,7 +164,7 @@ def test_table3_params(name, official_no_aux_m):
     assert abs(total / 1e6 - paper.params_m) / paper.params_m < 0.02
     no_aux = total - mf.count_params(model.auxiliary_head)
     assert no_aux / 1e6 == pytest.approx(official_no_aux_m, abs=0.01)
-    assert model.backbone.feature_info[4]["reduction"] == 8
+    assert model.backbone.extra_feature_info[0]["reduction"] == 8
 
 
 def test_table3_macs_tiny():
@@ -167,9 +176,9 @@ def test_table3_macs_tiny():
 
 
 def test_batch_of_one_in_training_says_why():
-    head = UPerHead([8, 16, 24, 32], num_classes=5, channels=16).train()
+    head = UPerHead(_info(), num_classes=5, channels=16).train()
     with pytest.raises(ValueError, match="at least 2 images"):
         head(_features(batch=1))
     assert head.eval()(_features(batch=1)).shape == (1, 5, 9, 12)
-    gn = UPerHead([8, 16, 24, 32], num_classes=5, channels=64, norm="gn", pool_scales=(1, 2)).train()
+    gn = UPerHead(_info(), num_classes=5, channels=64, norm="gn", pool_scales=(1, 2)).train()
     assert gn(_features(batch=1)).shape == (1, 5, 9, 12)

@@ -36,8 +36,9 @@ def _pair(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msfusion.checkpoint import load_model, read_metadata
+    from msfusion.checkpoint import read_metadata
     from msfusion.engine.predictor import predict_files
+    from msfusion.registry import load_model
 
     meta = read_metadata(args.checkpoint)
     model = load_model(args.checkpoint).to(args.device).eval()

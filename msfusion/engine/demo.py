@@ -32,7 +32,7 @@ __all__ = ["DEMO_RECIPE", "run_demo"]
 
 DEMO_RECIPE: dict[str, Any] = {
     "task": "segmentation",
-    "model": {"name": "segnext_t", "kwargs": {"drop_path_rate": 0.0, "in_index": [0, 1, 2, 3]}},
+    "model": {"name": "segnext_t", "kwargs": {"drop_path_rate": 0.0, "in_strides": [4, 8, 16, 32]}},
     "data": {
         "train": {
             "type": "shapes",
@@ -124,8 +124,8 @@ def run_demo(
     if metrics is None:
         raise ValueError("the demo recipe must evaluate at the last step (train.eval_interval > 0)")
 
-    from msfusion.checkpoint import load_model
     from msfusion.engine.tasks import build_task
+    from msfusion.registry import load_model
 
     best = Path(cfg["train"]["work_dir"]) / "checkpoints" / "best.safetensors"
     # The report describes the final model (the metrics above); best.safetensors is kept for reuse.

@@ -3,12 +3,20 @@
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
 from msfusion.layers.conv_norm_act import ConvNormAct, make_act, make_norm
-from msfusion.layers.features import FeatureInfo, check_image_batch, resize_to
+from msfusion.layers.features import (
+    FeatureInfo,
+    check_feature_info,
+    check_image_batch,
+    indices_for_strides,
+    resize_to,
+)
 
 __all__ = [
     "ConvNormAct",
     "DropPath",
     "FeatureInfo",
+    "check_feature_info",
+    "indices_for_strides",
     "LayerNorm2d",
     "check_image_batch",
     "make_act",

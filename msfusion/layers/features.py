@@ -1,7 +1,10 @@
 """The feature contract shared by backbones, add-ons, necks and heads (DESIGN.md).
 
-A feature producer returns ``list[Tensor]`` ordered fine to coarse and describes
-it with ``feature_info``: one ``{"chs": C, "reduction": stride}`` per output.
+A feature producer (backbone, add-on, neck) returns ``list[Tensor]`` ordered
+strictly fine to coarse and describes it with ``feature_info``: one
+``{"chs": C, "reduction": stride, "module": name}`` per output, where ``module``
+names the submodule that produced the map (timm's and detectron2's convention).
+Consumers (heads, necks, add-ons) select maps by stride, never by position.
 """
 
 from __future__ import annotations
@@ -13,12 +16,69 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FeatureInfo", "check_image_batch", "resize_to", "select_features"]
+__all__ = [
+    "FeatureInfo",
+    "check_feature_info",
+    "check_image_batch",
+    "indices_for_strides",
+    "resize_to",
+    "select_features",
+]
 
 
-class FeatureInfo(TypedDict):
+class FeatureInfo(TypedDict, total=False):
     chs: int
     reduction: int
+    module: str
+
+
+def check_feature_info(info: object, owner: str) -> list[FeatureInfo]:
+    """Validate a producer's ``feature_info``; return it as a list of plain dicts.
+
+    Every entry needs a positive ``chs`` and ``reduction``; reductions must
+    increase strictly (fine to coarse), so that a consumer can select maps by
+    stride. ``owner`` names the producer in the error message.
+    """
+    if info is None or isinstance(info, (str, bytes)) or not hasattr(info, "__len__") or len(info) == 0:
+        raise ValueError(
+            f"{owner} has no feature_info: a feature producer must describe its outputs with a list of "
+            "dict(chs=channels, reduction=stride, module=name), fine to coarse. Build backbones with "
+            "msfusion.create_model(name, features_only=True)."
+        )
+    out: list[FeatureInfo] = []
+    for i, entry in enumerate(info):
+        try:
+            chs, reduction = int(entry["chs"]), int(entry["reduction"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{owner}.feature_info[{i}] = {entry!r} needs integer 'chs' and 'reduction'") from err
+        if chs <= 0 or reduction <= 0:
+            raise ValueError(f"{owner}.feature_info[{i}] = {entry!r}: channels and stride must be positive")
+        out.append(FeatureInfo(chs=chs, reduction=reduction, module=str(entry.get("module", f"out{i}"))))
+    strides = [f["reduction"] for f in out]
+    if any(b <= a for a, b in zip(strides, strides[1:], strict=False)):
+        raise ValueError(
+            f"{owner} lists its outputs with strides {strides}: they must increase strictly (fine to coarse). "
+            "Reorder the outputs, or expose extra maps of a repeated stride separately."
+        )
+    return out
+
+
+def indices_for_strides(info: Sequence[FeatureInfo], strides: Sequence[int], owner: str) -> tuple[int, ...]:
+    """Positions in ``info`` of the maps with the given strides, in the order asked.
+
+    Raises ``ValueError`` listing the strides that exist when one is missing.
+    """
+    available = [int(f["reduction"]) for f in info]
+    strides = tuple(int(s) for s in strides)
+    if not strides:
+        raise ValueError(f"{owner}: name at least one stride to read; the producer has strides {available}")
+    missing = [s for s in strides if s not in available]
+    if missing:
+        raise ValueError(
+            f"{owner} reads strides {list(strides)}, but the features have strides {available} "
+            f"(missing: {missing}). Pass in_strides= with strides from that list."
+        )
+    return tuple(available.index(s) for s in strides)
 
 
 def select_features(

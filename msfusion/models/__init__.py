@@ -1,1 +1,23 @@
-"""Backbones, add-ons, necks, heads and the task models built from them."""
+"""Backbones, add-ons, necks, heads and the task models built from them.
+
+Importing this package imports every model family, which registers its
+variants (timm's pattern); the registry itself imports no family.
+"""
+
+import importlib
+
+# Each module registers its variants with ``@register_model`` when imported.
+_MODEL_MODULES = (
+    "msfusion.models.backbones",
+    "msfusion.models.backbones.mscan",
+    "msfusion.models.backbones.cednet",
+    "msfusion.models.heads",
+    "msfusion.models.segnext",
+    "msfusion.models.segnext_ablations",
+    "msfusion.models.upernet_cednet",
+    "msfusion.models.classifier",
+    "msfusion.models.segmentor",
+)
+
+for _module in _MODEL_MODULES:
+    importlib.import_module(_module)

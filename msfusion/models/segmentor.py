@@ -1,28 +1,32 @@
 """The segmentor: backbone -> [add-on] -> [neck] -> head -> logits at the input size.
 
-The encoder-decoder of mmseg's ``EncoderDecoder`` as one plain module (DESIGN.md,
-"Segmentor"). Inputs of any size work: the image is padded inside (bottom and
-right, with zeros, i.e. the mean colour after normalisation) to a multiple of
-``size_divisor``, as mmseg's test pipeline does (``size_divisor=32``,
-official_facts §2 "Test"), and the logits are upsampled bilinearly
-(align_corners=False) and cropped back.
+The encoder-decoder of mmsegmentation's ``EncoderDecoder`` as one plain module
+(the composition contract: every part passes a list of maps fine to coarse
+described by ``feature_info``; heads read maps by stride). Inputs of any size
+work: the image is padded inside (bottom and right, with zeros, i.e. the mean
+colour after normalisation) to a multiple of ``size_divisor`` (32, as
+mmsegmentation's test pipeline, or more when the backbone needs it, e.g. a
+window transformer) and at least to the backbone's minimum size; the logits
+are upsampled bilinearly (align_corners=False) and cropped back.
 
 Also here: sliding-window inference and multi-scale + flip testing, used by the
-evaluator.
+evaluator, and ``build_segmentor``, which composes a segmentor from names.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.layers import check_image_batch, resize_to
+from msfusion.layers import check_feature_info, check_image_batch, resize_to
+from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
-__all__ = ["Segmentor", "build_segmentor"]
+__all__ = ["Segmentor", "build_segmentor", "build_part", "feature_producer"]
 
 
 class Segmentor(nn.Module):
@@ -34,12 +38,18 @@ class Segmentor(nn.Module):
 
     Args:
         backbone: returns ``list[Tensor]`` fine to coarse and has ``feature_info``.
-        decode_head: takes that list, returns (B, K, h, w) logits.
+        decode_head: takes the last producer's list, returns (B, K, h, w) logits.
         num_classes: K.
         addon: optional module list -> list (e.g. MSCSA), same contract.
         neck: optional module list -> list (e.g. FPN), same contract.
         auxiliary_heads: optional heads trained with ``auxiliary_weights``.
-        size_divisor: inputs are padded to a multiple of this.
+        auxiliary_inputs: per auxiliary head, what it reads: ``"features"``
+            (the last producer's list, default) or ``"extra:<k>"``, the k-th
+            extra map of a backbone that exposes ``forward_with_extras`` (a
+            CEDNet's earlier-stage 1/8 maps).
+        size_divisor: inputs are padded to a multiple of this and of the
+            backbone's own ``size_divisor``.
+        in_chans: input channels.
     """
 
     def __init__(
@@ -51,36 +61,61 @@ class Segmentor(nn.Module):
         neck: nn.Module | None = None,
         auxiliary_heads: Sequence[nn.Module] = (),
         auxiliary_weights: Sequence[float] = (),
+        auxiliary_inputs: Sequence[str] | None = None,
         size_divisor: int = 32,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
         if len(auxiliary_heads) != len(auxiliary_weights):
             raise ValueError("give one loss weight per auxiliary head")
+        auxiliary_inputs = tuple(auxiliary_inputs or ("features",) * len(auxiliary_heads))
+        if len(auxiliary_inputs) != len(auxiliary_heads):
+            raise ValueError("give one input ('features' or 'extra:<k>') per auxiliary head")
+        for producer, role in ((backbone, "backbone"), (addon, "add-on"), (neck, "neck")):
+            if producer is not None:
+                check_feature_info(getattr(producer, "feature_info", None), f"the {role} {type(producer).__name__}")
         self.backbone = backbone
         self.addon = addon
         self.neck = neck
         self.decode_head = decode_head
         self.auxiliary_head = nn.ModuleList(auxiliary_heads) if auxiliary_heads else None
         self.auxiliary_weights = tuple(auxiliary_weights)
+        self.auxiliary_inputs = auxiliary_inputs
         self.num_classes = num_classes
-        self.size_divisor = size_divisor
+        self.size_divisor = math.lcm(int(size_divisor), int(getattr(backbone, "size_divisor", 1) or 1))
+        self.min_size = int(getattr(backbone, "min_size", 0) or 0)
         self.in_chans = in_chans
 
-    def extract_features(self, images: Tensor) -> list[Tensor]:
-        feats = self.backbone(images)
+    @property
+    def feature_info(self) -> list[dict]:
+        """The ``feature_info`` of the maps the decode head reads (the last producer's)."""
+        return feature_producer(self.backbone, self.addon, self.neck).feature_info
+
+    def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        if getattr(self.backbone, "extra_feature_info", None):
+            feats, extras = self.backbone.forward_with_extras(images)
+        else:
+            feats, extras = self.backbone(images), []
         if self.addon is not None:
             feats = self.addon(feats)
         if self.neck is not None:
             feats = self.neck(feats)
-        return feats
+        return list(feats), list(extras)
+
+    def extract_features(self, images: Tensor) -> list[Tensor]:
+        """(B, C, H, W) padded images -> the maps the decode head reads, fine to coarse."""
+        return self._features(images)[0]
 
     def _pad(self, images: Tensor) -> Tensor:
         # Integer shape arithmetic and an unconditional pad keep this a traced expression,
         # so an exported graph (ONNX, dynamic H and W) pads correctly at every size.
         h, w = images.shape[-2], images.shape[-1]
         d = self.size_divisor
-        return F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        if self.min_size > d:
+            h, w = images.shape[-2], images.shape[-1]
+            images = F.pad(images, (0, max(self.min_size - w, 0), 0, max(self.min_size - h, 0)))
+        return images
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
         logits = resize_to(logits, padded)
@@ -91,12 +126,16 @@ class Segmentor(nn.Module):
         check_image_batch(images, self.in_chans)
         size = tuple(images.shape[-2:])
         padded = self._pad(images)
-        feats = self.extract_features(padded)
+        feats, extras = self._features(padded)
         out: dict[str, Tensor | list[Tensor]] = {
             "logits": self._to_input_size(self.decode_head(feats), padded.shape[-2:], size)
         }
         if self.auxiliary_head is not None:
-            out["aux_logits"] = [self._to_input_size(h(feats), padded.shape[-2:], size) for h in self.auxiliary_head]
+            aux = []
+            for head, source in zip(self.auxiliary_head, self.auxiliary_inputs, strict=True):
+                inputs = feats if source == "features" else [extras[int(source.split(":")[1])]]
+                aux.append(self._to_input_size(head(inputs), padded.shape[-2:], size))
+            out["aux_logits"] = aux
         return out
 
     def forward(self, images: Tensor) -> Tensor:
@@ -155,31 +194,101 @@ class Segmentor(nn.Module):
         return total / n
 
 
+def feature_producer(backbone: nn.Module, addon: nn.Module | None, neck: nn.Module | None) -> nn.Module:
+    """The last feature producer of a chain: the neck, else the add-on, else the backbone."""
+    return neck if neck is not None else addon if addon is not None else backbone
+
+
+def build_part(
+    spec: str | nn.Module | None, kind: str, feature_info: Sequence[dict], kwargs: dict[str, Any] | None, **extra: Any
+) -> nn.Module | None:
+    """Build a registered add-on, neck or head by name on ``feature_info``, or pass a module through.
+
+    A name is checked against the registry's names of ``kind`` (did-you-mean
+    error otherwise); kwargs only apply to names.
+    """
+    if spec is None:
+        if kwargs:
+            raise ValueError(f"{kind}_kwargs given without a {kind}")
+        return None
+    if isinstance(spec, nn.Module):
+        if kwargs:
+            raise ValueError(f"{kind}_kwargs only apply when the {kind} is given by name, not as a module")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"the {kind} must be a registered name or an nn.Module, got {type(spec).__name__}")
+    part = model_entrypoint(spec, kind=kind)(list(feature_info), **extra, **(kwargs or {}))
+    part.model_cfg = {"name": spec, "kwargs": recordable(dict(kwargs or {}), f"{kind} {spec!r}")}
+    return part
+
+
 def build_segmentor(
     backbone: str | nn.Module,
     *,
     head: str | nn.Module,
     num_classes: int,
-    addon: nn.Module | None = None,
-    neck: nn.Module | None = None,
-    head_kwargs: dict | None = None,
-    backbone_kwargs: dict | None = None,
-    **kwargs,
+    addon: str | nn.Module | None = None,
+    neck: str | nn.Module | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    addon_kwargs: dict[str, Any] | None = None,
+    neck_kwargs: dict[str, Any] | None = None,
+    head_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> Segmentor:
-    """Compose a segmentor from a backbone (name or module) and a head (name or module).
+    """Compose a segmentor: backbone -> [add-on] -> [neck] -> head.
 
-    A backbone name is built with ``create_model(name, features_only=True)``,
-    so any registered backbone or timm model works. Head names: ``"ham"``
-    (LightHamHead), ``"mlp"`` (SegFormer all-MLP), ``"msca"`` (MSCA head),
-    ``"uper"`` (UperNet).
+    Each part is a registered name (``msfusion.list_models(kind=...)``) with
+    its keyword arguments in ``*_kwargs``, or a module. A backbone name is
+    built with ``create_model(name, features_only=True)``, so any registered
+    backbone or classifier family (``mscan_t``, ``cednet_next_t``) and any timm
+    model name works. Each later part is built from the ``feature_info`` of
+    the one before, and the head reads the strides it names.
+
+    Example::
+
+        mf.build_segmentor("resnet50", neck="fpn", head="semantic_fpn", num_classes=19)
+        mf.build_segmentor("convnext_atto", head="ham", num_classes=5, head_kwargs={"channels": 128})
+
+    Args:
+        backbone, addon, neck, head: names or modules.
+        num_classes: K.
+        backbone_kwargs, addon_kwargs, neck_kwargs, head_kwargs: constructor
+            arguments of parts given by name.
+        **kwargs: ``Segmentor`` arguments (``size_divisor``, ...).
+
+    Returns:
+        The ``Segmentor``, with a ``model_cfg`` that ``save_checkpoint`` records
+        and ``load_model`` rebuilds (refused when a part was given as a module
+        that was not itself built by name).
     """
-    from msfusion.models.heads import build_head
-    from msfusion.registry import create_model
-
+    cfg = dict(
+        backbone=backbone,
+        head=head,
+        num_classes=num_classes,
+        addon=addon,
+        neck=neck,
+        backbone_kwargs=backbone_kwargs,
+        addon_kwargs=addon_kwargs,
+        neck_kwargs=neck_kwargs,
+        head_kwargs=head_kwargs,
+        **kwargs,
+    )
     if isinstance(backbone, str):
         backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
-    feature_source = neck if neck is not None else addon if addon is not None else backbone
-    in_channels = [info["chs"] for info in feature_source.feature_info]
-    if isinstance(head, str):
-        head = build_head(head, in_channels=in_channels, num_classes=num_classes, **(head_kwargs or {}))
-    return Segmentor(backbone, head, num_classes, addon=addon, neck=neck, **kwargs)
+    elif backbone_kwargs:
+        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
+    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
+    addon = build_part(addon, "addon", info, addon_kwargs)
+    if addon is not None:
+        info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
+    neck = build_part(neck, "neck", info, neck_kwargs)
+    if neck is not None:
+        info = check_feature_info(getattr(neck, "feature_info", None), f"the neck {type(neck).__name__}")
+    head = build_part(head, "head", info, head_kwargs, num_classes=num_classes)
+    kwargs.setdefault("in_chans", getattr(backbone, "in_chans", 3))
+    model = Segmentor(backbone, head, num_classes, addon=addon, neck=neck, **kwargs)
+    model.model_cfg = {"builder": "build_segmentor", "kwargs": recordable(cfg, "build_segmentor")}
+    return model
+
+
+register_builder("build_segmentor", build_segmentor)

@@ -71,19 +71,19 @@ def _appendix_table2(params_m: float, gmacs: float) -> PaperFigures:
 # Table 5: the Hamburger of SegNeXt-B's head replaced by another context module.
 
 
-@register_model(paper=_table5(27.8, 35.7))
+@register_model(kind="segmentor", backbone="mscan_b", paper=_table5(27.8, 35.7))
 def segnext_b_cc(**kwargs: Any) -> SegNeXt:
     """SegNeXt-B w/ CC: recurrent criss-cross attention (R = 2) in the head (Table 5)."""
     return segnext_b(**{"context": "cc", **kwargs})
 
 
-@register_model(paper=_table5(27.4, 32.3))
+@register_model(kind="segmentor", backbone="mscan_b", paper=_table5(27.4, 32.3))
 def segnext_b_ema(**kwargs: Any) -> SegNeXt:
     """SegNeXt-B w/ EMA: the EM attention unit (K = 64, T = 3) in the head (Table 5)."""
     return segnext_b(**{"context": "ema", **kwargs})
 
 
-@register_model(paper=_table5(27.6, 40.9))
+@register_model(kind="segmentor", backbone="mscan_b", paper=_table5(27.6, 40.9))
 def segnext_b_nl(**kwargs: Any) -> SegNeXt:
     """SegNeXt-B w/ NL: an embedded-Gaussian non-local block in the head (Table 5)."""
     return segnext_b(**{"context": "nl", **kwargs})
@@ -92,31 +92,31 @@ def segnext_b_nl(**kwargs: Any) -> SegNeXt:
 # Table 6: MSCA design ablations in the encoder of SegNeXt-T.
 
 
-@register_model(paper=_table6())
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table6())
 def segnext_t_branch7(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T with the 7x7 strip branch only in MSCA (Table 6 row 1)."""
     return segnext_t(**{"branch_kernels": (7,), **kwargs})
 
 
-@register_model(paper=_table6())
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table6())
 def segnext_t_branch11(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T with the 11x11 strip branch only in MSCA (Table 6 row 2)."""
     return segnext_t(**{"branch_kernels": (11,), **kwargs})
 
 
-@register_model(paper=_table6())
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table6())
 def segnext_t_branch21(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T with the 21x21 strip branch only in MSCA (Table 6 row 3)."""
     return segnext_t(**{"branch_kernels": (21,), **kwargs})
 
 
-@register_model(paper=_table6())
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table6())
 def segnext_t_no_conv1x1(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T without MSCA's 1x1 channel-mixing conv (Table 6 row 4)."""
     return segnext_t(**{"channel_mixer": False, **kwargs})
 
 
-@register_model(paper=_table6())
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table6())
 def segnext_t_no_attention(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T without MSCA's attention product (Table 6 row 5)."""
     return segnext_t(**{"attention": False, **kwargs})
@@ -125,34 +125,34 @@ def segnext_t_no_attention(**kwargs: Any) -> SegNeXt:
 # Table 7: decoder structures of Fig. 3 on SegNeXt-T.
 
 
-@register_model(paper=_table7(4.4, 10.0))
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table7(4.4, 10.0))
 def segnext_t_mlp(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T (a): SegFormer's all-MLP decoder on stages 1-4 (Fig. 3a, Table 7)."""
-    return segnext_t(**{"decoder": "mlp", "in_index": (0, 1, 2, 3), **kwargs})
+    return segnext_t(**{"decoder": "mlp", "in_strides": (4, 8, 16, 32), **kwargs})
 
 
-@register_model(paper=_table7(4.2, 4.9))
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table7(4.2, 4.9))
 def segnext_t_lastonly(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T (b): the Ham head on the last stage only (Fig. 3b, Table 7)."""
-    return segnext_t(**{"in_index": (3,), **kwargs})
+    return segnext_t(**{"in_strides": (32,), **kwargs})
 
 
-@register_model(paper=_table7(4.3, 12.1))
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table7(4.3, 12.1))
 def segnext_t_stage1(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T (c) w/ stage 1: the Ham head on stages 1-4, at 1/4 resolution (Table 7)."""
-    return segnext_t(**{"in_index": (0, 1, 2, 3), **kwargs})
+    return segnext_t(**{"in_strides": (4, 8, 16, 32), **kwargs})
 
 
 # Table 8: VAN's single large-kernel attention in place of MSCA.
 
 
-@register_model(paper=_table8(4.2, 6.5))
+@register_model(kind="segmentor", backbone="mscan_t", paper=_table8(4.2, 6.5))
 def segnext_t_lka(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T w/o MSCA: LKA (5x5 dw, 7x7 dw dilation 3, 1x1) in the encoder (Table 8)."""
     return segnext_t(**{"attention_type": "lka", **kwargs})
 
 
-@register_model(paper=_table8(13.8, 15.8))
+@register_model(kind="segmentor", backbone="mscan_s", paper=_table8(13.8, 15.8))
 def segnext_s_lka(**kwargs: Any) -> SegNeXt:
     """SegNeXt-S w/o MSCA: LKA in the encoder (Table 8)."""
     return segnext_s(**{"attention_type": "lka", **kwargs})
@@ -161,25 +161,25 @@ def segnext_s_lka(**kwargs: Any) -> SegNeXt:
 # Appendix Table 2: MSCA in place of the Hamburger, COCO-Stuff (171 classes).
 
 
-@register_model(paper=_appendix_table2(4.4, 6.7))
+@register_model(kind="segmentor", backbone="mscan_t", paper=_appendix_table2(4.4, 6.7))
 def segnext_t_mscahead(**kwargs: Any) -> SegNeXt:
     """SegNeXt-T w/ MSCA head, 171 classes (appendix Table 2)."""
     return segnext_t(**{"decoder": "msca", "num_classes": 171, **kwargs})
 
 
-@register_model(paper=_appendix_table2(14.0, 15.9))
+@register_model(kind="segmentor", backbone="mscan_s", paper=_appendix_table2(14.0, 15.9))
 def segnext_s_mscahead(**kwargs: Any) -> SegNeXt:
     """SegNeXt-S w/ MSCA head, 171 classes (appendix Table 2)."""
     return segnext_s(**{"decoder": "msca", "num_classes": 171, **kwargs})
 
 
-@register_model(paper=_appendix_table2(28.0, 33.6))
+@register_model(kind="segmentor", backbone="mscan_b", paper=_appendix_table2(28.0, 33.6))
 def segnext_b_mscahead(**kwargs: Any) -> SegNeXt:
     """SegNeXt-B w/ MSCA head, 171 classes (appendix Table 2)."""
     return segnext_b(**{"decoder": "msca", "num_classes": 171, **kwargs})
 
 
-@register_model(paper=_appendix_table2(50.1, 69.8))
+@register_model(kind="segmentor", backbone="mscan_l", paper=_appendix_table2(50.1, 69.8))
 def segnext_l_mscahead(**kwargs: Any) -> SegNeXt:
     """SegNeXt-L w/ MSCA head, 171 classes (appendix Table 2)."""
     return segnext_l(**{"decoder": "msca", "num_classes": 171, **kwargs})

@@ -299,10 +299,13 @@ class CEDNet(nn.Module):
       last head's.
     - ``features_only=True``: ``forward(x)`` -> list of maps selected by
       ``out_indices`` from ``[c2, c3, c4, c5]``: c2 is the stem output (stride 4,
-      C0), c3..c5 the last stage's outputs (strides 8, 16, 32). With
+      C0), c3..c5 the last stage's outputs (strides 8, 16, 32), strictly fine
+      to coarse; ``feature_info`` describes the selection. With
       ``extra_stage_features=True`` the fused 1/8 map of every earlier stage
-      follows, latest first (the official mmseg backbone's list; index 4 feeds
-      its auxiliary FCN head). ``feature_info`` describes the selection.
+      (latest first; the official mmseg backbone appends them to its list,
+      and the first feeds its auxiliary FCN head) is exposed separately:
+      ``forward_with_extras(x)`` returns ``(features, extras)`` and
+      ``extra_feature_info`` describes the extras.
     - ``pyramid="p3p7"`` / ``"p2p6"``: the official mmdet wrappers' built-in neck,
       ``pyramid_chs`` (256) channels each: P3-P7 (strides 8-128, 1x1 conv + LN on
       c3..c5, two 3x3 stride-2 conv + LN) or P2-P6 (strides 4-64, one extra level,
@@ -459,8 +462,14 @@ class CEDNet(nn.Module):
             dict(chs=c2, reduction=16),
             dict(chs=c3, reduction=32),
         ]
-        if extra_stage_features:
-            self.backbone_info += [dict(chs=c1, reduction=8) for _ in range(num_stages - 1)]
+        for i, info in enumerate(self.backbone_info):
+            info["module"] = "stages.0" if i == 0 else f"stages.{num_stages}"
+        # Repeated strides would break the fine-to-coarse contract: the extras stand apart.
+        self.extra_feature_info = (
+            [dict(chs=c1, reduction=8, module=f"stages.{s}") for s in range(num_stages - 1, 0, -1)]
+            if extra_stage_features
+            else []
+        )
         self.extra_stage_features = extra_stage_features
 
         self.features_only = features_only or pyramid is not None
@@ -486,7 +495,9 @@ class CEDNet(nn.Module):
                     LayerNorm2d(pyramid_chs, eps=1e-6),
                     nn.Conv2d(pyramid_chs, pyramid_chs, 3, padding=1),
                 )
-            info = [dict(chs=pyramid_chs, reduction=2**lvl) for lvl in range(first, first + 5)]
+            info = [
+                dict(chs=pyramid_chs, reduction=2**lvl, module=f"pyramid.p{lvl}") for lvl in range(first, first + 5)
+            ]
         else:
             info = self.backbone_info
         self.out_indices, self.feature_info = select_features(info, out_indices if self.features_only else None)
@@ -555,18 +566,24 @@ class CEDNet(nn.Module):
         return c2, outs
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) -> all backbone outputs ``[c2, c3, c4, c5]`` (+ ``c3'_{m-1}, ..., c3'_1``).
+        """(B, 3, H, W) -> all backbone outputs ``[c2, c3, c4, c5]``.
 
         Shapes: c2 (B, C0, H/4, W/4); c3, c4, c5 (B, C1..C3, H/s, W/s) for
-        strides s = 8, 16, 32; with ``extra_stage_features`` each earlier stage's
-        fused map (B, C1, H/8, W/8), latest first. Sizes are ``ceil(size / s)``.
+        strides s = 8, 16, 32. Sizes are ``ceil(size / s)``.
         """
+        return self._features_and_extras(x)[0]
+
+    def _features_and_extras(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         x, size = self._check_and_pad(x)
         c2, outs = self._forward_cascade(x)
-        feats = [c2, *outs[-1]]
-        if self.extra_stage_features:
-            feats += [o[0] for o in reversed(outs[:-1])]
-        return [_crop(f, size, info["reduction"]) for f, info in zip(feats, self.backbone_info, strict=True)]
+        feats = [_crop(f, size, info["reduction"]) for f, info in zip([c2, *outs[-1]], self.backbone_info, strict=True)]
+        extras = [_crop(o[0], size, 8) for o in reversed(outs[:-1])] if self.extra_stage_features else []
+        return feats, extras
+
+    def forward_with_extras(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The selected features and the earlier stages' fused 1/8 maps (B, C1, H/8, W/8), latest first."""
+        feats, extras = self._features_and_extras(x)
+        return [feats[i] for i in self.out_indices], extras
 
     def forward_pyramid(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> the detection pyramid, ``pyramid_chs`` channels per level.
@@ -734,7 +751,7 @@ def _paper(params_m: float, gmacs: float, table9: str) -> PaperFigures:
     )
 
 
-@register_model(paper=_paper(33.8, 5.70, "paper Table 9: 34M, 5.7G"))
+@register_model(kind="classifier", paper=_paper(33.8, 5.70, "paper Table 9: 34M, 5.7G"))
 def cednet_next_t(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-T: C=(96, 192, 352, 512), B=(3, 2, 4, 2), m=3 (Sec. 3.4).
 
@@ -746,13 +763,13 @@ def cednet_next_t(**kwargs: Any) -> CEDNet:
     return _create_cednet("cednet_next_t", **{**cfg, **kwargs})
 
 
-@register_model(paper=_paper(56.2, 9.66, "paper Table 9: 55M, 9.8G"))
+@register_model(kind="classifier", paper=_paper(56.2, 9.66, "paper Table 9: 55M, 9.8G"))
 def cednet_next_s(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-S: C=(96, 192, 352, 512), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
     return _create_cednet("cednet_next_s", **{**_NEXT_S, **kwargs})
 
 
-@register_model(paper=_paper(94.6, 16.20, "paper Table 9: 95M, 16.2G"))
+@register_model(kind="classifier", paper=_paper(94.6, 16.20, "paper Table 9: 95M, 16.2G"))
 def cednet_next_b(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-B: C=(128, 256, 448, 704), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
     return _create_cednet("cednet_next_b", **{**_NEXT_B, **kwargs})
@@ -767,7 +784,7 @@ def _table5(params_m: float) -> PaperFigures:
     )
 
 
-@register_model(paper=_table5(39))
+@register_model(kind="classifier", paper=_table5(39))
 def cednet_r50_t(**kwargs: Any) -> CEDNet:
     """CEDNet-R50-T (Table 5): ResNet bottleneck mixer, BN, ReLU (official ``CEDNet_res50``)."""
     cfg = dict(
@@ -784,7 +801,7 @@ def cednet_r50_t(**kwargs: Any) -> CEDNet:
     return _create_cednet("cednet_r50_t", **{**cfg, **kwargs})
 
 
-@register_model(paper=_table5(37))
+@register_model(kind="classifier", paper=_table5(37))
 def cednet_swin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-Swin-T (Table 5): Swin window attention, window 7, C/32 heads (official ``CEDNet_swin_tiny``)."""
     cfg = dict(
@@ -799,7 +816,7 @@ def cednet_swin_t(**kwargs: Any) -> CEDNet:
     return _create_cednet("cednet_swin_t", **{**cfg, **kwargs})
 
 
-@register_model(paper=_table5(33))
+@register_model(kind="classifier", paper=_table5(33))
 def cednet_cswin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-CSwin-T (Table 5): cross-shaped window attention (official ced-mmdet CSwin config)."""
     cfg = dict(
@@ -828,27 +845,27 @@ _TEST = dict(
 )
 
 
-@register_model
+@register_model(kind="classifier")
 def test_cednet_next(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-NeXt for fast tests."""
     return _create_cednet("test_cednet_next", **{**_TEST, **kwargs})
 
 
-@register_model
+@register_model(kind="classifier")
 def test_cednet_r50(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-R50 for fast tests."""
     cfg = dict(_TEST, token_mixer="bottleneck", norm="bn", act="relu")
     return _create_cednet("test_cednet_r50", **{**cfg, **kwargs})
 
 
-@register_model
+@register_model(kind="classifier")
 def test_cednet_swin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-Swin for fast tests."""
     cfg = dict(_TEST, token_mixer="swin", swin_head_dim=8, window_size=4, blocks=(2, 2, 1))
     return _create_cednet("test_cednet_swin", **{**cfg, **kwargs})
 
 
-@register_model
+@register_model(kind="classifier")
 def test_cednet_cswin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-CSwin for fast tests."""
     cfg = dict(_TEST, token_mixer="cswin", cswin_heads=(2, 2, 2, 2), cswin_split=(1, 2, 2, 2))

@@ -268,7 +268,7 @@ class MSCAN(nn.Module):
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"block{i + 1}", blocks)
             setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i]))
-            info.append(dict(chs=embed_dims[i], reduction=2 ** (i + 2)))
+            info.append(dict(chs=embed_dims[i], reduction=2 ** (i + 2), module=f"norm{i + 1}"))
 
         self.features_only = features_only
         self.out_indices, self.feature_info = select_features(info, out_indices if features_only else None)
@@ -364,31 +364,31 @@ def _imagenet(params_m: float) -> PaperFigures:
     )
 
 
-@register_model(paper=_imagenet(4.2))
+@register_model(kind="classifier", paper=_imagenet(4.2))
 def mscan_t(**kwargs) -> MSCAN:
     """MSCAN-T (Table 2, Table 3)."""
     return _create_mscan("mscan_t", **{**mscan_config("t"), **kwargs})
 
 
-@register_model(paper=_imagenet(14.0))
+@register_model(kind="classifier", paper=_imagenet(14.0))
 def mscan_s(**kwargs) -> MSCAN:
     """MSCAN-S (Table 2, Table 3)."""
     return _create_mscan("mscan_s", **{**mscan_config("s"), **kwargs})
 
 
-@register_model(paper=_imagenet(26.8))
+@register_model(kind="classifier", paper=_imagenet(26.8))
 def mscan_b(**kwargs) -> MSCAN:
     """MSCAN-B (Table 2, Table 3)."""
     return _create_mscan("mscan_b", **{**mscan_config("b"), **kwargs})
 
 
-@register_model(paper=_imagenet(45.2))
+@register_model(kind="classifier", paper=_imagenet(45.2))
 def mscan_l(**kwargs) -> MSCAN:
     """MSCAN-L (Table 2, Table 3)."""
     return _create_mscan("mscan_l", **{**mscan_config("l"), **kwargs})
 
 
-@register_model
+@register_model(kind="classifier")
 def test_mscan(**kwargs) -> MSCAN:
     """A tiny MSCAN for fast tests (not a paper variant)."""
     cfg = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), num_classes=10)

@@ -1,32 +1,58 @@
-"""Segmentation and classification heads, built by name with ``build_head``."""
+"""Decode heads, registered by name (kind ``"head"``) and built from a producer's ``feature_info``.
+
+``build_head("ham", feature_info=..., num_classes=K)`` builds any registered
+head; each head names the strides it reads (``in_strides``).
+"""
 
 from __future__ import annotations
 
-import difflib
-import importlib
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from msfusion.models.heads.ham import DecodeHead, LightHamHead
+from msfusion.layers import FeatureInfo
+from msfusion.models.heads.base import DecodeHead
+from msfusion.models.heads.fcn import FCNHead
+from msfusion.models.heads.ham import LightHamHead
+from msfusion.models.heads.mlp import MLPHead
+from msfusion.models.heads.msca_head import MSCAHead
+from msfusion.models.heads.uper import UPerHead
+from msfusion.registry import model_entrypoint, register_model
 
-__all__ = ["DecodeHead", "LightHamHead", "HEADS", "build_head"]
-
-# name -> "module:Class"; imported on demand so that each head stays one small file.
-HEADS = {
-    "ham": "msfusion.models.heads.ham:LightHamHead",
-    "mlp": "msfusion.models.heads.mlp:MLPHead",
-    "msca": "msfusion.models.heads.msca_head:MSCAHead",
-    "uper": "msfusion.models.heads.uper:UPerHead",
-    "fcn": "msfusion.models.heads.fcn:FCNHead",
-}
+__all__ = ["DecodeHead", "FCNHead", "LightHamHead", "MLPHead", "MSCAHead", "UPerHead", "build_head"]
 
 
-def build_head(name: str, **kwargs: Any) -> nn.Module:
-    """Build a decode head by name (see ``HEADS``); kwargs go to its constructor."""
-    if name not in HEADS:
-        close = difflib.get_close_matches(name, list(HEADS), n=3)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)}.{hint}")
-    module, cls = HEADS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+def build_head(name: str, feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a registered head by name; ``ValueError`` with close matches for an unknown one."""
+    return model_entrypoint(name, kind="head")(feature_info, num_classes=num_classes, **kwargs)
+
+
+@register_model(kind="head")
+def ham(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> LightHamHead:
+    """SegNeXt's LightHamHead (Fig. 3c): strides 8, 16, 32 -> logits at 1/8."""
+    return LightHamHead(feature_info, num_classes, **kwargs)
+
+
+@register_model(kind="head")
+def uper(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> UPerHead:
+    """UperNet's PPM + FPN head: strides 4, 8, 16, 32 -> logits at 1/4."""
+    return UPerHead(feature_info, num_classes, **kwargs)
+
+
+@register_model(kind="head")
+def mlp(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> MLPHead:
+    """SegFormer's all-MLP head: strides 4, 8, 16, 32 -> logits at 1/4."""
+    return MLPHead(feature_info, num_classes, **kwargs)
+
+
+@register_model(kind="head")
+def msca(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> MSCAHead:
+    """SegNeXt's appendix MSCA head: strides 8, 16, 32 -> logits at 1/8."""
+    return MSCAHead(feature_info, num_classes, **kwargs)
+
+
+@register_model(kind="head")
+def fcn(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> FCNHead:
+    """The FCN head on one map (stride 16 by default), UperNet's auxiliary head."""
+    return FCNHead(feature_info, num_classes, **kwargs)

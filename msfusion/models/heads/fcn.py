@@ -4,8 +4,8 @@ Paper: "Fully Convolutional Networks for Semantic Segmentation", Long et al.,
 CVPR 2015; as an auxiliary head it follows PSPNet (Zhao et al., CVPR 2017,
 Sec. 3.3: an extra loss on an intermediate feature, weight 0.4). CEDNet's
 ADE20K UperNet (arXiv 2302.06052, Sec. 4.4) attaches it to the c3' map of
-stage m-1 (official_facts.md §1 "Segmentation (ced-mmseg)": ``in_index`` 4,
-``channels`` 256, ``num_convs`` 1, ``concat_input`` False, loss weight 0.4).
+stage m-1 (the official CEDNet mmseg configs: ``channels`` 256, ``num_convs``
+1, ``concat_input`` False, loss weight 0.4).
 
 Semantics and module names follow mmsegmentation's ``FCNHead``: ``convs.{i}``
 (3x3 conv -> BN -> ReLU, no conv bias), an optional ``conv_cat`` over the
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct
-from msfusion.models.heads.ham import DecodeHead
+from msfusion.layers import ConvNormAct, FeatureInfo
+from msfusion.models.heads.base import DecodeHead
 
 __all__ = ["FCNHead"]
 
@@ -28,14 +28,15 @@ __all__ = ["FCNHead"]
 class FCNHead(DecodeHead):
     """``num_convs`` conv units on one feature map, then the classifier.
 
-    Input: the backbone's full feature list; the map ``in_index`` (B, C, h, w)
-    is used. Output: logits (B, num_classes, h, w) at that map's resolution.
+    Input: the producer's full feature list; the map of stride ``in_stride``
+    (B, C, h, w) is used. Output: logits (B, num_classes, h, w) at that map's
+    resolution.
 
     Args:
-        in_channels: channels of every backbone output.
+        feature_info: the producer's ``feature_info``.
         num_classes: classes K.
-        in_index: the single output fed to the head (mmseg's default for
-            ResNet UperNets is 2, CEDNet's official config uses 4).
+        in_stride: the stride of the single map fed to the head (16, the
+            third ResNet stage, as mmseg's UperNet configs).
         channels: width of the conv units (256 for auxiliary heads).
         num_convs: conv units; 0 passes the input straight to the classifier
             and then needs ``channels`` equal to the input channels.
@@ -49,9 +50,9 @@ class FCNHead(DecodeHead):
 
     def __init__(
         self,
-        in_channels: Sequence[int],
+        feature_info: Sequence[FeatureInfo],
         num_classes: int,
-        in_index: int = 2,
+        in_stride: int = 16,
         channels: int = 256,
         num_convs: int = 1,
         kernel_size: int = 3,
@@ -61,16 +62,9 @@ class FCNHead(DecodeHead):
         norm: str | None = "bn",
         act: str | None = "relu",
     ) -> None:
-        if not isinstance(in_index, int):
-            raise ValueError(f"FCNHead takes one feature map: in_index must be an int, got {in_index!r}")
-        n = len(in_channels)
-        super().__init__(
-            in_channels,
-            (in_index % n if -n <= in_index < 0 else in_index,),
-            channels,
-            num_classes,
-            dropout,
-        )
+        if not isinstance(in_stride, int):
+            raise ValueError(f"FCNHead takes one feature map: in_stride must be an int, got {in_stride!r}")
+        super().__init__(feature_info, num_classes, (in_stride,), channels, dropout)
         in_chs = self.in_channels[0]
         if num_convs < 0:
             raise ValueError(f"num_convs must be >= 0, got {num_convs}")

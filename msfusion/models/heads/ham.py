@@ -5,8 +5,8 @@ are resized to 1/8, concatenated, squeezed by a 1x1 conv, passed through a
 Hamburger (Geng et al., "Is Attention Better Than Matrix Decomposition?",
 ICLR 2021) and classified. Every detail the paper leaves out (NMF steps and
 rank, ``inv_t`` forced to 1, gradients through all steps, fresh random bases
-per call, GN(32) norms, ReLU) follows the official implementation as recorded
-in official_facts.md §2(a).
+per call, GN(32) norms, ReLU) follows the official implementation
+(mmsegmentation's ``LightHamHead``, the code the paper was released with).
 
 Deviation by default, for reproducible and exportable inference: in eval mode
 the NMF bases come from a fixed-seed generator, drawn once per module, so the
@@ -17,9 +17,9 @@ exactly the official call), for output comparisons with the official code.
 
 The context module of the head is selectable (Table 5): ``"ham"`` (default),
 or ``"cc"``, ``"ema"``, ``"nl"`` from ``msfusion.models.heads.context``.
-The input stages are selectable (Table 7): ``in_index=(3,)`` is the
-"heavy head on the last stage only" of Fig. 3b, ``(0, 1, 2, 3)`` is
-"w/ stage 1"; inputs are resized to the first selected stage's size.
+The input stages are selectable by stride (Table 7): ``in_strides=(32,)`` is
+the "heavy head on the last stage only" of Fig. 3b, ``(4, 8, 16, 32)`` is
+"w/ stage 1"; inputs are resized to the finest selected map's size.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, resize_to
+from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
+from msfusion.models.heads.base import DecodeHead
 
-__all__ = ["NMF2D", "Hamburger", "DecodeHead", "LightHamHead"]
+__all__ = ["NMF2D", "Hamburger", "LightHamHead"]
 
 
 class NMF2D(nn.Module):
@@ -42,7 +43,7 @@ class NMF2D(nn.Module):
     Input (B, C, H, W), non-negative; output of the same shape: the rank-R
     reconstruction. With S groups, X is viewed as (B*S, D=C/S, N=H*W).
 
-    Official semantics (official_facts §2(a)): bases drawn uniformly and
+    Official semantics (the released SegNeXt code): bases drawn uniformly and
     L2-normalised over D at every call, coefficients initialised by
     ``softmax(inv_t * X^T B)`` with ``inv_t = 1``, ``train_steps`` / ``eval_steps``
     multiplicative updates then one final coefficient update, gradients
@@ -139,50 +140,16 @@ class Hamburger(nn.Module):
         return F.relu(x + enjoy)
 
 
-class DecodeHead(nn.Module):
-    """Common part of the segmentation heads: input selection and the classifier.
-
-    Heads take the backbone's full feature list (fine to coarse) and pick
-    ``in_index`` themselves; ``cls_seg`` is Dropout2d then a 1x1 conv, named
-    ``conv_seg`` as in mmseg so official classifier weights load.
-    """
-
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        in_index: Sequence[int],
-        channels: int,
-        num_classes: int,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.in_index = tuple(in_index)
-        bad = [i for i in self.in_index if not 0 <= i < len(in_channels)]
-        if bad:
-            raise ValueError(f"in_index {self.in_index} out of range for {len(in_channels)} backbone outputs")
-        self.in_channels = [in_channels[i] for i in self.in_index]
-        self.channels = channels
-        self.num_classes = num_classes
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-
-    def select(self, features: Sequence[Tensor]) -> list[Tensor]:
-        return [features[i] for i in self.in_index]
-
-    def cls_seg(self, x: Tensor) -> Tensor:
-        return self.conv_seg(self.dropout(x))
-
-
 class LightHamHead(DecodeHead):
     """SegNeXt's decoder (Fig. 3c).
 
-    Input: the backbone's feature list. Output: logits (B, num_classes, h, w) at
-    the resolution of the first selected stage (1/8 by default).
+    Input: the producer's feature list. Output: logits (B, num_classes, h, w) at
+    the resolution of the finest selected map (1/8 by default).
 
     Args:
-        in_channels: channels of every backbone output.
+        feature_info: the producer's ``feature_info``.
         num_classes: classes K.
-        in_index: stages used (default: 2-4, i.e. indices 1, 2, 3).
+        in_strides: strides read (default 8, 16, 32: MSCAN stages 2-4).
         channels: channels after ``align`` (Table 2 "decoder dimension").
         ham_channels: channels of the squeeze conv and the Hamburger.
         context: "ham" (default) or a Table 5 module: "cc", "ema", "nl".
@@ -192,9 +159,9 @@ class LightHamHead(DecodeHead):
 
     def __init__(
         self,
-        in_channels: Sequence[int],
+        feature_info: Sequence[FeatureInfo],
         num_classes: int,
-        in_index: Sequence[int] = (1, 2, 3),
+        in_strides: Sequence[int] = (8, 16, 32),
         channels: int = 256,
         ham_channels: int = 256,
         dropout: float = 0.1,
@@ -203,7 +170,7 @@ class LightHamHead(DecodeHead):
         ham_kwargs: dict[str, Any] | None = None,
         context_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(in_channels, in_index, channels, num_classes, dropout)
+        super().__init__(feature_info, num_classes, in_strides, channels, dropout)
         self.squeeze = ConvNormAct(sum(self.in_channels), ham_channels, 1, norm=norm, act="relu")
         if context == "ham":
             self.hamburger: nn.Module = Hamburger(ham_channels, norm=norm, **(ham_kwargs or {}))

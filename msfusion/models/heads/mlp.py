@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, resize_to
-from msfusion.models.heads.ham import DecodeHead
+from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
+from msfusion.models.heads.base import DecodeHead
 
 __all__ = ["MLPHead"]
 
@@ -35,14 +35,14 @@ __all__ = ["MLPHead"]
 class MLPHead(DecodeHead):
     """SegFormer's all-MLP decoder (Fig. 3a).
 
-    Input: the backbone's feature list, fine to coarse. Output: logits
-    (B, num_classes, H_0, W_0) at the first selected stage's resolution
-    (H/4, W/4 with the default four stages).
+    Input: the producer's feature list, fine to coarse. Output: logits
+    (B, num_classes, H_0, W_0) at the finest selected map's resolution
+    (H/4, W/4 with the default four strides).
 
     Args:
-        in_channels: channels of every backbone output.
+        feature_info: the producer's ``feature_info``.
         num_classes: classes K.
-        in_index: stages used (SegFormer: all four).
+        in_strides: strides read (SegFormer: all four stages, 4, 8, 16, 32).
         channels: the unified decoder width (SegFormer's C; 256 for SegNeXt-T).
         dropout: Dropout2d rate before the classifier.
         norm: norm after each 1x1 conv ("gn", "bn", "syncbn").
@@ -50,14 +50,14 @@ class MLPHead(DecodeHead):
 
     def __init__(
         self,
-        in_channels: Sequence[int],
+        feature_info: Sequence[FeatureInfo],
         num_classes: int,
-        in_index: Sequence[int] = (0, 1, 2, 3),
+        in_strides: Sequence[int] = (4, 8, 16, 32),
         channels: int = 256,
         dropout: float = 0.1,
         norm: str = "gn",
     ) -> None:
-        super().__init__(in_channels, in_index, channels, num_classes, dropout)
+        super().__init__(feature_info, num_classes, in_strides, channels, dropout)
         self.convs = nn.ModuleList(ConvNormAct(chs, channels, 1, norm=norm, act="relu") for chs in self.in_channels)
         self.fusion_conv = ConvNormAct(channels * len(self.in_channels), channels, 1, norm=norm, act="relu")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from msfusion.layers import FeatureInfo
 from msfusion.models.backbones.mscan import MSCA, STRIP_KERNELS, SpatialAttention
 from msfusion.models.heads.ham import LightHamHead
 
@@ -51,9 +52,9 @@ class MSCAHead(LightHamHead):
     context module of ``LightHamHead``), aligned (1x1 + GN + ReLU) and classified.
 
     Args:
-        in_channels: channels of every backbone output.
+        feature_info: the producer's ``feature_info``.
         num_classes: classes K (171 for COCO-Stuff in the appendix).
-        in_index: stages used (default: 2-4).
+        in_strides: strides read (default 8, 16, 32: stages 2-4).
         channels: channels of ``align`` and the classifier input.
         ham_channels: channels of the squeeze conv and MSCA (default: ``channels``).
         dropout: Dropout2d rate before the classifier.
@@ -63,9 +64,9 @@ class MSCAHead(LightHamHead):
 
     def __init__(
         self,
-        in_channels: Sequence[int],
+        feature_info: Sequence[FeatureInfo],
         num_classes: int,
-        in_index: Sequence[int] = (1, 2, 3),
+        in_strides: Sequence[int] = (8, 16, 32),
         channels: int = 256,
         ham_channels: int | None = None,
         dropout: float = 0.1,
@@ -73,9 +74,9 @@ class MSCAHead(LightHamHead):
         branch_kernels: Sequence[int] = STRIP_KERNELS,
     ) -> None:
         super().__init__(
-            in_channels,
+            feature_info,
             num_classes,
-            in_index=in_index,
+            in_strides=in_strides,
             channels=channels,
             ham_channels=ham_channels or channels,
             dropout=dropout,

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, resize_to
-from msfusion.models.heads.ham import DecodeHead
+from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
+from msfusion.models.heads.base import DecodeHead
 
 __all__ = ["PPM", "UPerHead"]
 
@@ -85,9 +85,9 @@ class UPerHead(DecodeHead):
     image), as in mmseg; a batch of one raises ``ValueError`` saying so.
 
     Args:
-        in_channels: channels of every backbone output.
+        feature_info: the producer's ``feature_info``.
         num_classes: classes K.
-        in_index: outputs fed to the head, fine to coarse (default: the first four).
+        in_strides: strides read, fine to coarse (default 4, 8, 16, 32).
         channels: width of every branch (512 in the official configs).
         pool_scales: output sizes of the PPM's adaptive pools.
         dropout: Dropout2d probability before ``conv_seg``.
@@ -98,16 +98,16 @@ class UPerHead(DecodeHead):
 
     def __init__(
         self,
-        in_channels: Sequence[int],
+        feature_info: Sequence[FeatureInfo],
         num_classes: int,
-        in_index: Sequence[int] = (0, 1, 2, 3),
+        in_strides: Sequence[int] = (4, 8, 16, 32),
         channels: int = 512,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
         norm: str | None = "bn",
         act: str | None = "relu",
     ) -> None:
-        super().__init__(in_channels, in_index, channels, num_classes, dropout)
+        super().__init__(feature_info, num_classes, in_strides, channels, dropout)
         if not pool_scales or any(int(s) < 1 for s in pool_scales):
             raise ValueError(f"pool_scales must be positive output sizes, e.g. (1, 2, 3, 6); got {pool_scales}")
         last = self.in_channels[-1]

@@ -1,0 +1,137 @@
+"""The classifier: backbone -> [add-on] -> pooled linear head -> class logits.
+
+The classification composition of the feature contract (the counterpart of
+``build_segmentor``): any feature backbone (ours or any timm model through
+``create_model(name, features_only=True)``), an optional add-on such as MSCSA
+in its classification form (MSCSA, arXiv 2308.05872, Fig. 4), and a head that
+global-average-pools the coarsest map and applies a linear classifier, the
+head of ResNet, ConvNeXt's pooled features and timm's ``ClassifierHead``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from msfusion.layers import check_feature_info, check_image_batch
+from msfusion.models.segmentor import build_part
+from msfusion.registry import create_model, recordable, register_builder
+
+__all__ = ["ClassifierHead", "Classifier", "build_classifier"]
+
+
+class ClassifierHead(nn.Module):
+    """Global average pooling of one map, optional norm and dropout, then a linear layer.
+
+    Input (B, C, h, w); output (B, num_classes).
+
+    Args:
+        in_chs: channels C of the pooled map.
+        num_classes: classes; 0 returns the pooled (B, C) features.
+        norm: ``"ln"`` puts a LayerNorm after pooling (ConvNeXt, Swin), None none.
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(self, in_chs: int, num_classes: int, norm: str | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        if norm not in (None, "ln"):
+            raise ValueError(f"norm must be None or 'ln', got {norm!r}")
+        self.norm = nn.LayerNorm(in_chs) if norm == "ln" else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.drop(self.norm(x.mean(dim=(-2, -1)))))
+
+
+class Classifier(nn.Module):
+    """Backbone -> [add-on] -> ``ClassifierHead`` on the coarsest map.
+
+    ``forward(images)`` with images (B, C, H, W) float returns (B, num_classes).
+
+    Args:
+        backbone: a feature producer (list of maps fine to coarse, ``feature_info``).
+        num_classes: classes.
+        addon: optional add-on with the same contract.
+        head_norm: norm after pooling (see ``ClassifierHead``).
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        addon: nn.Module | None = None,
+        head_norm: str | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if int(num_classes) < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
+        if addon is not None:
+            info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
+        self.backbone = backbone
+        self.addon = addon
+        self.head = ClassifierHead(info[-1]["chs"], num_classes, norm=head_norm, dropout=dropout)
+        self.num_classes = num_classes
+        self.in_chans = getattr(backbone, "in_chans", 3)
+        self.size_divisor = int(getattr(backbone, "size_divisor", 1) or 1)
+        self.feature_info = info
+
+    def forward_features(self, images: Tensor) -> list[Tensor]:
+        """(B, C, H, W) -> the maps fed to the head (fine to coarse)."""
+        feats = self.backbone(images)
+        if self.addon is not None:
+            feats = self.addon(feats)
+        return list(feats)
+
+    def forward_head(self, feats: list[Tensor]) -> Tensor:
+        return self.head(feats[-1])
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_image_batch(images, self.in_chans)
+        return self.forward_head(self.forward_features(images))
+
+
+def build_classifier(
+    backbone: str | nn.Module,
+    *,
+    num_classes: int,
+    addon: str | nn.Module | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    addon_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Classifier:
+    """Compose a classifier: backbone -> [add-on] -> pooled linear head.
+
+    ``backbone`` and ``addon`` are registered names (kwargs in ``*_kwargs``)
+    or modules; a backbone name is built with ``create_model(name,
+    features_only=True)``, so any timm model works::
+
+        mf.build_classifier("resnet50", addon="mscsa", num_classes=1000)
+
+    ``**kwargs`` go to ``Classifier`` (``head_norm``, ``dropout``).
+    """
+    cfg = dict(
+        backbone=backbone,
+        num_classes=num_classes,
+        addon=addon,
+        backbone_kwargs=backbone_kwargs,
+        addon_kwargs=addon_kwargs,
+        **kwargs,
+    )
+    if isinstance(backbone, str):
+        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
+    elif backbone_kwargs:
+        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
+    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
+    addon = build_part(addon, "addon", info, addon_kwargs)
+    model = Classifier(backbone, num_classes, addon=addon, **kwargs)
+    model.model_cfg = {"builder": "build_classifier", "kwargs": recordable(cfg, "build_classifier")}
+    return model
+
+
+register_builder("build_classifier", build_classifier)
