@@ -17,6 +17,8 @@ _MODEL_MODULES = (
     "msfusion.models.upernet_cednet",
     "msfusion.models.classifier",
     "msfusion.models.segmentor",
+    "msfusion.models.addons.mscsa",
+    "msfusion.models.mscsa_models",
 )
 
 for _module in _MODEL_MODULES:
