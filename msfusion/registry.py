@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,15 +79,6 @@ _fallbacks: list[Callable[..., nn.Module | None]] = []
 _feature_backbone: dict[str, str] = {}
 
 
-def _ensure_models_imported() -> None:
-    # ``import msfusion`` imports ``msfusion.models``, which imports every family (as
-    # ``import timm`` does); this only covers a caller who imported the registry alone.
-    import sys
-
-    if "msfusion.models" not in sys.modules:
-        importlib.import_module("msfusion.models")
-
-
 def register_model(
     fn: Callable[..., nn.Module] | None = None,
     *,
@@ -142,7 +132,6 @@ def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bo
         include_test: also list the tiny ``test_*`` variants used by the test
             suite (listed anyway when the pattern starts with ``test``).
     """
-    _ensure_models_imported()
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     names = sorted(n for n in _entrypoints if fnmatch.fnmatch(n, pattern))
@@ -160,7 +149,6 @@ def model_kind(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    _ensure_models_imported()
     return name in _entrypoints
 
 
@@ -169,7 +157,6 @@ def model_entrypoint(name: str, kind: str | None = None) -> Callable[..., nn.Mod
 
     With ``kind``, the name must be of that kind and the suggestions are too.
     """
-    _ensure_models_imported()
     pool = [n for n in _entrypoints if kind is None or _kinds[n] == kind]
     if name not in pool:
         what = f"{kind} " if kind else ""
@@ -185,7 +172,6 @@ def model_entrypoint(name: str, kind: str | None = None) -> Callable[..., nn.Mod
 
 def paper_figures(name: str) -> PaperFigures | None:
     """The published figures registered with ``name``, if any."""
-    _ensure_models_imported()
     return _paper.get(name)
 
 
@@ -302,7 +288,6 @@ def rebuild_model(cfg: dict[str, Any], **overrides: Any) -> nn.Module:
         raise ValueError(f"this model cannot be rebuilt from its description: {kwargs['__unrecordable__']}")
     kwargs.update(overrides)
     if "builder" in cfg:
-        _ensure_models_imported()
         if cfg["builder"] not in _builders:
             raise ValueError(f"unknown composition builder {cfg['builder']!r}; known: {sorted(_builders)}")
         return _builders[cfg["builder"]](**kwargs)

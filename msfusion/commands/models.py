@@ -6,6 +6,10 @@ import argparse
 import json
 
 from msfusion.analysis.report import model_report
+from msfusion.registry import KINDS
+
+# Necks, add-ons and heads are parts built on another model's features: no size of their own.
+_PART_KINDS = ("neck", "addon", "head")
 
 __all__ = ["add_parser", "run"]
 
@@ -18,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "variant's paper input size; MACs are multiply-adds (the papers' 'GFLOPs').",
     )
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'segnext_*'")
-    p.add_argument("--no-count", action="store_true", help="names only (fast)")
+    p.add_argument("--kind", choices=KINDS, help="only models of this kind")
+    p.add_argument("--no-count", action="store_true", help="names and kinds only (fast)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -26,23 +31,32 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import msfusion as mf
 
-    names = mf.list_models(args.pattern)
+    names = mf.list_models(args.pattern, kind=args.kind)
     if not names:
-        print(f"no model matches {args.pattern!r}")
+        print(f"no model matches {args.pattern!r}" + (f" of kind {args.kind!r}" if args.kind else ""))
         return 1
+    kinds = {name: mf.model_kind(name) for name in names}
     if args.no_count:
-        print("\n".join(names))
+        width = max(len(n) for n in names)
+        print("\n".join(f"{n.ljust(width)}  {kinds[n]}" for n in names))
         return 0
-    rows = [model_report(name) for name in names]
+    rows = [
+        {"model": n, "kind": kinds[n]} if kinds[n] in _PART_KINDS else {**model_report(n), "kind": kinds[n]}
+        for n in names
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("model", "input", "params (M)", "paper", "GMACs", "paper", "rules", "source")
+    header = ("model", "kind", "input", "params (M)", "paper", "GMACs", "paper", "rules", "source")
     table = [header]
     for r in rows:
+        if r["kind"] in _PART_KINDS:
+            table.append((r["model"], r["kind"], *("-" * 6), "built on another model's features"))
+            continue
         table.append(
             (
                 r["model"],
+                r["kind"],
                 "x".join(map(str, r["input_size"][1:])),
                 f"{r['params_m']:.3f}",
                 _fmt(r["paper_params_m"]),

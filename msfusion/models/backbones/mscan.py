@@ -9,7 +9,7 @@ attention wrapper with its inner shortcut, the block with BN pre-norms, layer
 scale and DropPath, the MLP with its 3x3 depthwise conv, the stem, the
 overlapping patch embeddings and the per-stage LayerNorm. Variants T/S/B/L are
 Table 2; MLP ratios (8, 8, 4, 4), layer-scale init 1e-2, drop-path rates and the
-inner shortcut come from the official code (official_facts.md §2(a)).
+inner shortcut come from the released SegNeXt code.
 
 Ablations (selectable per model):
 - ``branch_kernels``: any subset of (7, 11, 21) strip branches (Table 6 rows 1-3);
@@ -33,92 +33,10 @@ from torch import Tensor, nn
 
 from msfusion.layers import DropPath, check_image_batch, trunc_normal_
 from msfusion.layers.features import select_features
+from msfusion.layers.msca import MSCA, STRIP_KERNELS, LargeKernelAttention, SpatialAttention
 from msfusion.registry import PaperFigures, register_model
 
-__all__ = ["MSCA", "LargeKernelAttention", "MSCAN", "checkpoint_filter_fn"]
-
-STRIP_KERNELS = (7, 11, 21)
-
-
-class MSCA(nn.Module):
-    """Multi-scale convolutional attention (Sec. 3.1, Eq. 1-2, Fig. 2b).
-
-    ``Att = Conv1x1(DW5x5(F) + sum_k Strip_k(DW5x5(F)))``, ``Out = Att * F``.
-    Each strip branch is a depthwise 1xk then kx1 convolution. Shapes are
-    preserved: (B, C, H, W) -> (B, C, H, W).
-
-    Args:
-        chs: channels C.
-        branch_kernels: strip-branch kernel sizes, a subset of (7, 11, 21).
-        channel_mixer: keep the 1x1 convolution (Table 6 ablates it).
-        attention: multiply with the input (Table 6 ablates it).
-    """
-
-    def __init__(
-        self,
-        chs: int,
-        branch_kernels: Sequence[int] = STRIP_KERNELS,
-        channel_mixer: bool = True,
-        attention: bool = True,
-    ) -> None:
-        super().__init__()
-        unknown = sorted(set(branch_kernels) - set(STRIP_KERNELS))
-        if unknown:
-            raise ValueError(f"branch_kernels must be a subset of {STRIP_KERNELS}, got {tuple(branch_kernels)}")
-        self.branch_kernels = tuple(sorted(set(branch_kernels)))
-        self.conv0 = nn.Conv2d(chs, chs, 5, padding=2, groups=chs)
-        # Official names: branch i -> conv{i}_1 (1xk) and conv{i}_2 (kx1), i = index in (7, 11, 21).
-        for k in self.branch_kernels:
-            i = STRIP_KERNELS.index(k)
-            self.add_module(f"conv{i}_1", nn.Conv2d(chs, chs, (1, k), padding=(0, k // 2), groups=chs))
-            self.add_module(f"conv{i}_2", nn.Conv2d(chs, chs, (k, 1), padding=(k // 2, 0), groups=chs))
-        self.conv3 = nn.Conv2d(chs, chs, 1) if channel_mixer else nn.Identity()
-        self.attention = attention
-
-    def forward(self, x: Tensor) -> Tensor:
-        attn = self.conv0(x)
-        branches = attn
-        for k in self.branch_kernels:
-            i = STRIP_KERNELS.index(k)
-            branches = branches + getattr(self, f"conv{i}_2")(getattr(self, f"conv{i}_1")(attn))
-        attn = self.conv3(branches)
-        return attn * x if self.attention else attn
-
-
-class LargeKernelAttention(nn.Module):
-    """VAN's large-kernel attention, the "w/o MSCA" encoder of Table 8.
-
-    A 21x21 receptive field decomposed as 5x5 depthwise, 7x7 depthwise with
-    dilation 3, and 1x1; the result multiplies the input (VAN, arXiv 2202.09741).
-    Keys ``conv0``, ``conv_spatial``, ``conv1`` follow VAN.
-    """
-
-    def __init__(self, chs: int) -> None:
-        super().__init__()
-        self.conv0 = nn.Conv2d(chs, chs, 5, padding=2, groups=chs)
-        self.conv_spatial = nn.Conv2d(chs, chs, 7, padding=9, groups=chs, dilation=3)
-        self.conv1 = nn.Conv2d(chs, chs, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv1(self.conv_spatial(self.conv0(x))) * x
-
-
-class SpatialAttention(nn.Module):
-    """The attention sub-layer: 1x1, GELU, MSCA, 1x1, plus an inner shortcut.
-
-    The inner shortcut (on top of the block's residual) is in the official code,
-    following VAN (official_facts §2(a); SegNeXt issue #22).
-    """
-
-    def __init__(self, chs: int, gating: nn.Module) -> None:
-        super().__init__()
-        self.proj_1 = nn.Conv2d(chs, chs, 1)
-        self.activation = nn.GELU()
-        self.spatial_gating_unit = gating
-        self.proj_2 = nn.Conv2d(chs, chs, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))) + x
+__all__ = ["MSCA", "STRIP_KERNELS", "LargeKernelAttention", "SpatialAttention", "MSCAN", "checkpoint_filter_fn"]
 
 
 class ConvMlp(nn.Module):

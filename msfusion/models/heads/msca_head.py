@@ -7,7 +7,7 @@ with a global receptive field. SegNeXt publishes no code for it.
 
 Design, chosen by the published counts: the squeezed features go through
 MSCAN's attention sub-layer (1x1, GELU, MSCA, 1x1, inner shortcut; Fig. 2b and
-``msfusion.models.backbones.mscan``), then ``align`` and the classifier. That
+``msfusion.layers.msca``), then ``align`` and the classifier. That
 sub-layer has 3C^2 + O(C) parameters against the Hamburger's 2C^2, and trades
 the NMF products for one more 1x1 conv and the depthwise branches, which
 reproduces the table: at 512x512 with 171 classes SegNeXt-T/S/B/L count
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from msfusion.layers import FeatureInfo
-from msfusion.models.backbones.mscan import MSCA, STRIP_KERNELS, SpatialAttention
+from msfusion.layers.msca import MSCA, STRIP_KERNELS, SpatialAttention
 from msfusion.models.heads.ham import LightHamHead
 
 __all__ = ["MSCAContext", "MSCAHead"]
