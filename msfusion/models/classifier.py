@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info, check_image_batch
@@ -93,6 +94,11 @@ class Classifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         check_image_batch(images, self.in_chans)
+        d = self.size_divisor
+        if d > 1:
+            # Only backbones that need it (window attention) declare a divisor; pad as the segmentor does.
+            h, w = images.shape[-2:]
+            images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
         return self.forward_head(self.forward_features(images))
 
 
