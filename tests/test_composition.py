@@ -159,8 +159,8 @@ def test_multi_scale_at_scale_one_without_flip_is_the_softmax_of_forward():
 
 
 def test_recipe_composes_a_segmentor(tmp_path):
-    from msfusion.engine.trainer import build_model
     from msfusion.engine.tasks import build_task
+    from msfusion.engine.trainer import build_model
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
