@@ -1,6 +1,6 @@
 """Model weights in and out: our format and the official ones.
 
-Our format (DESIGN.md "Checkpoints"): ``<name>.safetensors`` with the weights
+Our format: ``<name>.safetensors`` with the weights
 and ``<name>.json`` beside it (model name and kwargs, classes, training step,
 library version). Both are written atomically: a temporary file in the same
 folder, then ``os.replace``, so a crash never leaves a half-written checkpoint.
@@ -57,8 +57,11 @@ def atomic_write(path: str | Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the file gets the mode the user's umask gives
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -103,7 +106,7 @@ def save_checkpoint(
     with no model description, and ``load_checkpoint`` into a model you build
     yourself is the way back).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     cfg = getattr(model, "model_cfg", None)
     problem = _unrecordable(cfg)
@@ -126,7 +129,9 @@ def save_checkpoint(
         "model": cfg,
         **(metadata or {}),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    # Serialised in memory and written by Python, so a full disk raises OSError(ENOSPC), not a library error.
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     atomic_write(_metadata_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return path
 

@@ -2,7 +2,9 @@
 
 A command module defines ``add_parser(subparsers)`` (registering its arguments)
 and ``run(args) -> int``; this file only dispatches, and commands call the
-public API.
+public API. Errors a user can fix (bad input, a checkpoint that does not fit,
+a full disk) end in one ``msfusion <command>: error: ...`` paragraph and a
+non-zero exit status, never in a traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ COMMANDS = {
     "export": "export",
     "demo": "demo",
     "gradmap": "gradmap",
+    "erf": "erf",
+    "heatmap": "heatmap",
 }
 
 
@@ -52,12 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CheckpointError as err:
+    except (CheckpointError, FloatingPointError) as err:
         print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # Permissions, a full disk, a path that is a file: the system's reason names the path.
+        print(f"msfusion {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -203,6 +203,12 @@ def create_model(
         The model, with ``model.model_cfg = {"name": ..., "kwargs": ...}``
         recorded so that checkpoints can rebuild it.
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a string such as 'segnext_t' (see msfusion.list_models()), got {name!r}")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if pretrained is True:
         raise ValueError(
             "pretrained=True would need a download, which msfusion never does. "
@@ -225,7 +231,17 @@ def create_model(
             hint = _feature_backbone.get(name)
             use = f" Use its backbone instead: create_model({hint!r}, features_only=True)." if hint else ""
             raise ValueError(f"{name!r} is a {kind}, which has no features_only form.{use}")
-        model = model_entrypoint(name)(**build_kwargs)
+        try:
+            model = model_entrypoint(name)(**build_kwargs)
+        except TypeError as err:
+            # A misspelt or foreign keyword (a recipe's model.kwargs, a checkpoint's sidecar) fails
+            # deep inside a constructor; name the model and the keywords instead.
+            if "keyword argument" not in str(err):
+                raise
+            raise ValueError(
+                f"create_model({name!r}) with {sorted(build_kwargs)}: {err}. Check the keyword names (a recipe's "
+                "model.kwargs, a checkpoint's .json) against the model's constructor arguments."
+            ) from err
     else:
         model = None
         if features_only:

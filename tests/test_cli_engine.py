@@ -68,13 +68,13 @@ def test_eval_prints_and_saves_json_and_csv(trained, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "background" in out
-    data = json.loads((tmp_path / "best_eval.json").read_text())
+    data = json.loads((tmp_path / "best_eval_whole.json").read_text())
     assert 0.0 <= data["mIoU"] <= 1.0 and len(data["per_class"]) == 7
-    assert (tmp_path / "best_eval_per_class.csv").read_text().startswith("class,IoU,Acc,pixels")
+    assert (tmp_path / "best_eval_whole_per_class.csv").read_text().startswith("class,IoU,Acc,pixels")
     code = main(["eval", str(config), "--checkpoint", str(work / "checkpoints" / "best.safetensors"),
                  "--out", str(tmp_path), "--tta", "--mode", "slide", "--set", "eval.crop_size=[32,32]",
                  "--set", "eval.stride=[16,16]", "--set", "eval.scales=[0.75,1.0]", "--no-progress"])  # fmt: skip
-    assert code == 0 and (tmp_path / "best_tta_eval.json").exists()
+    assert code == 0 and (tmp_path / "best_eval_slide_tta.json").exists()
 
 
 def test_predict_any_size_grayscale_rgba_and_bad_files(trained, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -120,18 +121,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    real_save = torch.save
+    real_write = checkpointing._write_bytes
     calls = {"n": 0}
 
-    def failing_save(obj, path, *args, **kwargs):
+    def failing_write(path, data):
         calls["n"] += 1
         if calls["n"] == 2:  # the state file of step 4: write half, then the disk "fills up"
-            Path(path).write_bytes(b"partial")
-            raise OSError("No space left on device")
-        return real_save(obj, path, *args, **kwargs)
+            Path(path).write_bytes(bytes(data[:100]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data)
 
-    monkeypatch.setattr(checkpointing.torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(checkpointing, "_write_bytes", failing_write)
+    with pytest.raises(CheckpointError, match="no space left while writing .*iter_0000004.state.pt"):
         train(tiny_config(tmp_path))
     folder = tmp_path / "checkpoints"
     assert json.loads((folder / "latest.json").read_text())["step"] == 2

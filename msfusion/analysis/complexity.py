@@ -9,7 +9,9 @@ second.
 Two rule sets:
 
 ``rules="torchprofile"`` (default) reproduces torchprofile's ``profile_macs``,
-the counter the SegNeXt authors used (official_facts.md §2(c) and appendix):
+the counter the SegNeXt authors used (SegNeXt repo README and ``tools/get_flops.py``;
+the paper's SegNeXt-T/S/B/L "GFLOPs", 6.6 / 15.9 / 34.9 / 70.0 at 512x512, are
+its MACs of the whole segmentor including the final logit upsample, NMF rank 64 for B/L):
 
 - convolution: output elements x (in_chs / groups) x kernel area (no bias);
 - mm / addmm / bmm / baddbmm / matmul / linear: the product of the matrix
@@ -192,6 +194,11 @@ def count_macs(
     Returns:
         The count in multiply-adds (divide by 1e9 for the papers' "GFLOPs").
     """
+    size = tuple(input_size) if isinstance(input_size, (tuple, list)) else ()
+    if len(size) != 4 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+        raise ValueError(
+            f"input_size must be four positive integers (B, C, H, W), e.g. (1, 3, 512, 512), got {input_size!r}"
+        )
     if rules == "mmcv":
         from msfusion.analysis.mmcv_counter import count_macs_mmcv
 

@@ -1,4 +1,10 @@
-"""``msfusion eval CONFIG --checkpoint PATH [--tta]``: aAcc, mIoU, mAcc and a per-class table."""
+"""``msfusion eval CONFIG --checkpoint PATH [--tta] [--mode whole|slide]``: aAcc, mIoU, mAcc, per-class table.
+
+Each evaluation writes its own files, named by the checkpoint and the test
+options (``best_eval_whole.json``, ``best_eval_slide_tta.json``, ...), and
+records the checkpoint, the mode, the scales and the window it used, so a
+second evaluation never overwrites the first.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +22,41 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--out",
-        help="folder for metrics.json and metrics_per_class.csv (default: beside the checkpoint)",
+        help="folder for the metrics JSON and per-class CSV (default: beside the checkpoint)",
+    )
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="load a checkpoint of another class count anyway: its classifier is dropped and the new one is "
+        "untrained, so the scores only measure the rest (fine-tune with train --set model.pretrained=PATH instead)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
     return p
 
 
+def _saved_num_classes(meta: dict) -> int | None:
+    """The class count a checkpoint's sidecar records (its model kwargs, else its class list)."""
+    kwargs = (meta.get("model") or {}).get("kwargs") or {}
+    if isinstance(kwargs.get("num_classes"), int):
+        return kwargs["num_classes"]
+    classes = meta.get("classes")
+    return len(classes) if classes else None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from msfusion.checkpoint import load_checkpoint, read_metadata
+    from msfusion.commands import checkpoint_file, output_folder
     from msfusion.engine.config import load_config
     from msfusion.engine.distributed import init_distributed
     from msfusion.engine.metrics import format_metrics_table, save_metrics
     from msfusion.engine.tasks import build_task
     from msfusion.engine.trainer import build_model
 
+    checkpoint_file(args.checkpoint)
+    out = output_folder(args.out) if args.out else Path(args.checkpoint).parent
     overrides = list(args.overrides)
     if args.tta:
         overrides.append("eval.tta=true")
@@ -44,21 +68,38 @@ def run(args: argparse.Namespace) -> int:
     dist_info = init_distributed(cfg["train"]["device"])
     task = build_task(cfg["task"])
     dataset = task.build_eval_dataset(cfg)
-    saved = read_metadata(args.checkpoint).get("model") or {}
+    if cfg["data"]["check_labels"] and callable(getattr(dataset, "check_labels", None)):
+        dataset.check_labels("data.val")
+    meta = read_metadata(args.checkpoint)
+    saved = meta.get("model") or {}
     if saved.get("name") and saved["name"] != cfg["model"]["name"]:
         raise ValueError(
             f"{args.checkpoint} holds a {saved['name']!r} model but the recipe builds {cfg['model']['name']!r}"
         )
+    saved_classes = _saved_num_classes(meta)
+    wanted = getattr(dataset, "num_classes", None)
+    if saved_classes and wanted and saved_classes != wanted and not args.no_strict:
+        raise ValueError(
+            f"{args.checkpoint} was trained for {saved_classes} classes but data.val has {wanted}. Evaluate it "
+            "with a recipe of its own dataset; or fine-tune it on this one first (msfusion train CONFIG --set "
+            "model.pretrained=CHECKPOINT); or pass --no-strict to score it with an untrained classifier."
+        )
     cfg["model"]["pretrained"] = None
     model = build_model(cfg, task, dataset)
-    load_checkpoint(model, args.checkpoint, strict=True)
+    load_checkpoint(model, args.checkpoint, strict=not args.no_strict)
     model.to(dist_info.device)
     with torch.no_grad():
         metrics = task.evaluate(model, dataset, cfg, dist_info.device, dist_info)
     if dist_info.is_main:
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent
-        stem = Path(args.checkpoint).stem + ("_tta" if args.tta else "") + "_eval"
-        json_path, csv_path = save_metrics(metrics, out, stem)
+        ecfg = cfg["eval"]
+        setting = {"mode": ecfg["mode"], "tta": ecfg["tta"]}
+        if ecfg["mode"] == "slide":
+            setting.update(crop_size=list(ecfg["crop_size"]), stride=list(ecfg["stride"]))
+        if ecfg["tta"]:
+            setting.update(scales=list(ecfg["scales"]), flip=ecfg["flip"])
+        record = {"checkpoint": str(Path(args.checkpoint).resolve()), "eval": setting, **metrics}
+        stem = f"{Path(args.checkpoint).stem}_eval_{ecfg['mode']}" + ("_tta" if ecfg["tta"] else "")
+        json_path, csv_path = save_metrics(record, out, stem)
         print(format_metrics_table(metrics))
         print(json.dumps({k: metrics[k] for k in ("aAcc", "mIoU", "mAcc")}))
         print(f"saved {json_path} and {csv_path}")

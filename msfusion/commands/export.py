@@ -33,14 +33,18 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.checkpoint):
         raise ValueError("give either a model name or --checkpoint PATH (not both)")
     if args.checkpoint:
-        model = msfusion.load_model(args.checkpoint)
+        from msfusion.commands import checkpoint_file
+
+        model = msfusion.load_model(checkpoint_file(args.checkpoint))
     else:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
         model = msfusion.create_model(args.model, **kwargs)
     try:
         height, width = (int(v) for v in args.input.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input must look like 512x512, got {args.input!r}") from None
+        height = width = 0
+    if min(height, width) < 1:
+        raise ValueError(f"--input must be two positive sizes like 512x512, got {args.input!r}")
     report = export_onnx(model, args.onnx, (1, 3, height, width), args.opset or DEFAULT_OPSET, exporter=args.exporter)
     print(json.dumps(report, indent=2))
     print(f"max |PyTorch - onnxruntime| = {report['max_abs_diff']:.2e} (fp32, {report['exporter']} exporter)")

@@ -28,33 +28,34 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     return p
 
 
-def _pair(text: str) -> list[int]:
-    parts = [int(v) for v in text.split(",")]
-    if len(parts) != 2:
-        raise ValueError(f"expected two comma-separated integers, got {text!r}")
-    return parts
-
-
 def run(args: argparse.Namespace) -> int:
     from msfusion.checkpoint import read_metadata
+    from msfusion.commands import checkpoint_file, int_pair, output_folder
+    from msfusion.engine.evaluator import check_slide_window
     from msfusion.engine.predictor import predict_files
     from msfusion.registry import load_model
 
+    # Every option is checked before the model is loaded, so a typo fails at once.
+    checkpoint_file(args.checkpoint)
+    output_folder(args.out)
+    slide = None
+    if args.slide:
+        crop, stride = int_pair(args.slide, "--slide", "512,341 (crop,stride)")
+        check_slide_window((crop, crop), (stride, stride))
+        slide = {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]}
+    resize = "recipe"
+    if args.resize is not None:
+        resize = None if args.resize.lower() == "none" else int_pair(args.resize, "--resize", "2048,512 or none")
     meta = read_metadata(args.checkpoint)
     model = load_model(args.checkpoint).to(args.device).eval()
     recipe = meta.get("config") or {}
     eval_cfg = dict(recipe.get("eval") or {})
     if args.tta:
         eval_cfg["tta"] = True
-    if args.slide:
-        crop, stride = _pair(args.slide)
-        eval_cfg.update(mode="slide", crop_size=[crop, crop], stride=[stride, stride])
-    if args.resize is None:
+    if slide:
+        eval_cfg.update(slide)
+    if resize == "recipe":
         resize = (recipe.get("data") or {}).get("eval_scale")
-    elif args.resize.lower() == "none":
-        resize = None
-    else:
-        resize = _pair(args.resize)
     written = predict_files(
         model,
         args.inputs,

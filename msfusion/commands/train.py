@@ -1,4 +1,8 @@
-"""``msfusion train CONFIG [--set key=value ...] [--resume]``: train from a YAML recipe.
+"""``msfusion train CONFIG [--set key=value ...] [--resume | --overwrite]``: train from a YAML recipe.
+
+A work_dir that already holds checkpoints is never overwritten silently:
+``--resume`` continues that run, ``--overwrite`` deletes it and starts over,
+and without either the command stops and says so.
 
 Under ``torchrun --nproc_per_node N -m msfusion train CONFIG`` the same
 command runs data-parallel (gloo on CPU, NCCL on GPUs).
@@ -22,7 +26,16 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set optim.lr=1e-4 --set data.batch_size=8 (repeatable)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from <work_dir>/checkpoints/latest.json")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the work_dir (from latest.json, else the newest complete iter_* checkpoint)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints of an earlier run in the work_dir and start over (refused without it)",
+    )
     p.add_argument("--work-dir", help="shortcut for --set train.work_dir=DIR")
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
@@ -44,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.deterministic=true")
     cfg = load_config(args.config, overrides)
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (NonFiniteLossError, CheckpointError) as err:
         print(f"msfusion train: error: {err}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from msfusion.data.image_io import read_image, read_label
-from msfusion.data.label_maps import IGNORE_INDEX, InvalidSampleError, apply_table
+from msfusion.data.label_maps import IGNORE_INDEX, INVALID, InvalidSampleError, apply_table
 from msfusion.data.transforms import Transform, build_eval_transforms
 
 Color = tuple[int, int, int]
@@ -154,7 +155,11 @@ class SegmentationDataset(Dataset, ABC):
         if raw.instance_masks is not None:
             sample["instance_masks"] = raw.instance_masks
             sample["labels"] = raw.labels
-        out = self.transforms(sample, self._rng(index))
+        try:
+            out = self.transforms(sample, self._rng(index))
+        except (ValueError, TypeError) as error:
+            # The transforms see arrays, not files: name the file here (e.g. a resize to a 0-pixel side).
+            raise InvalidSampleError(f"{raw.path}: {error}", raw.path) from error
         if not isinstance(out.get("image"), torch.Tensor):
             raise TypeError("transforms must end with ToTensor() (see msfusion.data.transforms)")
         if "instance_masks" in out:
@@ -238,6 +243,85 @@ class FileSegmentationDataset(SegmentationDataset):
             )
         mask = apply_table(raw_label, paths.table, str(paths.label))
         return RawSample(image=image, mask=mask, path=str(paths.image))
+
+    def _raw_histogram(self, index: int) -> np.ndarray | None:
+        """Counts of the 256 raw label values of sample ``index`` (None for a skipped bad file)."""
+        paths = self.samples[index]
+        try:
+            raw = read_label(paths.label, self.label_colors)
+            apply_table(raw, paths.table, str(paths.label))  # validates, naming the file
+        except InvalidSampleError:
+            if self.on_bad_file == "raise":
+                raise
+            return None
+        return np.bincount(raw.ravel(), minlength=256)[:256]
+
+    def label_counts(self) -> dict[str, Any]:
+        """One pass over the label files (read only, in threads): what the split's masks hold.
+
+        Returns:
+            ``{"pixels": (K,) int64 labelled pixels per train id, "ignored": int,
+            "raw": (256,) int64 counts of the stored values, "files": int}``.
+        """
+        raw = np.zeros(256, dtype=np.int64)
+        pixels = np.zeros(self.num_classes, dtype=np.int64)
+        ignored = files = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
+            for index, hist in enumerate(pool.map(self._raw_histogram, range(len(self)))):
+                if hist is None:
+                    continue
+                files += 1
+                raw += hist
+                table = self.samples[index].table
+                for value in np.flatnonzero(hist):
+                    train_id = int(table[value])
+                    if train_id == IGNORE_INDEX:
+                        ignored += int(hist[value])
+                    elif train_id != INVALID:
+                        pixels[train_id] += int(hist[value])
+        return {"pixels": pixels, "ignored": ignored, "raw": raw, "files": files}
+
+    def check_labels(self, split: str = "this split") -> dict[str, Any]:
+        """Fail when no pixel of the split is labelled; warn about classes with no labelled pixel.
+
+        Masks stored as 0/255 for a two-class dataset (255 would be read as
+        "ignore", training background only) are named as such, with the fix.
+
+        Args:
+            split: how to name the split in messages, e.g. ``"data.train"``.
+
+        Returns:
+            :meth:`label_counts`.
+
+        Raises:
+            ValueError: every pixel is ignored, or the 0/255 binary case.
+        """
+        counts = self.label_counts()
+        pixels, raw = counts["pixels"], counts["raw"]
+        where = f"{split} ({counts['files']} label files of {type(self).__name__})"
+        stored = np.flatnonzero(raw).tolist()
+        absent = [self.classes[i] for i in np.flatnonzero(pixels == 0)]
+        if stored and set(stored) <= {0, 255} and len(stored) == 2 and absent and self.num_classes == 2:
+            raise ValueError(
+                f"{where}: the masks hold only the values 0 and 255, and 255 means 'ignore', so class "
+                f"{absent[0]!r} has no labelled pixel and the model would learn {self.classes[0]!r} only. If 255 "
+                f"marks {self.classes[1]!r}, give the dataset value_map: {{0: 0, 255: 1}}; if the masks number the "
+                "classes from 1 with 0 = 'other', give it reduce_zero_label: true."
+            )
+        if pixels.sum() == 0:
+            shown = ", ".join(str(v) for v in stored[:10])
+            raise ValueError(
+                f"{where}: every pixel is ignored (stored values: {shown}), so there is nothing to learn or score. "
+                "Check that the masks hold train ids 0..K-1 (255 = ignore), or map their values with the "
+                "dataset's value_map / reduce_zero_label options."
+            )
+        if absent:
+            warnings.warn(
+                f"{where}: {len(absent)} of {self.num_classes} classes have no labelled pixel: "
+                f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''} (their IoU will be n/a)",
+                stacklevel=2,
+            )
+        return counts
 
     def _load(self, index: int) -> RawSample:
         if self.on_bad_file == "raise":

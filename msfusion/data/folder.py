@@ -10,13 +10,17 @@ Layout (split sub-folders, or flat folders used for every split)::
 
 Masks hold train ids ``0..K-1`` with 255 = ignore, as 'L' or 'P' PNGs. When
 ``classes.yaml`` gives a palette, RGB masks drawn in those colours are
-decoded too. This module also writes the format (:func:`write_folder_sample`,
+decoded too. Masks stored otherwise are mapped with ``value_map`` (raw value
+-> train id, e.g. ``{0: 0, 255: 1}`` for a foreground stored as 255) or
+``reduce_zero_label`` (mmsegmentation's option: raw 0 is ignored, ``v -> v - 1``).
+Every image stem must be unique (``a.png`` and ``a.jpg`` would share one
+mask), and training checks the labels of each split before it starts. This module also writes the format (:func:`write_folder_sample`,
 :func:`write_classes_yaml`), used by ``ShapesDataset.write_to_folder``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ from PIL import Image
 
 from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
 from msfusion.data.class_names import pascal_colormap
-from msfusion.data.label_maps import identity_table
+from msfusion.data.label_maps import IGNORE_INDEX, identity_table, reduce_zero_label_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
 from msfusion.data.transforms import Transform
 
@@ -80,6 +84,39 @@ def write_folder_sample(root: str | Path, split: str, stem: str, image: np.ndarr
         Image.fromarray(np.ascontiguousarray(array)).save(out_dir / f"{stem}.png")
 
 
+def _require_unique_stems(images: Sequence[Path]) -> None:
+    by_stem: dict[str, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem, []).append(image)
+    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(str(p) for p in paths) for paths in clashes[:3])
+        raise ValueError(
+            f"folder dataset: {len(clashes)} image name(s) share a stem and would share one mask: {shown}. "
+            "Rename or remove one image of each pair."
+        )
+
+
+def _label_table(num_classes: int, value_map: Mapping[int, int] | None, reduce_zero_label: bool) -> np.ndarray:
+    if value_map is not None and reduce_zero_label:
+        raise ValueError("folder dataset: give value_map or reduce_zero_label, not both")
+    if reduce_zero_label:
+        return reduce_zero_label_table(num_classes)
+    if value_map is None:
+        return identity_table(num_classes)
+    if not isinstance(value_map, Mapping) or not value_map:
+        raise ValueError(f"folder dataset: value_map must map raw mask values to train ids, got {value_map!r}")
+    for raw, train_id in value_map.items():
+        if not isinstance(raw, int) or not 0 <= raw < 256:
+            raise ValueError(f"folder dataset: value_map key {raw!r} is not a mask value in 0..255")
+        if not isinstance(train_id, int) or not (0 <= train_id < num_classes or train_id == IGNORE_INDEX):
+            raise ValueError(
+                f"folder dataset: value_map[{raw}] = {train_id!r} is not a train id in 0..{num_classes - 1} "
+                f"or {IGNORE_INDEX} (ignore)"
+            )
+    return table_from_mapping(value_map)
+
+
 class FolderDataset(FileSegmentationDataset):
     """Images and masks in the generic folder layout (see the module doc).
 
@@ -89,6 +126,8 @@ class FolderDataset(FileSegmentationDataset):
         transforms: ``(sample, rng) -> sample``; None normalises only.
         on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
         aug_seed: Seed for reproducible augmentation.
+        value_map: Raw mask value -> train id (0..K-1, or 255 to ignore); values not listed are errors.
+        reduce_zero_label: Raw 0 -> ignore and ``v -> v - 1`` (masks with 0 = "other").
     """
 
     def __init__(
@@ -98,6 +137,8 @@ class FolderDataset(FileSegmentationDataset):
         transforms: Transform | None = None,
         on_bad_file: BadFilePolicy = "raise",
         aug_seed: int | None = None,
+        value_map: Mapping[int, int] | None = None,
+        reduce_zero_label: bool = False,
     ) -> None:
         root = LAYOUT.find_root(root, "classes.yaml")
         names, palette = read_classes_yaml(root / "classes.yaml")
@@ -113,9 +154,10 @@ class FolderDataset(FileSegmentationDataset):
                 f"splits found: {found}\nExpected layout:\n{LAYOUT.tree}"
             )
         images = LAYOUT.list_images(image_dir)
+        _require_unique_stems(images)
         labels = [mask_dir / f"{image.stem}.png" for image in images]
         LAYOUT.require_files(labels)
-        table = identity_table(len(names))
+        table = _label_table(len(names), value_map, reduce_zero_label)
         samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
         has_unique_palette = palette is not None and len(set(palette)) == len(palette)
         super().__init__(

@@ -1,7 +1,10 @@
 """Decoding image and label files with PIL, with errors that name the file.
 
 Images become RGB uint8 whatever their mode (grayscale is replicated, the
-alpha channel of RGBA is dropped, palette images are expanded). Label images
+alpha channel of RGBA is dropped, palette images are expanded). 16-bit
+grayscale images are scaled to 8 bits (``v / 257``: 65535 -> 255), not clipped
+at 255 as PIL's ``convert("RGB")`` does; float images must hold finite values
+in [0, 1] (scaled by 255) or [0, 255]. Label images
 are read as stored: the indices of a palette ('P') PNG, the values of an 'L'
 or 16-bit PNG. An RGB label image is decoded through a colour table when the
 dataset has one (iSAID's colour-coded masks, a folder dataset with a palette),
@@ -31,10 +34,43 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I") or image.mode == "F":
+                return _wide_to_rgb(np.asarray(image), image.mode, str(path))
             rgb = image.convert("RGB")
+    except InvalidSampleError:
+        raise
     except _DECODE_ERRORS as error:
         raise InvalidSampleError(f"cannot read image {path}: {error}", str(path)) from error
     return np.asarray(rgb)
+
+
+def _wide_to_rgb(values: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float single-channel image as (H, W, 3) uint8."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        count = int((~np.isfinite(values)).sum())
+        raise InvalidSampleError(f"image {path} has {count} NaN or infinite pixel(s); fix or drop the file", path)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F":
+        if low < 0 or high > 255:
+            raise InvalidSampleError(
+                f"float image {path} has values in [{low:g}, {high:g}]; msfusion reads float images in [0, 1] "
+                "or [0, 255]: save it as an 8-bit or 16-bit image",
+                path,
+            )
+        scale = 255.0 if high <= 1.0 else 1.0
+    elif mode.startswith("I;16") or high > 255:
+        # 16-bit data (PIL opens 16-bit PNGs as I;16, older versions as I): full range 0..65535.
+        if low < 0 or high > 65535:
+            raise InvalidSampleError(
+                f"image {path} has integer values in [{low:g}, {high:g}], beyond 16 bits; save it as 8 or 16 bits",
+                path,
+            )
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    gray = np.rint(values * scale).clip(0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def read_label(path: str | Path, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:

@@ -48,18 +48,20 @@ def table_from_mapping(mapping: Mapping[int, int], ignored: Iterable[int] = ()) 
     """Build a lookup table.
 
     Args:
-        mapping: Raw value -> train id.
-        ignored: Raw values that become the ignore index. Raw 255 always does.
+        mapping: Raw value -> train id. Raw 255 may be mapped too (e.g.
+            ``{0: 0, 255: 1}`` for foreground masks stored as 0/255).
+        ignored: Raw values that become the ignore index. Raw 255 does too,
+            unless ``mapping`` gives it a train id.
 
     Returns:
         ``(256,)`` int16 table; ``INVALID`` for values in neither argument.
     """
     table = np.full(_TABLE_SIZE, INVALID, dtype=np.int16)
+    table[IGNORE_INDEX] = IGNORE_INDEX
     for raw, train_id in mapping.items():
         table[raw] = train_id
     for raw in ignored:
         table[raw] = IGNORE_INDEX
-    table[IGNORE_INDEX] = IGNORE_INDEX
     return table
 
 

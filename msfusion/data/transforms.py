@@ -1,7 +1,7 @@
 """SegNeXt's data pipeline: joint image/mask transforms with an explicit RNG.
 
 The training recipe is the one of the official SegNeXt ADE20K configs
-(official_facts §2 "Training and test config", which follow mmsegmentation):
+(``local_configs/segnext/*/`` in the SegNeXt repo, which follow mmsegmentation):
 
     RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)
     RandomCrop(crop_size=(512, 512), cat_max_ratio=0.75)
@@ -94,10 +94,20 @@ def rescale_size(size_hw: tuple[int, int], scale: Sequence[int]) -> tuple[int, i
 
     Returns:
         New ``(H, W)``.
+
+    Raises:
+        ValueError: a side would become 0 pixels (an extremely elongated image).
     """
     height, width = size_hw
     factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    new_h, new_w = int(height * factor + 0.5), int(width * factor + 0.5)
+    if new_h < 1 or new_w < 1:
+        raise ValueError(
+            f"a {height}x{width} (HxW) image resized keep-ratio to scale {tuple(scale)} would be {new_h}x{new_w} "
+            "pixels: its sides are too unequal for this scale. Crop or pad the image, or test it at its own size "
+            "(resize 'none')"
+        )
+    return new_h, new_w
 
 
 def resize_sample(sample: Sample, size_hw: tuple[int, int], resize_labels: bool = True) -> Sample:
@@ -406,7 +416,7 @@ def build_train_transforms(
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = IGNORE_INDEX,
 ) -> Compose:
-    """SegNeXt's training pipeline (official_facts §2; defaults are ADE20K's but the crop).
+    """SegNeXt's training pipeline (its official configs; defaults are ADE20K's but the crop).
 
     Args:
         crop_size: Crop and pad size ``(H, W)`` or one int; 512 for ADE20K,

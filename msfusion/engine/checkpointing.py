@@ -13,14 +13,27 @@ A training checkpoint at step ``n`` is three files in ``<work_dir>/checkpoints``
 Every file is written atomically (temporary file, then ``os.replace``) and
 ``latest.json`` only moves once both files of the new step exist, so a crash
 or a full disk while writing leaves the previous checkpoint intact and
-resumable. ``best.safetensors`` holds the weights with the best validation
-score.
+resumable; a failed write removes its partial files and says which
+checkpoint is still good. ``best.safetensors`` holds the weights with the best
+validation score.
+
+Nothing already written is lost by accident: a new run refuses a work_dir
+that holds checkpoints unless told to ``resume`` or ``overwrite``
+(:func:`prepare_work_dir`); a missing or damaged ``latest.json`` makes resume
+fall back to the newest complete ``iter_*`` checkpoint, never to step 0 on top
+of existing files (:func:`latest_checkpoint`); weights with NaN or infinite
+values are never written as a good checkpoint (:func:`non_finite_tensors`).
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import random
+import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +41,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from msfusion.checkpoint import CheckpointError, atomic_write, read_metadata, save_checkpoint
+from msfusion.checkpoint import CheckpointError, atomic_write, read_metadata, read_state_dict, save_checkpoint
 
 __all__ = [
+    "MIN_PRETRAINED_SHARE",
     "capture_rng_state",
     "restore_rng_state",
+    "existing_checkpoints",
+    "prepare_work_dir",
     "save_training_checkpoint",
     "latest_checkpoint",
     "load_training_state",
     "check_same_model",
     "save_best",
+    "non_finite_tensors",
+    "load_pretrained",
 ]
+
+# A ``model.pretrained`` file must fill at least this share of the tensors it is meant for.
+MIN_PRETRAINED_SHARE = 0.5
+# errno values that mean "the disk (or the user's quota, or the file-size limit) is full".
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -76,6 +99,75 @@ def _ckpt_dir(work_dir: str | Path) -> Path:
     return Path(work_dir) / "checkpoints"
 
 
+def existing_checkpoints(work_dir: str | Path) -> list[Path]:
+    """Checkpoint files of a run already in ``work_dir`` (``latest.json``, ``iter_*``, ``best.*``), sorted."""
+    folder = _ckpt_dir(work_dir)
+    if not folder.is_dir():
+        return []
+    patterns = ("latest.json", "iter_*.safetensors", "iter_*.json", "iter_*.state.pt", "best.safetensors", "best.json")
+    return sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+
+
+def _names(paths: Sequence[Path], limit: int = 4) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def prepare_work_dir(work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a new run on top of an old one; with ``overwrite``, clear the old one first.
+
+    Args:
+        work_dir: the run folder (``train.work_dir``).
+        resume: the run continues from its checkpoints (nothing is cleared).
+        overwrite: delete the old run's checkpoints and TensorBoard events, then start over.
+
+    Raises:
+        ValueError: ``work_dir`` is a file, or both ``resume`` and ``overwrite`` are set.
+        CheckpointError: ``work_dir`` holds checkpoints and neither flag is set.
+    """
+    work = Path(work_dir)
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"train.work_dir {work} is a file, not a folder; choose a folder path with --work-dir DIR")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in train.work_dir and --overwrite deletes it: give one of them")
+    found = existing_checkpoints(work)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{work} already holds a training run ({len(found)} checkpoint files: {_names(found)}); a new run "
+            "would overwrite them. Continue it with --resume, train into another folder with --work-dir DIR, "
+            "or start over here with --overwrite (deletes those checkpoints)."
+        )
+    for path in found + sorted((work / "tensorboard").glob("events.*")):
+        path.unlink(missing_ok=True)
+
+
+def _step_files(folder: Path, step: int) -> list[Path]:
+    return [folder / f"iter_{step:07d}{suffix}" for suffix in (".safetensors", ".json", ".state.pt")]
+
+
+def _write_error(err: OSError, path: Path, previous: Path | None) -> CheckpointError:
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
+    if err.errno in _NO_SPACE:
+        return CheckpointError(f"no space left while writing {path}; {kept}. Free disk space, then use --resume.")
+    return CheckpointError(f"cannot write {path} ({err.strerror or err}); {kept}.")
+
+
+def _write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _pointed_weights(folder: Path) -> Path | None:
+    """The weights ``latest.json`` names, if it is readable and they exist."""
+    try:
+        weights = folder / json.loads((folder / "latest.json").read_text())["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return weights if weights.is_file() else None
+
+
 def save_training_checkpoint(
     work_dir: str | Path,
     step: int,
@@ -99,37 +191,93 @@ def save_training_checkpoint(
     """
     folder = _ckpt_dir(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = save_checkpoint(
-        model, folder / f"iter_{step:07d}.safetensors", metadata={**(metadata or {}), "step": step}
-    )
+    previous = _pointed_weights(folder)
+    weights = folder / f"iter_{step:07d}.safetensors"
     state_path = folder / f"iter_{step:07d}.state.pt"
-    atomic_write(state_path, lambda tmp: torch.save({**state, "step": step}, tmp))
-    pointer = {"step": step, "weights": weights.name, "state": state_path.name}
-    atomic_write(folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=2)))
+    current = weights
+    try:
+        save_checkpoint(model, weights, metadata={**(metadata or {}), "step": step})
+        current = state_path
+        buffer = io.BytesIO()
+        torch.save({**state, "step": step}, buffer)
+        # Written by Python, so a full disk raises OSError(ENOSPC) instead of torch's zip-writer error.
+        atomic_write(state_path, lambda tmp: _write_bytes(tmp, buffer.getbuffer()))
+        current = folder / "latest.json"
+        pointer = {"step": step, "weights": weights.name, "state": state_path.name}
+        atomic_write(current, lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=2)))
+    except OSError as err:
+        # A half-written step is worse than none: it would look resumable. latest.json still names the old one.
+        if previous is None or previous.name != weights.name:
+            for path in _step_files(folder, step):
+                path.unlink(missing_ok=True)
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise _write_error(err, current, previous) from err
     steps = sorted(int(p.name[5:12]) for p in folder.glob("iter_*.state.pt"))
     for old in steps[: max(len(steps) - keep, 0)]:
         if old == step:
             continue
-        for suffix in (".safetensors", ".json", ".state.pt"):
-            (folder / f"iter_{old:07d}{suffix}").unlink(missing_ok=True)
+        for path in _step_files(folder, old):
+            path.unlink(missing_ok=True)
     return weights
 
 
+def _complete(weights: Path, state: Path) -> bool:
+    """Both files of a step exist and are whole (a readable safetensors header, a zip with its directory)."""
+    if not (weights.is_file() and weights.with_suffix(".json").is_file() and state.is_file()):
+        return False
+    if not zipfile.is_zipfile(state):  # torch.save writes a zip; a truncated one has no central directory
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            handle.keys()
+    except Exception:  # safetensors raises its own error types for truncated or corrupt files
+        return False
+    return True
+
+
 def latest_checkpoint(work_dir: str | Path) -> tuple[Path, Path] | None:
-    """(weights, state) named by ``latest.json``, or None when the run has no checkpoint yet."""
+    """(weights, state) to resume from, or None when the run has no checkpoint at all.
+
+    ``latest.json`` names the step. When it is missing, damaged or names a
+    missing file, the newest complete ``iter_*`` checkpoint is used instead
+    (with a warning).
+
+    Raises:
+        CheckpointError: checkpoint files exist but none is complete, so
+            resuming would start over on top of them.
+    """
     folder = _ckpt_dir(work_dir)
     pointer_path = folder / "latest.json"
-    if not pointer_path.exists():
-        return None
-    try:
-        pointer = json.loads(pointer_path.read_text())
-        weights, state = folder / pointer["weights"], folder / pointer["state"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise CheckpointError(f"{pointer_path} is damaged ({err}); delete it to resume from an iter_* file") from err
-    for path in (weights, state):
-        if not path.exists():
-            raise CheckpointError(f"{pointer_path} names {path.name}, which is missing")
-    return weights, state
+    problem = None
+    if pointer_path.exists():
+        try:
+            pointer = json.loads(pointer_path.read_text())
+            weights, state = folder / pointer["weights"], folder / pointer["state"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            problem = f"{pointer_path} is damaged ({type(err).__name__}: {err})"
+        else:
+            if _complete(weights, state):
+                return weights, state
+            problem = f"{pointer_path} names {weights.name} / {state.name}, which are missing or incomplete"
+    steps = sorted({int(p.name[5:12]) for p in folder.glob("iter_*.state.pt") if p.name[5:12].isdigit()}, reverse=True)
+    for step in steps:
+        weights, _, state = _step_files(folder, step)
+        if _complete(weights, state):
+            if problem:
+                warnings.warn(f"{problem}; resuming from the newest complete checkpoint, {weights.name}", stacklevel=2)
+            return weights, state
+    found = existing_checkpoints(work_dir)
+    if found:
+        reason = problem or f"no complete iter_* checkpoint is in {folder}"
+        raise CheckpointError(
+            f"cannot resume: {reason}, and no complete iter_* checkpoint (.safetensors + .json + .state.pt) "
+            f"remains, while {folder} holds {_names(found)}. Starting over would overwrite them: train into "
+            "another folder with --work-dir DIR, or start over here with --overwrite."
+        )
+    return None
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
@@ -153,5 +301,79 @@ def check_same_model(weights: str | Path, model: nn.Module) -> None:
 
 
 def save_best(work_dir: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write ``checkpoints/best.safetensors`` (+ sidecar) atomically."""
-    return save_checkpoint(model, _ckpt_dir(work_dir) / "best.safetensors", metadata=metadata)
+    """Write ``checkpoints/best.safetensors`` (+ sidecar) atomically; a failed write keeps the old best."""
+    path = _ckpt_dir(work_dir) / "best.safetensors"
+    previous = path if path.is_file() else None
+    try:
+        return save_checkpoint(model, path, metadata=metadata)
+    except OSError as err:
+        for tmp in path.parent.glob(".best.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise _write_error(err, path, previous) from err
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of floating-point parameters and buffers holding NaN or infinite values."""
+    return [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def _groups(keys: Sequence[str], limit: int = 4) -> str:
+    """``"decode_head.conv_seg (2), backbone.block4 (40)"``: keys counted by their first two parts."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        prefix = ".".join(key.split(".")[:2])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    parts = [f"{prefix} ({n})" for prefix, n in list(counts.items())[:limit]]
+    return ", ".join(parts) + (f", ... ({len(counts) - limit} more groups)" if len(counts) > limit else "")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, *, partial: bool = False) -> str:
+    """Initialise ``model`` from ``path`` (``model.pretrained``): load what fits, refuse what barely fits.
+
+    Tensors whose name and shape match are loaded (through the model's
+    ``checkpoint_filter_fn`` for official layouts). A file whose keys all start
+    with ``backbone.`` is an encoder checkpoint and is measured against the
+    backbone's tensors; any other against the whole model. When less than
+    ``MIN_PRETRAINED_SHARE`` of them load, the file is almost surely of another
+    model family, and training from scratch with a warning would waste the run.
+
+    Args:
+        model: the freshly built model.
+        path: the checkpoint.
+        partial: load whatever fits, however little.
+
+    Returns:
+        A one-line summary (loaded count, groups of tensors not loaded).
+
+    Raises:
+        CheckpointError: too little fits and ``partial`` is False.
+    """
+    state = read_state_dict(path)
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        state = filter_fn(state)
+    own = model.state_dict()
+    encoder_only = bool(state) and all(k.startswith("backbone.") for k in state)
+    target = [k for k in own if k.startswith("backbone.")] if encoder_only else list(own)
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    missing = [k for k in target if k not in fits]
+    unused = [k for k in state if k not in fits]
+    share = (len(target) - len(missing)) / max(len(target), 1)
+    what = "backbone tensors" if encoder_only else "model tensors"
+    summary = f"{path}: loaded {len(target) - len(missing)} of {len(target)} {what} ({share:.0%})"
+    if missing:
+        summary += f"; not in the file or another shape: {_groups(missing)}"
+    if unused:
+        summary += f"; {len(unused)} tensors of the file unused: {_groups(unused)}"
+    if share < MIN_PRETRAINED_SHARE and not partial:
+        name = (getattr(model, "model_cfg", None) or {}).get("name", type(model).__name__)
+        raise CheckpointError(
+            f"{summary}. At least {MIN_PRETRAINED_SHARE:.0%} must load: is it a checkpoint of {name!r}'s family? "
+            "To initialise from it anyway, set model.pretrained_partial: true."
+        )
+    model.load_state_dict(fits, strict=False)
+    return summary

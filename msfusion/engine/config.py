@@ -8,8 +8,8 @@ typo never silently trains with a default. Sub-trees listed in ``OPEN_KEYS``
 passed through as written, because their keys belong to the model or dataset
 constructors, which validate them.
 
-The defaults are the official SegNeXt ADE20K recipe (official_facts §2
-"Training and test config"): AdamW lr 6e-5, betas (0.9, 0.999), weight decay
+The defaults are the official SegNeXt ADE20K recipe (the SegNeXt repo's
+``local_configs/segnext/*/`` configs): AdamW lr 6e-5, betas (0.9, 0.999), weight decay
 0.01, custom keys ``head`` lr x10, ``norm``/``pos_block`` decay x0; poly
 power 1.0 after 1500 linear warm-up iterations (ratio 1e-6); 160k iterations;
 batch 16; crop 512, resize scale (2048, 512), ratio 0.5-2.0; whole-image test.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,15 @@ class ConfigError(ValueError):
 DEFAULTS: dict[str, Any] = {
     "task": "segmentation",
     "model": {
-        "name": "segnext_t",  # any registered model name
+        "name": "segnext_t",  # any registered model name (a label only when `compose` is given)
         "kwargs": {},  # passed to create_model (num_classes is taken from the dataset)
-        "pretrained": None,  # path of a checkpoint to initialise from (strict=False)
+        # Or compose a model from parts by name, as build_segmentor / build_classifier do, e.g.
+        # {backbone: resnet50, neck: fpn, head: semantic_fpn, neck_kwargs: {fine: true}}.
+        "compose": None,
+        "pretrained": None,  # path of a checkpoint to initialise from
+        # A pretrained file must fill at least half of the tensors it is meant for (the backbone's, for an
+        # encoder checkpoint); true accepts fewer (e.g. a checkpoint of another family on purpose).
+        "pretrained_partial": False,
         "sync_bn": False,  # convert BatchNorm to SyncBatchNorm under DDP on GPUs
         "norm_eval": False,  # keep BatchNorm in eval mode (frozen statistics) while training
     },
@@ -66,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
         "photometric": True,
         "eval_scale": [2048, 512],  # keep-ratio resize at test time; null keeps the size
         "on_bad_file": "raise",  # "raise" or "skip" unreadable / invalid samples
+        # Read every label file once before training: warn about classes without a labelled pixel,
+        # fail when every pixel is ignored (e.g. 0/255 masks of a two-class folder dataset).
+        "check_labels": True,
     },
     "optim": {
         "lr": 6.0e-5,
@@ -168,39 +178,174 @@ def merge_config(base: Mapping[str, Any], update: Mapping[str, Any], prefix: str
     return out
 
 
+# Integer settings and their smallest allowed value (0 means "off" for the intervals).
+_INTEGERS = {
+    "data.batch_size": 1,
+    "schedule.iters": 1,
+    "train.grad_accum": 1,
+    "train.log_interval": 1,
+    "train.keep_checkpoints": 1,
+    "data.num_workers": 0,
+    "schedule.warmup_iters": 0,
+    "train.eval_interval": 0,
+    "train.ckpt_interval": 0,
+    "train.seed": 0,
+}
+_NON_NEGATIVE = ("optim.lr", "optim.weight_decay", "schedule.warmup_ratio", "schedule.power", "schedule.min_lr")
+_PAIRS = ("data.crop_size", "data.scale", "eval.crop_size", "eval.stride")
+_BOOLS = (
+    "model.sync_bn",
+    "model.norm_eval",
+    "model.pretrained_partial",
+    "data.photometric",
+    "data.check_labels",
+    "train.deterministic",
+    "train.progress",
+    "train.tensorboard",
+    "eval.tta",
+    "eval.flip",
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"{value!r} (a string: write the value without quotes)"
+    return repr(value)
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """Reject NaN and infinity anywhere in a recipe: they silently poison weights (lr: .inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path} is {value}, which is not a finite number; write a finite value")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
+
+
+def _as_float(full: dict[str, Any], path: str) -> float:
+    """A number setting; a string YAML did not read as a number ("1e-3" without a dot) is accepted."""
+    value = _get(full, path)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be a number, got {value!r}") from None
+        _set(full, path, value)
+    if not _is_number(value):
+        raise ConfigError(f"{path} must be a number, got {_describe(value)}")
+    return value
+
+
+def _check_pair(full: Mapping[str, Any], path: str, nullable: bool = False) -> None:
+    value = _get(full, path)
+    if value is None and nullable:
+        return
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    if not ok:
+        example = f"[{value}, {value}]" if isinstance(value, int) and not isinstance(value, bool) else "[512, 512]"
+        extra = " or null" if nullable else ""
+        raise ConfigError(
+            f"{path} must be a pair of positive integers{extra}, got {_describe(value)}; write e.g. {example}"
+        )
+
+
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Check keys (with did-you-mean), choices and numeric ranges; return the merged config."""
+    """Check keys (with did-you-mean), types, choices and ranges; return the merged config.
+
+    Every number must be finite. A float written so that YAML reads a string
+    (``lr: 1e-3``: YAML 1.1 needs a dot, ``1.0e-3``) is converted.
+    """
     _check_keys(cfg, DEFAULTS)
     full = merge_config(DEFAULTS, cfg)
+    _check_finite(full, "")
     for path, choices in _CHOICES.items():
         value = _get(full, path)
         if value not in choices:
             raise ConfigError(f"{path} must be one of {list(choices)}, got {value!r}")
-    positive = ("data.batch_size", "schedule.iters", "train.grad_accum", "train.log_interval")
-    for path in positive:
+    for path, low in _INTEGERS.items():
         value = _get(full, path)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{path} must be a positive integer, got {value!r}")
-    for path in (
-        "optim.lr",
-        "optim.weight_decay",
-        "schedule.warmup_ratio",
-        "schedule.power",
-        "schedule.min_lr",
-    ):
-        value = _get(full, path)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{path} must be a non-negative number, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            what = "a positive integer" if low else "a non-negative integer (0 = off)"
+            raise ConfigError(f"{path} must be {what}, got {_describe(value)}")
+    for path in _NON_NEGATIVE:
+        if _as_float(full, path) < 0:
+            raise ConfigError(f"{path} must be a non-negative number, got {_get(full, path)!r}")
+    if _as_float(full, "optim.eps") <= 0:
+        raise ConfigError(f"optim.eps must be a positive number, got {full['optim']['eps']!r}")
+    if not 0 < _as_float(full, "data.cat_max_ratio") <= 1:
+        raise ConfigError(f"data.cat_max_ratio must be in (0, 1], got {full['data']['cat_max_ratio']!r}")
+    for path in _BOOLS:
+        if not isinstance(_get(full, path), bool):
+            raise ConfigError(f"{path} must be true or false, got {_describe(_get(full, path))}")
+    for path in _PAIRS:
+        _check_pair(full, path)
+    _check_pair(full, "data.eval_scale", nullable=True)
+    _check_number_list(full, "data.ratio_range", 2, "a pair [low, high] of positive numbers, e.g. [0.5, 2.0]")
+    low, high = full["data"]["ratio_range"]
+    if not 0 < low <= high:
+        raise ConfigError(f"data.ratio_range must be [low, high] with 0 < low <= high, got {[low, high]}")
+    _check_number_list(full, "optim.betas", 2, "a pair of numbers in [0, 1), e.g. [0.9, 0.999]")
+    if not all(0 <= b < 1 for b in full["optim"]["betas"]):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {full['optim']['betas']}")
+    _check_number_list(full, "eval.scales", None, "a non-empty list of positive numbers, e.g. [0.5, 1.0, 1.5]")
+    if not all(s > 0 for s in full["eval"]["scales"]):
+        raise ConfigError(f"eval.scales must be positive, got {full['eval']['scales']}")
+    crop, stride = full["eval"]["crop_size"], full["eval"]["stride"]
+    if any(s > c for s, c in zip(stride, crop, strict=True)):
+        raise ConfigError(
+            f"eval.stride {list(stride)} is larger than eval.crop_size {list(crop)}: sliding windows would "
+            "leave pixels uncovered. Use a stride no larger than the crop (mmseg uses about 2/3 of it)."
+        )
+    for path in ("model.name", "train.work_dir"):
+        if not isinstance(_get(full, path), str) or not _get(full, path):
+            raise ConfigError(f"{path} must be a non-empty string, got {_describe(_get(full, path))}")
+    compose = full["model"]["compose"]
+    if compose is not None:
+        allowed = {"backbone", "addon", "neck", "head", "backbone_kwargs", "addon_kwargs", "neck_kwargs", "head_kwargs"}
+        if not isinstance(compose, Mapping) or "backbone" not in compose or set(compose) - allowed:
+            raise ConfigError(
+                f"model.compose must be a mapping with a backbone and any of {sorted(allowed - {'backbone'})}, "
+                f"got {compose!r}"
+            )
+    pretrained = full["model"]["pretrained"]
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise ConfigError(f"model.pretrained must be a checkpoint path or null, got {pretrained!r}")
     for name, rule in (full["optim"]["custom_keys"] or {}).items():
         if not isinstance(rule, Mapping) or set(rule) - {"lr_mult", "decay_mult"}:
             raise ConfigError(
                 f"optim.custom_keys.{name} must be a mapping with lr_mult and/or decay_mult, got {rule!r}"
             )
+        for mult, value in rule.items():
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"optim.custom_keys.{name}.{mult} must be a non-negative number, got {value!r}")
     _check_layer_decay(full["optim"])
     clip = full["train"]["clip_grad"]
-    if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
-        raise ConfigError(f"train.clip_grad must be a positive number or null, got {clip!r}")
+    if clip is not None and (not _is_number(clip) or clip <= 0):
+        raise ConfigError(f"train.clip_grad must be a positive number or null, got {_describe(clip)}")
     return full
+
+
+def _check_number_list(full: dict[str, Any], path: str, length: int | None, expected: str) -> None:
+    value = _get(full, path)
+    if isinstance(value, tuple):
+        value = list(value)
+    ok = isinstance(value, list) and (len(value) == length if length else len(value) > 0)
+    if ok:
+        try:
+            value = [float(v) if isinstance(v, str) else v for v in value]
+        except ValueError:
+            ok = False
+    if not ok or not all(_is_number(v) for v in value):
+        raise ConfigError(f"{path} must be {expected}, got {_describe(_get(full, path))}")
+    _set(full, path, value)
 
 
 def _check_layer_decay(optim: Mapping[str, Any]) -> None:
@@ -228,6 +373,14 @@ def _get(cfg: Mapping[str, Any], path: str) -> Any:
     for part in path.split("."):
         node = node[part]
     return node
+
+
+def _set(cfg: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[last] = value
 
 
 def _parse_value(text: str) -> Any:

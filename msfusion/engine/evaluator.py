@@ -1,6 +1,6 @@
 """Segmentation inference modes and the dataset evaluator.
 
-Test modes (official_facts §2 "Test"): ``whole`` (the full image at once; the
+Test modes (as in the official SegNeXt test configs): ``whole`` (the full image at once; the
 segmentor pads to a multiple of 32 inside, as mmseg's ``size_divisor=32``),
 ``slide`` (crop/stride windows averaged where they overlap; Cityscapes uses
 crop 1024, stride 768) and multi-scale + flip (ratios 0.5-1.75, softmax
@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader, Subset
 from msfusion.engine.distributed import DistInfo, all_reduce_sum
 from msfusion.engine.metrics import confusion_matrix, metrics_from_confusion
 
-__all__ = ["segment", "segment_with_config", "evaluate_segmentation", "autocast_context"]
+__all__ = [
+    "segment",
+    "segment_with_config",
+    "check_slide_window",
+    "check_test_images",
+    "evaluate_segmentation",
+    "autocast_context",
+]
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -56,16 +63,76 @@ def segment(
     ``whole`` and ``slide`` return logits; ``tta=True`` returns softmax
     probabilities averaged over ``scales`` (and flips). Either way the arg-max
     over dim 1 is the prediction. The model must be in eval mode.
+
+    Raises:
+        ValueError: an unknown mode; a crop or stride that is not positive, or a
+            stride larger than the crop (windows would leave pixels uncovered);
+            images of another dtype than the weights; NaN or infinite input
+            values (one such pixel spreads to every output through attention
+            and global pooling).
+        FloatingPointError: the scores are not finite although the input is.
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"test mode must be 'whole' or 'slide', got {mode!r}")
-    crop = tuple(int(c) for c in crop_size) if mode == "slide" else None
-    step = tuple(int(s) for s in stride) if mode == "slide" else None
-    if tta:
-        return model.aug_inference(images, scales=tuple(scales), flip=flip, crop_size=crop, stride=step)
+    crop = step = None
     if mode == "slide":
-        return model.slide_inference(images, crop, step)
-    return model(images)
+        crop, step = check_slide_window(crop_size, stride)
+    check_test_images(model, images)
+    if tta:
+        scales = tuple(float(s) for s in scales)
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"test scales must be positive numbers, got {scales}")
+        scores = model.aug_inference(images, scales=scales, flip=flip, crop_size=crop, stride=step)
+    elif mode == "slide":
+        scores = model.slide_inference(images, crop, step)
+    else:
+        scores = model(images)
+    if not bool(torch.isfinite(scores).all()):
+        raise FloatingPointError(
+            "the model produced NaN or infinite scores for a finite input; are its weights finite "
+            "(a diverged training run)?"
+        )
+    return scores
+
+
+def check_slide_window(crop_size: Sequence[int], stride: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(crop, stride)`` as (H, W) pairs after checking that sliding windows cover every pixel.
+
+    Windows start every ``stride`` pixels and the last one is moved back to the
+    image edge, so a stride no larger than the crop covers every pixel.
+    """
+    try:
+        crop = tuple(int(c) for c in crop_size)
+        step = tuple(int(s) for s in stride)
+    except (TypeError, ValueError):
+        raise ValueError(f"slide crop and stride must be integer pairs, got {crop_size!r} and {stride!r}") from None
+    if len(crop) != 2 or len(step) != 2 or min(crop) < 1 or min(step) < 1:
+        raise ValueError(f"slide crop {crop} and stride {step} must be pairs of positive integers (H, W)")
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(
+            f"slide stride {step} is larger than the crop {crop}: windows would leave pixels uncovered. "
+            "Use a stride no larger than the crop, e.g. 2/3 of it."
+        )
+    return crop, step
+
+
+def check_test_images(model: nn.Module, images: Tensor) -> None:
+    """Reject inputs that would give a wrong or cryptic result: another dtype than the weights, NaN/inf."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and torch.is_floating_point(images) and images.dtype != weight.dtype:
+        raise ValueError(
+            f"images are {images.dtype} but the model's weights are {weight.dtype}; convert the input "
+            f"(images.to({weight.dtype})) or the model (model.to({images.dtype}))"
+        )
+    if torch.is_floating_point(images):
+        bad = ~torch.isfinite(images)
+        if bool(bad.any()):
+            where = [int(i) for i in bad.nonzero()[0].tolist()]
+            raise ValueError(
+                f"the input holds {int(bad.sum())} NaN or infinite value(s), first at index {where} of a "
+                f"{tuple(images.shape)} batch; one such pixel turns every output into NaN. Clean the image "
+                "(e.g. torch.nan_to_num) before testing"
+            )
 
 
 def segment_with_config(model: nn.Module, images: Tensor, cfg: Mapping[str, Any]) -> Tensor:
@@ -131,8 +198,11 @@ def evaluate_segmentation(
         for sample in loader:
             image = sample["image"].unsqueeze(0).to(device)
             mask = sample["mask"].to(device)
-            with autocast_context(device, amp):
-                scores = segment_with_config(model, image, cfg)
+            try:
+                with autocast_context(device, amp):
+                    scores = segment_with_config(model, image, cfg)
+            except (ValueError, FloatingPointError) as err:
+                raise type(err)(f"{sample.get('path', '?')}: {err}") from err
             scores = scores.float()
             if scores.shape[-2:] != mask.shape[-2:]:
                 scores = F.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)

@@ -2,8 +2,9 @@
 
 For each input ``<stem>.<ext>`` three PNGs are written to the output folder:
 
-- ``<stem>_label.png``: the class id of every pixel (8-bit, mode 'L'), for
-  programs;
+- ``<stem>_label.png``: the class id of every pixel, for programs: an 8-bit
+  PNG (mode 'L') for up to 256 classes, a 16-bit PNG beyond (an 8-bit file
+  would silently write class 299 as 43);
 - ``<stem>_color.png``: the class colours (the training set's palette);
 - ``<stem>_overlay.png``: the image blended with the colours, and a legend of
   the classes present.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msfusion.engine.evaluator import segment_with_config
+from msfusion.engine.evaluator import check_slide_window, segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay
 
 __all__ = ["collect_images", "predict_array", "predict_files"]
@@ -67,7 +68,7 @@ def predict_array(
     std: Sequence[float] | None = None,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Class ids (H, W) uint8 for an (H, W, 3) uint8 RGB image.
+    """Class ids (H, W) for an (H, W, 3) uint8 RGB image: uint8 up to 256 classes, uint16 beyond.
 
     Args:
         model: a segmentor in eval mode.
@@ -76,9 +77,27 @@ def predict_array(
         resize: keep-ratio test scale ``(long, short)`` as in the recipes, or None.
         mean, std: normalisation (default: ImageNet, as in training).
         device: where to run.
+
+    Raises:
+        ValueError: not an (H, W, 3) uint8 image, NaN or infinite values, a
+            resize to a 0-pixel side, or bad test options.
     """
     from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, rescale_size
 
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got an array of shape {image.shape}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        count = int((~np.isfinite(image)).sum())
+        raise ValueError(
+            f"the image holds {count} NaN or infinite value(s); one such pixel turns every output into NaN. "
+            "Clean it (e.g. np.nan_to_num) first"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"expected a uint8 RGB image, got dtype {image.dtype}; for values in [0, 1] convert with "
+            "(image * 255).round().astype(np.uint8)"
+        )
     height, width = image.shape[:2]
     picture = image
     if resize:
@@ -91,7 +110,8 @@ def predict_array(
     scores = segment_with_config(model, tensor.unsqueeze(0).to(device), cfg).float()
     if scores.shape[-2:] != (height, width):
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
-    return scores.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    label = scores.argmax(dim=1)[0].cpu().numpy()
+    return label.astype(np.uint8 if scores.shape[1] <= 256 else np.uint16)
 
 
 def _unique_stems(files: Sequence[Path]) -> list[str]:
@@ -144,11 +164,18 @@ def predict_files(
 
     if on_bad_file not in ("raise", "skip"):
         raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
+    cfg = dict(eval_cfg or {})
+    if cfg.get("mode") == "slide":  # an option error stops before any image, not once per image
+        check_slide_window(cfg.get("crop_size", (512, 512)), cfg.get("stride", (341, 341)))
     files = collect_images(inputs)
     num_classes = getattr(model, "num_classes", None) or (len(classes) if classes else 256)
     classes = list(classes) if classes else [f"class {i}" for i in range(num_classes)]
     palette = [tuple(c) for c in palette] if palette else default_palette(len(classes))
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output folder {out_dir} is an existing file; give a folder path (created if missing)")
+    if len(classes) > 65536:
+        raise ValueError(f"{len(classes)} classes do not fit a 16-bit label PNG")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     written = []
@@ -165,8 +192,15 @@ def predict_files(
                 raise
             warnings.warn(f"skipping {path}: {err}", stacklevel=2)
             continue
-        label = predict_array(model, image, eval_cfg=eval_cfg, resize=resize, device=device)
-        color = colorize(label, palette)
+        try:
+            label = predict_array(model, image, eval_cfg=eval_cfg, resize=resize, device=device)
+        except ValueError as err:
+            if on_bad_file == "raise":
+                raise ValueError(f"{path}: {err}") from err
+            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            continue
+        # colorize's table has 256 entries; more classes index the palette directly.
+        color = colorize(label, palette) if len(palette) <= 256 else np.asarray(palette, dtype=np.uint8)[label]
         present = sorted(int(v) for v in np.unique(label))
         paths = {
             "input": str(path),
@@ -174,7 +208,8 @@ def predict_files(
             "color": str(out_dir / f"{stem}_color.png"),
             "overlay": str(out_dir / f"{stem}_overlay.png"),
         }
-        Image.fromarray(label, mode="L").save(paths["label"])
+        # 16-bit PNG beyond 256 classes (PIL writes a uint16 array as mode I;16).
+        Image.fromarray(label).save(paths["label"])
         Image.fromarray(color).save(paths["color"])
         add_legend(overlay(image, color, alpha), classes, palette, present).save(paths["overlay"])
         written.append(paths)

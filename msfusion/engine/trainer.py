@@ -1,6 +1,6 @@
 """The iteration-based training loop, task-neutral, for one process or many (DDP).
 
-Recipe (official_facts §2 "Training and test config"; SegNeXt paper appendix
+Recipe (the official SegNeXt ADE20K configs; SegNeXt paper appendix
 Table 1): AdamW with the mmcv custom-key parameter groups
 (``msfusion.engine.optim``), linear warm-up then poly decay stepped every
 iteration, a total batch of ``data.batch_size`` images per optimiser step
@@ -45,7 +45,10 @@ from msfusion.engine.checkpointing import (
     capture_rng_state,
     check_same_model,
     latest_checkpoint,
+    load_pretrained,
     load_training_state,
+    non_finite_tensors,
+    prepare_work_dir,
     restore_rng_state,
     save_best,
     save_training_checkpoint,
@@ -150,7 +153,13 @@ class TrainingForward(nn.Module):
 
 
 def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
-    """``create_model`` from the recipe, with what the data decides (class count) filled in."""
+    """The recipe's model, with what the data decides (class count) filled in.
+
+    ``model.name`` builds a registered model; ``model.compose`` composes a
+    segmentor from parts by name (``build_segmentor``), ``model.kwargs`` going
+    to the composer.
+    """
+    from msfusion.models.segmentor import build_segmentor
     from msfusion.registry import create_model
 
     kwargs = dict(cfg["model"]["kwargs"] or {})
@@ -158,9 +167,17 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
         if key in kwargs and kwargs[key] != value:
             raise ValueError(f"model.kwargs.{key}={kwargs[key]} but the training data gives {value}")
         kwargs[key] = value
-    model = create_model(cfg["model"]["name"], **kwargs)
+    compose = cfg["model"].get("compose")
+    if compose:
+        model = build_segmentor(**dict(compose), **kwargs)
+    else:
+        model = create_model(cfg["model"]["name"], **kwargs)
     if cfg["model"]["pretrained"]:
-        load_checkpoint(model, cfg["model"]["pretrained"], strict=False)
+        summary = load_pretrained(
+            model, cfg["model"]["pretrained"], partial=cfg["model"].get("pretrained_partial", False)
+        )
+        if os.environ.get("RANK", "0") == "0":
+            print(f"model.pretrained: {summary}", flush=True)
     return model
 
 
@@ -246,8 +263,27 @@ class Trainer:
             "config": json.loads(json.dumps(self.cfg, default=str)),
         }
 
+    def _check_finite_weights(self, action: str) -> None:
+        """Stop before ``action`` when a weight is NaN or infinite: such weights are never kept as good."""
+        bad_names = non_finite_tensors(self.model)
+        bad = torch.tensor([float(len(bad_names))], device=self.device)
+        if self.dist.distributed:
+            all_reduce_sum(bad)
+        if bad.item() > 0:
+            kept = (
+                f"the last good checkpoint is kept: {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was written yet"
+            )
+            shown = ", ".join(bad_names[:3]) + (", ..." if len(bad_names) > 3 else "")
+            raise NonFiniteLossError(
+                f"weights became NaN or infinite by step {self.step} ({shown or 'on another process'}); "
+                f"training stopped before {action} ({kept}). Lower optim.lr, set train.clip_grad, or check the data."
+            )
+
     def save(self) -> Path | None:
         """Write a resumable checkpoint of the current step (rank 0 writes; every rank waits)."""
+        self._check_finite_weights("writing a checkpoint")
         rng = capture_rng_state()
         if self.dist.distributed:
             gathered: list[Any] = [None] * self.dist.world_size
@@ -288,12 +324,29 @@ class Trainer:
         check_same_model(weights, self.model)
         load_checkpoint(self.model, weights, strict=True)
         state = load_training_state(state_path)
+        # The recipe's optimiser settings (--set optim.lr=... on resume) win over the saved ones, as the
+        # schedule does below: config.yaml records them, so they must be what trains.
+        recipe_groups = [
+            {k: v for k, v in group.items() if k not in ("params", "lr")} for group in self.optimizer.param_groups
+        ]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"{state_path}: optimiser state does not fit this model ({err})") from err
+        changed = sorted(
+            key.removeprefix("initial_")
+            for group, recipe in zip(self.optimizer.param_groups, recipe_groups, strict=True)
+            for key, value in recipe.items()
+            if group.get(key) != value
+        )
+        for group, recipe in zip(self.optimizer.param_groups, recipe_groups, strict=True):
+            group.update(recipe)
         configured = [dict(vars(f)) for f in self.scheduler.lr_lambdas]
+        configured_base = list(self.scheduler.base_lrs)
         self.scheduler.load_state_dict(state["scheduler"])
+        if list(self.scheduler.base_lrs) != configured_base:
+            changed = sorted({*changed, "lr"})
+        self.scheduler.base_lrs = configured_base
         # The schedule is a function of the recipe: a resumed run with more iterations
         # (--set schedule.iters=...) follows the new recipe rather than the saved one.
         for factor, values in zip(self.scheduler.lr_lambdas, configured, strict=True):
@@ -316,6 +369,8 @@ class Trainer:
         self.evals = list(state.get("evals", []))
         self.best = dict(state.get("best", {}))
         self.last_checkpoint = weights
+        if changed and self.dist.is_main:
+            print(f"resumed at step {self.step} with the recipe's new optimiser settings: {', '.join(changed)}")
         return True
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -400,6 +455,7 @@ class Trainer:
                 if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
                     self._writer.add_scalar(f"val/{k}", v, self.step)
         if not self.best or value > self.best["value"]:
+            self._check_finite_weights("saving the best checkpoint")
             self.best = {"metric": key, "value": value, "step": self.step}
             if self.dist.is_main:
                 save_best(self.work_dir, self.model, {**self._metadata(), "step": self.step, key: value})
@@ -478,21 +534,34 @@ class Trainer:
         }
 
 
-def train(cfg: Mapping[str, Any], resume: bool = False) -> dict[str, Any]:
+def train(cfg: Mapping[str, Any], resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Build everything from a validated recipe and train (the ``msfusion train`` entry point).
 
     Under ``torchrun`` this joins the process group first (gloo on CPU, NCCL on
     CUDA). Returns :meth:`Trainer.fit`'s summary on every rank.
+
+    Args:
+        cfg: a validated recipe.
+        resume: continue from the checkpoints in ``train.work_dir``.
+        overwrite: delete the checkpoints of an earlier run in ``train.work_dir`` and start over;
+            without it (or ``resume``) a work_dir holding checkpoints is refused.
     """
     from msfusion.engine.distributed import cleanup_distributed
 
     tcfg = cfg["train"]
+    prepare_work_dir(tcfg["work_dir"], resume=resume, overwrite=overwrite)
     dist_info = init_distributed(tcfg["device"])
     try:
         # Same seed on every rank for the model's initial weights; DDP also broadcasts rank 0's.
         set_seed(tcfg["seed"], tcfg["deterministic"])
         task = build_task(cfg["task"])
         train_set, val_set = task.build_datasets(cfg)
+        if cfg["data"].get("check_labels", True) and dist_info.is_main:
+            # One pass over the label files: a split whose labels are all ignored, or a class that never
+            # occurs, would otherwise train (or score) without a word.
+            for split, dataset in (("data.train", train_set), ("data.val", val_set)):
+                if callable(getattr(dataset, "check_labels", None)):
+                    dataset.check_labels(split)
         model = build_model(cfg, task, train_set)
         set_seed(tcfg["seed"] + dist_info.rank, tcfg["deterministic"])
         trainer = Trainer(cfg, task, model, train_set, val_set, dist_info)
