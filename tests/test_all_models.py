@@ -1,4 +1,4 @@
-"""Registry-wide tests (STYLE.md): every registered name, by kind, on small inputs.
+"""Registry-wide tests: every registered name, by kind, on small inputs.
 
 Whole models (backbones, classifiers, segmentors): forward (shape, finite),
 backward (every parameter gets a gradient), ``features_only`` channels and

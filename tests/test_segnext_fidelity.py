@@ -1,4 +1,4 @@
-"""SegNeXt and MSCAN against the paper and the official code (issue: "Fidelity, tested").
+"""SegNeXt and MSCAN against the paper and the official code.
 
 Params with 150 classes: official code 4.263 / 13.933 / 27.636 / 48.927 M (paper
 Tables 2 and 9: 4.3 / 13.9 / 27.6 / 48.9), within 0.5%. MACs at 512x512
@@ -59,7 +59,7 @@ def test_variant_hyper_parameters_follow_table2():
 
 
 def test_cityscapes_macs_at_1024x2048():
-    # Official_facts §2(c): torchprofile 0.1.0 gives 50.4 G for T without the 19-class upsample
+    # torchprofile 0.1.0 on the official SegNeXt-T gives 50.4 G without the 19-class upsample
     # (0.17 G at 1024x2048 x 19 classes x 4 with it).
     gmacs = mf.count_macs(_meta("segnext_t", num_classes=19), (1, 3, 1024, 2048)) / 1e9
     assert gmacs == pytest.approx(50.4 + 4 * 19 * 1024 * 2048 / 1e9, rel=0.01)

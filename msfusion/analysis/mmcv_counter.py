@@ -1,8 +1,8 @@
 """Multiply-adds with mmcv's ``get_model_complexity_info`` rules (mmcv 1.x ``flops_counter``).
 
 CEDNet (official ``models/cednet.py`` and ``ced-mmseg/tools/get_flops.py``) and
-TopFormer report this counter's "FLOPs", which are multiply-adds
-(official_facts.md §1(c)). The counter puts forward hooks on modules whose type
+TopFormer report this counter's "FLOPs", which are multiply-adds (mmcv's
+``flops_to_string`` docstring: "a multiply-add counts as one FLOP"). The counter puts forward hooks on modules whose type
 is *exactly* one of a fixed set (subclasses are not counted) and adds:
 
 - ``nn.Conv1d/2d/3d``: output positions x kernel area x in_chs x out_chs / groups,

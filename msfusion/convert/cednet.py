@@ -1,4 +1,4 @@
-"""CEDNet checkpoint key layouts (official_facts.md §1(b)).
+"""CEDNet checkpoint key layouts of the released CEDNet code (zhanggang001/CEDNet).
 
 Our module names equal the official ones, so the layouts differ only in their
 wrapping and prefixes:

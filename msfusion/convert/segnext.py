@@ -1,4 +1,4 @@
-"""SegNeXt / MSCAN checkpoint key layouts (official_facts.md §2(b)).
+"""SegNeXt / MSCAN checkpoint key layouts (official SegNeXt repo and mmsegmentation 1.x).
 
 Two official layouts exist and differ in one key only:
 

@@ -1,7 +1,7 @@
 """ADE20K (MIT SceneParsing, ``ADEChallengeData2016``), 150 classes.
 
 Layout and label convention as in mmsegmentation's ``ADE20KDataset``, which
-SegNeXt trains with (official_facts §2: ``reduce_zero_label=True``): raw
+SegNeXt trains with (its ADE20K configs set ``reduce_zero_label=True``): raw
 label 0 ("other") is ignored (255) and labels 1..150 become train ids 0..149.
 """
 

@@ -4,7 +4,7 @@ Layout of the official download (``leftImg8bit_trainvaltest.zip`` and
 ``gtFine_trainvaltest.zip``). Labels are read from ``*_gtFine_labelTrainIds.png``
 when present (produced by cityscapesScripts' ``createTrainIdLabelImgs`` or
 mmseg's converter), else from ``*_gtFine_labelIds.png`` mapped to train ids
-with the cityscapesScripts table (official_facts §2: SegNeXt evaluates the 19
+with the cityscapesScripts table (SegNeXt's Cityscapes configs evaluate the 19
 classes); every other label id is ignored (255).
 """
 

@@ -1,6 +1,6 @@
 """A synthetic multi-scale "shapes" dataset, generated from a seed (no download).
 
-This is the embedded default of DESIGN.md ("The embedded default"): objects
+This is msfusion's embedded default dataset (``msfusion demo``): objects
 from a few pixels up to about half the image side, several classes,
 occlusion, textured backgrounds, with semantic masks, visible instance masks
 and boxes, so that a segmentor (and later a detector) can be trained and

@@ -1,4 +1,4 @@
-"""Training, evaluation, prediction and the demo (DESIGN.md "engine/").
+"""Training, evaluation, prediction and the demo.
 
 One job per module: ``config`` (YAML recipes, ``--set`` overrides, validation),
 ``optim`` (official AdamW parameter groups, warm-up + poly), ``tasks`` (what a

@@ -1,7 +1,6 @@
 """Layer-wise learning-rate decay: ced-mmseg's ``LearningRateDecayOptimizerConstructor``.
 
-Source: the official CEDNet segmentation code (official_facts §1 "Segmentation
-(ced-mmseg)" and the detection notes above it; zhanggang001/CEDNet@305d637,
+Source: the official CEDNet segmentation code (zhanggang001/CEDNet@305d637,
 ``ced-mmseg/mmcv_custom/layer_decay_optimizer_constructor.py`` and
 ``configs/cednet/upernet_ced_next_*_512_160k_ade20k_ms.py``), a ConvNeXt-style
 constructor. Re-implemented from its behaviour, in our own code:

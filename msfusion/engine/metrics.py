@@ -1,7 +1,7 @@
 """Semantic-segmentation metrics from a confusion matrix: aAcc, mIoU, mAcc, per-class IoU/Acc.
 
 Definitions follow mmseg's ``IoUMetric`` (the evaluator of the official
-SegNeXt results, official_facts §2): pixels whose label is the ignore index
+SegNeXt results): pixels whose label is the ignore index
 are dropped; per class, ``IoU = TP / (TP + FP + FN)`` and ``Acc = TP / (TP + FN)``;
 a class absent from both labels and predictions has IoU NaN, a class absent
 from the labels has Acc NaN, and the means skip NaN (``nanmean``);

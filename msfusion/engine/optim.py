@@ -1,7 +1,7 @@
 """AdamW with the official parameter groups, and the warm-up + poly schedule.
 
-Recipe: official_facts §2 "Training and test config" (SegNeXt ADE20K configs,
-mmseg v0.24.1 on mmcv 1.x):
+Recipe: the official SegNeXt ADE20K configs (``local_configs/segnext/*/`` in the
+SegNeXt repo, mmseg v0.24.1 on mmcv 1.x):
 
 - AdamW lr 6e-5, betas (0.9, 0.999), weight decay 0.01, with
   ``paramwise_cfg.custom_keys = {'pos_block': decay_mult 0, 'norm': decay_mult 0,

@@ -6,7 +6,7 @@ and an evaluation. A detection task adds a subclass here (``loss`` = the
 torchvision detector's loss dict summed; ``evaluate`` = COCO AP) and registers
 it in ``TASKS``; no second loop.
 
-Segmentation (official_facts §2): cross-entropy with ignore index 255,
+Segmentation (as in the official SegNeXt configs, after mmsegmentation): cross-entropy with ignore index 255,
 averaged over labelled pixels, plus each auxiliary head's cross-entropy times
 its weight (``model.auxiliary_weights``; SegNeXt has none).
 """

@@ -29,8 +29,9 @@ Implements:
   RetinaNet, P3-P7; ``"p2p6"``: Mask R-CNN, P2-P6; 256 channels).
 
 Numbers (parameters, mmcv-rule MACs, block allocation, drop-path schedule,
-initialisation, checkpoint keys) come from the official code as summarised in
-official_facts.md §1; module names equal the official ones, so official
+initialisation, checkpoint keys) come from the released CEDNet code
+(zhanggang001/CEDNet@305d637: ``models/cednet.py``, ``ced-mmdet``, ``ced-mmseg``;
+see docs/provenance.md); module names equal the official ones, so official
 checkpoints load with prefix handling only (``checkpoint_filter_fn``).
 """
 
@@ -718,8 +719,8 @@ def _create_cednet(variant: str, **kwargs: Any) -> CEDNet:
     return CEDNet(**kwargs)
 
 
-# Variants: Sec. 3.4 (C, B, m) and the official model registry (official_facts
-# §1(a)): drop-path rates are the official ImageNet ones.
+# Variants: Sec. 3.4 (C, B, m) and the models registered in the released code
+# (models/cednet.py): drop-path rates are the official ImageNet ones.
 _NEXT_T = dict(num_stages=3, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 4, 2), drop_path_rate=0.1)
 _NEXT_S = dict(num_stages=4, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 7, 2), drop_path_rate=0.4)
 _NEXT_B = dict(
@@ -745,7 +746,7 @@ def _paper(params_m: float, gmacs: float, table9: str) -> PaperFigures:
         params_m=params_m,
         gmacs=gmacs,
         input_size=(3, 224, 224),
-        source="official code (official_facts §1(c), inference: last head only); " + table9,
+        source="released CEDNet code (mmcv counter at 224x224, inference: last head only); " + table9,
         macs_rules="mmcv",
         notes="mmcv counting rules: GELU, the custom LayerNorm and matmuls are not counted",
     )

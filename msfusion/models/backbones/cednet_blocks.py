@@ -10,8 +10,8 @@ connections in front of the MLP. This file holds the convolutional mixers:
   official ``CEDNet_res50`` (Table 5, "vanilla conv 3x3").
 
 The attention mixers (Swin, CSwin) are in ``cednet_mixers.py``. Attribute names
-equal the official ones so that official checkpoints load without renaming
-(official_facts.md §1(a), §1(b)).
+equal the official ones (the released CEDNet code, zhanggang001/CEDNet,
+``models/cednet.py``) so that official checkpoints load without renaming.
 
 All blocks take and return (B, C, H, W) tensors.
 """
@@ -122,7 +122,7 @@ class LRCEDBlock(_ChannelsLastMLP):
     ``y = x + Act(LN(DW7x7(x)))``; ``y = y + Act(LN(DW7x7_dil(y)))``;
     ``out = x + DropPath(gamma * MLP(y))``. Each depthwise conv carries its own
     norm and activation inside its skip; the MLP input is not normalised again
-    (official_facts §1(a)).
+    (as in the released CEDNet code).
 
     Args:
         dim: channels C.

@@ -1,8 +1,8 @@
 """CEDNet blocks with attention token mixers (CEDNet, arXiv 2302.06052, Sec. 3.3, Table 5).
 
 Table 5 swaps the CED block's 7x7 depthwise conv for other token mixers. The
-two attention mixers of the official code (official ``ced-mmdet`` backbone,
-official_facts.md §1) are:
+two attention mixers of the released CEDNet code (zhanggang001/CEDNet,
+``ced-mmdet/mmdet/models/backbones/cednet.py``) are:
 
 - ``SwinCEDBlock`` / ``LRSwinCEDBlock`` ("CEDNet-Swin-T"): Swin local window
   attention (window 7, heads = C / 32, relative position bias, shifted windows

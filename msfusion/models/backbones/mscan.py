@@ -224,7 +224,7 @@ class MSCAN(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """Official init (official_facts §2(a)): trunc-normal linears, He-style fan-out convs."""
+    """Official SegNeXt init (``mscan.py``): trunc-normal linears, He-style fan-out convs."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

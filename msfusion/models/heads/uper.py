@@ -6,8 +6,8 @@ segmentation framework of the CEDNet paper (arXiv 2302.06052, Sec. 4.4 and
 Table 3) and of the ConvNeXt / Swin baselines it compares with.
 
 Every detail the paper leaves out follows mmsegmentation's ``UPerHead``, which
-the official CEDNet configs use (official_facts.md §1 "Segmentation
-(ced-mmseg)"): 512 channels, pool scales (1, 2, 3, 6), conv -> BN -> ReLU units
+the official CEDNet configs use (``ced-mmseg/configs/cednet/upernet_ced_next_*``
+in the released CEDNet code): 512 channels, pool scales (1, 2, 3, 6), conv -> BN -> ReLU units
 without conv bias, bilinear resizing with ``align_corners=False``, dropout 0.1
 before the classifier. Module names equal mmcv's (``lateral_convs.{i}.conv``,
 ``psp_modules.{j}.1.bn``, ``bottleneck``, ``fpn_convs``, ``fpn_bottleneck``,
