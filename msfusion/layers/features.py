@@ -1,4 +1,4 @@
-"""The feature contract shared by backbones, add-ons, necks and heads (DESIGN.md).
+"""The feature contract shared by backbones, add-ons, necks and heads.
 
 A feature producer (backbone, add-on, neck) returns ``list[Tensor]`` ordered
 strictly fine to coarse and describes it with ``feature_info``: one
