@@ -41,6 +41,7 @@ from msfusion.layers import check_image_batch
 from msfusion.layers.features import select_features
 from msfusion.models.addons.mscsa import MSCSA
 from msfusion.models.classifier import Classifier
+from msfusion.models.segmentor import build_segmentor
 from msfusion.registry import PaperFigures, create_model, register_model
 
 __all__ = ["TABLE7", "CoaTSerial", "BackboneWithAddon"]
@@ -259,3 +260,88 @@ def coat_tiny_mscsa(**kwargs: Any) -> nn.Module:
 def coat_small_mscsa(**kwargs: Any) -> nn.Module:
     """CoaT Small, parallel blocks replaced by MSCSA (Table 7: 1/16 (1/32), depth 3, 8 heads, head dim 52, MLP 2)."""
     return _create_mscsa_model("coat_small", **kwargs)
+
+
+def _create_semantic_fpn(
+    family: str,
+    *,
+    mscsa: bool,
+    num_classes: int = 150,
+    backbone_kwargs: dict[str, Any] | None = None,
+    addon_kwargs: dict[str, Any] | None = None,
+    neck_kwargs: dict[str, Any] | None = None,
+    head_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Semantic FPN on a backbone, with or without dense MSCSA (Table 3, App. C.3).
+
+    The FPN has 256 channels and the head has 128 channels with dropout 0.1,
+    as PVTv2's Semantic FPN configuration has. BN stands in for its SyncBN,
+    which is the same on one process and counts the same.
+    """
+    backbone = _create_backbone(family, **(backbone_kwargs or {}))
+    addon = None
+    if mscsa:
+        cfg = dict(TABLE7[family])
+        cfg["pool_stride"] = cfg.pop("dense_pool_stride", cfg["pool_stride"])
+        cfg.update(addon_kwargs or {})
+        addon = MSCSA(backbone.feature_info, mode="dense", allow_upsample=True, **cfg)
+    elif addon_kwargs:
+        raise ValueError("addon_kwargs apply to the _mscsa segmentors only")
+    return build_segmentor(
+        backbone,
+        addon=addon,
+        neck="fpn",
+        head="semantic_fpn",
+        num_classes=num_classes,
+        neck_kwargs={"out_chs": 256, **(neck_kwargs or {})},
+        head_kwargs={"channels": 128, "dropout": 0.1, "norm": "bn", **(head_kwargs or {})},
+        **kwargs,
+    )
+
+
+def _ade20k(gmacs: float, base: float | None = None) -> PaperFigures:
+    notes = "Semantic FPN, 150 classes" + (f"; baseline without MSCSA: {base} GFLOPs" if base else "")
+    return PaperFigures(
+        gmacs=gmacs,
+        input_size=(3, 512, 512),
+        source="MSCSA Table 3 (ADE20K, 512x512)",
+        notes=notes,
+        extra={"baseline_gmacs": base} if base else {},
+    )
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b0", paper=_ade20k(25.0))
+def semantic_fpn_pvt_v2_b0(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B0 (Table 3 baseline)."""
+    return _create_semantic_fpn("pvt_v2_b0", mscsa=False, **kwargs)
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b1", paper=_ade20k(34.0))
+def semantic_fpn_pvt_v2_b1(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B1 (Table 3 baseline)."""
+    return _create_semantic_fpn("pvt_v2_b1", mscsa=False, **kwargs)
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b2", paper=_ade20k(46.0))
+def semantic_fpn_pvt_v2_b2(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B2 (Table 3 baseline)."""
+    return _create_semantic_fpn("pvt_v2_b2", mscsa=False, **kwargs)
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b0_mscsa", paper=_ade20k(26.0, 25.0))
+def semantic_fpn_pvt_v2_b0_mscsa(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B0 + dense MSCSA (Table 3; Table 7 configuration)."""
+    return _create_semantic_fpn("pvt_v2_b0", mscsa=True, **kwargs)
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b1_mscsa", paper=_ade20k(36.0, 34.0))
+def semantic_fpn_pvt_v2_b1_mscsa(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B1 + dense MSCSA (Table 3; Table 7 configuration)."""
+    return _create_semantic_fpn("pvt_v2_b1", mscsa=True, **kwargs)
+
+
+@register_model(kind="segmentor", backbone="pvt_v2_b2_mscsa", paper=_ade20k(49.0, 46.0))
+def semantic_fpn_pvt_v2_b2_mscsa(**kwargs: Any) -> nn.Module:
+    """Semantic FPN on PVTv2-B2 + dense MSCSA (Table 3; Table 7 configuration)."""
+    return _create_semantic_fpn("pvt_v2_b2", mscsa=True, **kwargs)

@@ -455,7 +455,8 @@ class MSCSA(nn.Module):
             raise ValueError(f"head_dim must be positive, got {head_dim}")
         self.dim = dim
 
-        rates = torch.linspace(0, drop_path_rate, 2 * depth).tolist()
+        # Plain Python (not torch.linspace) so that the model also builds on the meta device.
+        rates = [drop_path_rate * i / max(2 * depth - 1, 1) for i in range(2 * depth)]
         self.blocks = nn.Sequential(
             *[
                 MSCSABlock(
