@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
         "check_labels": True,
     },
     "optim": {
+        "type": "adamw",  # "adamw" or "sgd" (mmseg's SGD recipes: momentum below, no betas)
+        "momentum": 0.9,  # SGD only
         "lr": 6.0e-5,
         "weight_decay": 0.01,
         "betas": [0.9, 0.999],
@@ -136,6 +138,7 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("whole", "slide"),
     "data.on_bad_file": ("raise", "skip"),
+    "optim.type": ("adamw", "sgd"),
 }
 
 

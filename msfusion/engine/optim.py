@@ -106,8 +106,8 @@ def layer_decay_enabled(optim_cfg: Mapping[str, Any]) -> bool:
     return isinstance(layer_decay, Mapping) and layer_decay.get("rate") is not None
 
 
-def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW over the recipe's parameter groups.
+def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """AdamW (or, with ``type: sgd``, SGD with ``momentum``) over the recipe's parameter groups.
 
     Config keys: lr, weight_decay, betas, eps, and either custom_keys (mmcv
     rules, :func:`build_param_groups`) or layer_decay ``{rate, num_layers,
@@ -128,6 +128,9 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.opt
         groups = build_param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys"))
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    if optim_cfg.get("type", "adamw") == "sgd":
+        # mmseg's SGD schedules (e.g. Semantic FPN: lr 0.01, momentum 0.9, weight decay 5e-4).
+        return torch.optim.SGD(groups, lr=optim_cfg["lr"], momentum=optim_cfg.get("momentum", 0.9))
     return torch.optim.AdamW(
         groups, lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]), eps=optim_cfg.get("eps", 1e-8)
     )
