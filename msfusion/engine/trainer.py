@@ -443,6 +443,7 @@ class Trainer:
         """Score the validation set (same metrics on every rank); keeps the best checkpoint."""
         if self.val_set is None:
             return None
+        self._check_finite_weights("evaluating (and keeping the best checkpoint)")
         # Evaluation must not change the training random stream (exact resume).
         with torch.random.fork_rng(devices=[]):
             metrics = self.task.evaluate(self.model, self.val_set, self.cfg, self.device, self.dist)
@@ -455,7 +456,6 @@ class Trainer:
                 if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
                     self._writer.add_scalar(f"val/{k}", v, self.step)
         if not self.best or value > self.best["value"]:
-            self._check_finite_weights("saving the best checkpoint")
             self.best = {"metric": key, "value": value, "step": self.step}
             if self.dist.is_main:
                 save_best(self.work_dir, self.model, {**self._metadata(), "step": self.step, key: value})
