@@ -8,6 +8,7 @@ from msfusion import models  # noqa: F401  (registers every model family)
 from msfusion.analysis.complexity import count_macs, count_params
 from msfusion.checkpoint import load_checkpoint, save_checkpoint
 from msfusion.models.classifier import build_classifier
+from msfusion.models.detector import build_detector
 from msfusion.models.segmentor import build_segmentor
 from msfusion.registry import KINDS, create_model, list_models, load_model, model_kind, register_model
 from msfusion.version import __version__
@@ -16,6 +17,7 @@ __all__ = [
     "KINDS",
     "__version__",
     "build_classifier",
+    "build_detector",
     "build_segmentor",
     "count_macs",
     "count_params",

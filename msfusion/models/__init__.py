@@ -21,6 +21,7 @@ _MODEL_MODULES = (
     "msfusion.models.segmentor",
     "msfusion.models.addons.mscsa",
     "msfusion.models.mscsa_models",
+    "msfusion.models.detection_presets",
     "msfusion.models.semantic_fpn_fine",
 )
 
