@@ -48,9 +48,18 @@ other). ``Segmentor`` pads its inputs to ``size_divisor`` itself.
 - HRNet (``hrnet``): nothing is passed; its fuse layers upsample branches by
   exact factors, so they only align at multiples of 32. timm's feature maps
   (strides 2-32, from the classification "incre" modules) come in order.
+- MobileViT v1/v2 (``mobilevit``): nothing is passed; its blocks unfold maps
+  into 2x2 patches (at strides 8 to 32) and resize a map the patches do not
+  tile, so the divisor is 32 * 2 = 64, where no map is resized.
 - Convolutional and hierarchical families (ResNet, ResNeXt, RegNet,
   EfficientNet, MobileNetV3, ConvNeXt, PVTv2, ...): nothing is passed; they run
   at any size. Divisor 32.
+
+Families whose position tables or attention biases are sized at construction
+and that timm offers no option to resize per input (BEiT, NesT, LeViT, PiT,
+EfficientFormer, Hiera, GCViT, CoAtNet's full-attention stages) run only at
+the size they were built for (``img_size=...``); a failure inside timm's
+forward is reported as a ``ValueError`` that names that size.
 """
 
 from __future__ import annotations
@@ -81,6 +90,8 @@ _FAMILY_KWARGS: dict[str, dict[str, Any]] = {
     "swin_transformer_v2": dict(strict_img_size=False),
     "swin_transformer_v2_cr": dict(strict_img_size=False),
 }
+# MobileViT blocks unfold maps into patches, resizing maps that the patches do not tile.
+_UNFOLDING_BLOCKS = ("MobileVitBlock", "MobileVitV2Block")
 _COAT_EMBED = re.compile(r"(?:.*\.)?patch_embed([1-4])")
 
 
@@ -197,6 +208,11 @@ class TimmFeatures(nn.Module):
 
         fmt = getattr(self.model, "output_fmt", "NCHW")
         self._nhwc = str(getattr(fmt, "value", fmt)) == "NHWC"
+        img_size = create_kwargs.get("img_size")
+        if img_size is not None:
+            self._built_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        else:
+            self._built_size = tuple(getattr(self.model, "pretrained_cfg", {}).get("input_size", (0, 0, 0))[1:])
         self._coat_embeds = self._find_coat_embeds() if family == "coat" else ()
         self.size_divisor, self._constraint = self._input_constraint(used_strides)
         self.min_size = self.size_divisor
@@ -218,15 +234,22 @@ class TimmFeatures(nn.Module):
         """``size_divisor`` and, for the error message, why it is what it is."""
         divisor = math.lcm(*used_strides, *(f["reduction"] for f in self.feature_info))
         why = f"so that every map is exactly 1/stride of the input (strides {[f['reduction'] for f in self.feature_info]})"
-        # MaxViT's block/grid partitions (P x P) must tile the coarsest map exactly, unpadded.
-        partitions = {
-            v for m in self.model.modules() if (p := getattr(m, "partition_size", None)) is not None for v in p
-        }
-        if partitions:
+        # Maps that a family cuts into P x P tiles without padding (MaxViT's block and grid
+        # attention) or after resizing the map (MobileViT's unfolding) must be tiled exactly
+        # at the coarsest stride, which then tiles every finer map too.
+        tiles: set[int] = set()
+        for m in self.model.modules():
+            if getattr(m, "partition_size", None) is not None:
+                tiles.update(m.partition_size)
+                what = "attention windows and grids"
+            elif type(m).__name__ in _UNFOLDING_BLOCKS:
+                tiles.update(m.patch_size)
+                what = "transformer patches"
+        if tiles:
             coarsest = max(used_strides)
-            p = math.lcm(*partitions)
+            p = math.lcm(*tiles)
             divisor = math.lcm(divisor, coarsest * p)
-            why = f"because its {p}x{p} attention windows and grids must tile the stride-{coarsest} map"
+            why = f"because its {p}x{p} {what} must tile the stride-{coarsest} map"
         return divisor, why
 
     def valid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -245,6 +268,19 @@ class TimmFeatures(nn.Module):
                 f"Pad it to {h}x{w} (msfusion's Segmentor pads automatically)."
             )
 
+    def _size_failure(self, x: Tensor, err: BaseException) -> str:
+        built = self._built_size
+        size = tuple(x.shape[-2:])
+        reason = str(err).rstrip(".") or "an assertion without a message"
+        msg = f"timm model {self.name!r} failed on input {tuple(x.shape)}: {type(err).__name__}: {reason}."
+        if len(built) == 2 and all(built) and size != built:
+            msg += (
+                f" If the size is the cause: this timm family may only run at the size it was built for, "
+                f"{built[0]}x{built[1]} (position tables or attention biases of that size); build it with "
+                f"img_size={size} if it accepts that option, or resize the input to {built[0]}x{built[1]}."
+            )
+        return msg
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """(B, in_chans, H, W) -> [(B, chs, H/s, W/s) for each ``feature_info`` entry], fine to coarse."""
         check_image_batch(x, self.in_chans)
@@ -257,7 +293,12 @@ class TimmFeatures(nn.Module):
                 embed = self.model.get_submodule(embed_name)
                 embed.set_input_size(img_size=(h, w))
                 h, w = embed.grid_size
-        feats = self.model(x)
+        try:
+            feats = self.model(x)
+        except (RuntimeError, AssertionError) as err:
+            if isinstance(err, torch.OutOfMemoryError) or _shape_checks_off():
+                raise
+            raise ValueError(self._size_failure(x, err)) from err
         if isinstance(feats, dict):
             feats = list(feats.values())
         feats = [feats[p] for p in self._take]
@@ -274,7 +315,7 @@ def _create_features(name: str, kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(name, features_only=True, **kwargs)
     except (AssertionError, RuntimeError, TypeError, ValueError, NotImplementedError, KeyError) as err:
         call = ", ".join([f"{name!r}", "features_only=True", *(f"{k}={v!r}" for k, v in kwargs.items())])
-        reason = str(err) or "an assertion without a message"
+        reason = str(err).rstrip(".") or "an assertion without a message"
         fix = (
             " A keyword argument is not accepted by this model; drop it."
             if isinstance(err, TypeError) and "argument" in reason
