@@ -9,7 +9,7 @@ from torch import nn
 
 import msfusion as mf
 import msfusion.models.mscsa_models  # noqa: F401  (registers the variants)
-from msfusion.models.addons.mscsa import FFN, MSCSA, CrossScaleAttention, IntraFFN, MSCSABlock
+from msfusion.models.addons.mscsa import FFN, MSCSA, CrossScaleAttention, FeatureFusion, IntraFFN, MSCSABlock
 from msfusion.models.mscsa_models import TABLE7, CoaTSerial
 
 INFO = [dict(chs=c, reduction=r, module=f"stage{i}") for i, (c, r) in enumerate([(8, 4), (16, 8), (24, 16), (32, 32)])]
@@ -104,6 +104,23 @@ def test_intra_ffn_is_one_ffn_per_stage():
         expected = torch.cat([intra.ffns[0](x[:, :4]), intra.ffns[1](x[:, 4:])], dim=1)
         torch.testing.assert_close(intra(x), expected)
     assert intra.ffns[1].fc1.conv.out_channels == 12
+
+
+def test_fusion_forms_weights_after_upsampling_as_fig5b():
+    """Conv + BN at the pooled size, then upsampling, equals Fig. 5b's upsample-then-conv (both are linear)."""
+    torch.manual_seed(0)
+    fusion = FeatureFusion(6, 4).eval()
+    for m in fusion.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.bias, -1.0, 1.0)
+    x, g = torch.randn(2, 4, 13, 11), torch.randn(2, 6, 4, 3)
+    with torch.no_grad():
+        up = nn.functional.interpolate(g, size=(13, 11), mode="bilinear", align_corners=False)
+        expected = x * nn.functional.hardsigmoid(fusion.global_act(up)) + fusion.global_embedding(up)
+        torch.testing.assert_close(fusion(x, g), expected, rtol=1e-5, atol=1e-5)
+        official = FeatureFusion(6, 4, sigmoid_first=True).eval()
+        official.load_state_dict(fusion.state_dict())
+        assert not torch.allclose(official(x, g), expected)  # the official code's order is another model
 
 
 # ---- The add-on ---------------------------------------------------------------------------

@@ -160,6 +160,10 @@ class BackboneWithAddon(nn.Module):
         info = [dict(f, module=f"addon.{f['module']}") for f in addon.feature_info]
         self.out_indices, self.feature_info = select_features(info, out_indices)
         self.in_chans = getattr(backbone, "in_chans", 3)
+        # The add-on takes maps of any size; the input constraint is the backbone's.
+        for constraint in ("size_divisor", "min_size"):
+            if hasattr(backbone, constraint):
+                setattr(self, constraint, getattr(backbone, constraint))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = self.addon(self.backbone(x))
