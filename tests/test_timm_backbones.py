@@ -22,6 +22,7 @@ FAMILIES = {
     "coat_lite_tiny": ([4, 8, 16, 32], 32),
     "maxvit_pico_rw_256": ([2, 4, 8, 16, 32], 256),  # 8x8 windows/grids tile the stride-32 map
     "hrnet_w18_small": ([2, 4, 8, 16, 32], 32),
+    "mobilevit_xxs": ([2, 4, 8, 16, 32], 64),  # 2x2 unfolding patches tile the stride-32 map
     "vit_tiny_patch16_224": ([4, 8, 16, 32], 32),  # simple pyramid; its 1/32 level max-pools
     "deit_tiny_patch16_224": ([4, 8, 16, 32], 32),
 }
@@ -120,6 +121,12 @@ def test_bad_names_and_models_are_value_errors() -> None:
         TimmFeatures("regnety_002", no_such_option=1)
     with pytest.raises(ValueError, match="load_checkpoint"):
         TimmFeatures("regnety_002", pretrained=True)
+
+
+def test_fixed_size_family_failure_names_the_built_size() -> None:
+    model = TimmFeatures("coatnet_nano_rw_224")  # relative position tables of the 14x14 stride-16 grid
+    with pytest.raises(ValueError, match="only run at the size it was built for, 224x224"):
+        model(torch.randn(1, 3, 64, 96))
 
 
 def test_create_model_routes_timm_names_here() -> None:
