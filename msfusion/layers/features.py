@@ -95,8 +95,12 @@ def select_features(
     return indices, [dict(info[i]) for i in indices]
 
 
-def check_image_batch(x: Tensor, in_chans: int = 3) -> None:
-    """Fail early, and say what was expected, for an input that is not a (B, C, H, W) float batch."""
+def check_image_batch(x: Tensor, in_chans: int = 3, dtype: torch.dtype | None = None) -> None:
+    """Fail early, and say what was expected, for an input that is not a (B, C, H, W) float batch.
+
+    ``dtype``: the model's weight dtype; an input of another float dtype (float64 into float32
+    weights) is named here instead of failing inside a convolution.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -107,6 +111,8 @@ def check_image_batch(x: Tensor, in_chans: int = 3) -> None:
             f"expected a float input (normalised image), got dtype {x.dtype}. "
             "Convert with x.float() and normalise with the ImageNet mean/std."
         )
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"input is {x.dtype} but the model's weights are {dtype}; convert with x.to({dtype})")
     if x.shape[1] != in_chans:
         raise ValueError(
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}). "

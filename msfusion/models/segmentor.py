@@ -91,6 +91,10 @@ class Segmentor(nn.Module):
         """The ``feature_info`` of the maps the decode head reads (the last producer's)."""
         return feature_producer(self.backbone, self.addon, self.neck).feature_info
 
+    def weight_dtype(self) -> torch.dtype | None:
+        """The weights' floating dtype (that of the first floating parameter), which inputs must match."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+
     def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         if getattr(self.backbone, "extra_feature_info", None):
             feats, extras = self.backbone.forward_with_extras(images)
@@ -123,7 +127,7 @@ class Segmentor(nn.Module):
 
     def forward_train(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """Logits of the decode head and of each auxiliary head, all at (H, W)."""
-        check_image_batch(images, self.in_chans)
+        check_image_batch(images, self.in_chans, self.weight_dtype())
         size = tuple(images.shape[-2:])
         padded = self._pad(images)
         feats, extras = self._features(padded)
@@ -139,7 +143,7 @@ class Segmentor(nn.Module):
         return out
 
     def forward(self, images: Tensor) -> Tensor:
-        check_image_batch(images, self.in_chans)
+        check_image_batch(images, self.in_chans, self.weight_dtype())
         size = tuple(images.shape[-2:])
         padded = self._pad(images)
         logits = self.decode_head(self.extract_features(padded))
@@ -151,6 +155,11 @@ class Segmentor(nn.Module):
         b, _, h, w = images.shape
         ch, cw = crop_size
         sh, sw = stride
+        if min(ch, cw, sh, sw) < 1 or sh > ch or sw > cw:
+            # Windows start every stride and the last is moved back to the edge: stride <= crop covers every pixel.
+            raise ValueError(
+                f"slide crop {tuple(crop_size)} and stride {tuple(stride)} must be positive, stride <= crop"
+            )
         rows = max(math.ceil((h - ch) / sh), 0) + 1
         cols = max(math.ceil((w - cw) / sw), 0) + 1
         logits = images.new_zeros((b, self.num_classes, h, w))
