@@ -103,10 +103,12 @@ def test_resume_without_a_readable_latest_json_uses_the_newest_complete_checkpoi
     folder = work / "checkpoints"
     (folder / "latest.json").write_text('{"step": 4, "weigh')  # damaged
     (folder / "iter_0000004.state.pt").write_bytes(b"truncated")  # and the newest step incomplete
+    kept = checkpointing.load_training_state(folder / "iter_0000003.state.pt")["history"]
     with pytest.warns(UserWarning, match=r"damaged.*iter_0000003\.safetensors"):
         assert main([*args, "--set", "schedule.iters=5", "--resume"]) == 0
     state = checkpointing.load_training_state(folder / "iter_0000005.state.pt")
-    assert [h["step"] for h in state["history"]] == [1, 2, 3, 4, 5]  # steps 1-3 kept, 4-5 trained again
+    assert [h["step"] for h in state["history"]] == [1, 2, 3, 4, 5]
+    assert state["history"][:3] == kept  # steps 1-3 come from the checkpoint (same timings), not a restart
     (folder / "latest.json").unlink()  # the old advice: delete it. Resume still finds step 5.
     assert checkpointing.latest_checkpoint(work)[0].name == "iter_0000005.safetensors"
     for path in folder.glob("iter_*"):
