@@ -186,3 +186,13 @@ def test_recipe_compose_is_validated(tmp_path):
     recipe.write_text("model:\n  compose:\n    head: ham\n")
     with pytest.raises(ValueError, match="model.compose must be a mapping with a backbone"):
         load_config(recipe)
+
+
+def test_build_classifier_builds_an_addon_in_its_classification_form():
+    model = mf.build_classifier("resnet18", addon="mscsa", num_classes=5).eval()
+    assert model.addon.mode == "classification"
+    assert len(model.addon.feature_info) == 1
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 97, 131)).shape == (2, 5)
+    dense = mf.build_classifier("resnet18", addon="mscsa", addon_kwargs={"mode": "dense"}, num_classes=5)
+    assert dense.addon.mode == "dense"

@@ -10,6 +10,8 @@ head of ResNet, ConvNeXt's pooled features and timm's ``ClassifierHead``.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any
 
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info, check_image_batch
 from msfusion.models.segmentor import build_part
-from msfusion.registry import create_model, recordable, register_builder
+from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
 __all__ = ["ClassifierHead", "Classifier", "build_classifier"]
 
@@ -119,6 +121,10 @@ def build_classifier(
 
         mf.build_classifier("resnet50", addon="mscsa", num_classes=1000)
 
+    An add-on given by name that has a classification form (its builder takes
+    ``mode``, as MSCSA's: Fig. 4 of arXiv 2308.05872) is built in that form
+    unless ``addon_kwargs`` says otherwise.
+
     ``**kwargs`` go to ``Classifier`` (``head_norm``, ``dropout``).
     """
     cfg = dict(
@@ -134,6 +140,8 @@ def build_classifier(
     elif backbone_kwargs:
         raise ValueError("backbone_kwargs only apply when the backbone is given by name")
     info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
+    if isinstance(addon, str) and "mode" in inspect.signature(model_entrypoint(addon, kind="addon")).parameters:
+        addon_kwargs = {"mode": "classification", **(addon_kwargs or {})}
     addon = build_part(addon, "addon", info, addon_kwargs)
     model = Classifier(backbone, num_classes, addon=addon, **kwargs)
     model.model_cfg = {"builder": "build_classifier", "kwargs": recordable(cfg, "build_classifier")}

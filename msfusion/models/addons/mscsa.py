@@ -579,7 +579,7 @@ class MSCSA(nn.Module):
 
 
 @register_model(kind="addon")
-def mscsa(feature_info: Sequence[dict], **kwargs) -> MSCSA:
+def mscsa(feature_info: Sequence[dict], mode: str = "dense", **kwargs) -> MSCSA:
     """MSCSA on a backbone described by ``feature_info``; kwargs go to ``MSCSA``.
 
     Without kwargs: the dense variant with the PVTv2-B1 configuration of Table 7
@@ -587,4 +587,4 @@ def mscsa(feature_info: Sequence[dict], **kwargs) -> MSCSA:
     """
     cfg = dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0)
     cfg.update(kwargs)
-    return MSCSA(feature_info, **cfg)
+    return MSCSA(feature_info, mode=mode, **cfg)
