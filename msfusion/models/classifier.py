@@ -11,7 +11,6 @@ head of ResNet, ConvNeXt's pooled features and timm's ``ClassifierHead``.
 from __future__ import annotations
 
 import inspect
-
 from typing import Any
 
 import torch.nn.functional as F
