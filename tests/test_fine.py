@@ -378,3 +378,25 @@ def test_heatmaps_and_erf_figures(tmp_path):
         capture_fine_maps(torch.nn.Conv2d(3, 3, 1), x)
     result = sampled_token_erfs(_ConvStages(), torch.randn(3, 32, 32), low_stride=4, high_stride=8)
     assert save_sampled_token_erf_figure(result, tmp_path / "tokens.png").stat().st_size > 1000
+
+
+def test_cli_erf_and_heatmap(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from msfusion.cli import main
+
+    image = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "erf"
+    assert main(["erf", "resnet10t", "--image", str(image), "--out", str(out), "--set", "zero_init_last=false"]) == 0
+    summary = json.loads((out / "erf_stages.json").read_text())
+    assert summary["strides"] == [4, 8, 16, 32] and len(summary["ratios"]) == 3
+    assert (out / "erf_stages.png").exists() and (out / "img_erf_tokens.png").exists()
+    assert main(["heatmap", "test_semantic_fpn_fine", "--image", str(image), "--out", str(tmp_path / "hm")]) == 0
+    assert (tmp_path / "hm" / "fine_heatmaps.png").stat().st_size > 1000
+    assert (
+        main(["heatmap", "test_semantic_fpn_fine", "--image", str(image), "--out", str(tmp_path), "--low-stride", "4"])
+        == 2
+    )

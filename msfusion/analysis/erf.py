@@ -11,7 +11,9 @@ Definitions used here:
   location (i, j). ``y_ij`` is the sum over channels of the feature map at
   (i, j) (all channels back-propagate a gradient of 1, as Luo et al. do), and
   the absolute gradient is summed over the colour channels of the
-  (normalised) input. The model runs in eval mode.
+  (normalised) input. The model runs in eval mode. An image whose size the
+  backbone does not take is zero-padded at the bottom and right to its
+  ``size_divisor``; locations and token grids refer to the image itself.
 - Gaussian sigma (Eq. 12): ``g ~ a * exp(-|(u, v) - mu|^2 / (2 sigma^2))``,
   fitted by least squares (L-BFGS on a, mu, log sigma) from the moment
   estimate ``sigma^2 = sum g |p - mu|^2 / (2 sum g)``; sigma, in input pixels,
@@ -30,7 +32,6 @@ Definitions used here:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,47 +85,62 @@ def erf_map(feature_fn: FeatureFn, image: Tensor, location: tuple[int, int] | No
     return grad.abs().sum(1)[0].float()
 
 
-def fit_gaussian_sigma(g: Tensor | np.ndarray, *, steps: int = 50) -> tuple[float, tuple[float, float]]:
+def fit_gaussian_sigma(g: Tensor | np.ndarray, *, steps: int = 100) -> tuple[float, tuple[float, float]]:
     """Eq. 12: fit an isotropic 2-D Gaussian to an ERF map.
+
+    Least squares over (amplitude, centre, log sigma) by Levenberg-Marquardt,
+    started from the moment estimate; the map is scaled to a unit peak first.
 
     Args:
         g: (H, W) non-negative map from ``erf_map``.
-        steps: L-BFGS iterations of the least-squares refinement.
+        steps: at most this many Levenberg-Marquardt iterations.
 
     Returns:
         (sigma, (mu_u, mu_v)): sigma in pixels, the centre as (row, column).
     """
-    g = torch.as_tensor(np.asarray(g) if not isinstance(g, Tensor) else g).detach().double()
-    if g.dim() != 2:
-        raise ValueError(f"g must be an (H, W) map, got shape {tuple(g.shape)}")
+    g = g.detach().cpu().double().numpy() if isinstance(g, Tensor) else np.asarray(g, dtype=np.float64)
+    if g.ndim != 2:
+        raise ValueError(f"g must be an (H, W) map, got shape {g.shape}")
     total = g.sum()
-    if not torch.isfinite(total) or total <= 0:
+    if not np.isfinite(total) or total <= 0:
         raise ValueError("the ERF map is all zero (or not finite); the feature does not depend on the input")
-    rows = torch.arange(g.shape[0], dtype=torch.float64)[:, None].expand_as(g)
-    cols = torch.arange(g.shape[1], dtype=torch.float64)[None, :].expand_as(g)
-    mu_r, mu_c = (g * rows).sum() / total, (g * cols).sum() / total
+    rows, cols = np.mgrid[0 : g.shape[0], 0 : g.shape[1]].astype(np.float64)
+    rows, cols, target = rows.ravel(), cols.ravel(), (g / g.max()).ravel()
+    mu_r, mu_c = (target * rows).sum() / target.sum(), (target * cols).sum() / target.sum()
     # Moments: E|p - mu|^2 = 2 sigma^2 for an isotropic 2-D Gaussian.
-    sigma0 = torch.sqrt(((rows - mu_r) ** 2 + (cols - mu_c) ** 2).mul(g).sum() / (2 * total)).clamp(min=0.5)
-    scale = g.max()
-    target = g / scale  # unit peak: a well-conditioned least-squares problem
-    params = torch.stack([torch.tensor(1.0, dtype=torch.float64), mu_r, mu_c, sigma0.log()]).requires_grad_(True)
-    optimiser = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
+    var = (((rows - mu_r) ** 2 + (cols - mu_c) ** 2) * target).sum() / (2 * target.sum())
+    params = np.array([1.0, mu_r, mu_c, np.log(max(np.sqrt(var), 0.5))])
 
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        a, r, c, log_s = params
-        model = a * torch.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * torch.exp(2 * log_s)))
-        loss = ((model - target) ** 2).sum()
-        loss.backward()
-        return loss
+    def residual_and_jacobian(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, r, c, log_s = p
+        s2 = np.exp(2 * log_s)
+        d2 = (rows - r) ** 2 + (cols - c) ** 2
+        e = np.exp(-d2 / (2 * s2))
+        jac = np.stack([e, a * e * (rows - r) / s2, a * e * (cols - c) / s2, a * e * d2 / s2], axis=1)
+        return a * e - target, jac
 
-    with torch.enable_grad():
-        optimiser.step(closure)
-    a, r, c, log_s = params.detach()
-    sigma = float(log_s.exp())
-    if not math.isfinite(sigma):
-        return float(sigma0), (float(mu_r), float(mu_c))
-    return sigma, (float(r), float(c))
+    damping = 1e-3
+    res, jac = residual_and_jacobian(params)
+    cost = float(res @ res)
+    for _ in range(steps):
+        jtj, jtr = jac.T @ jac, jac.T @ res
+        step = np.linalg.solve(jtj + damping * np.diag(np.diag(jtj) + 1e-12), -jtr)
+        new_res, new_jac = residual_and_jacobian(params + step)
+        new_cost = float(new_res @ new_res)
+        if np.isfinite(new_cost) and new_cost < cost:
+            params, res, jac, damping = params + step, new_res, new_jac, damping / 3
+            converged = cost - new_cost < 1e-10 * max(cost, 1e-30)
+            cost = new_cost
+            if converged:
+                break
+        else:
+            damping *= 4
+            if damping > 1e8:
+                break
+    sigma = float(np.exp(params[3]))
+    if not np.isfinite(sigma):
+        return float(np.sqrt(var)), (float(mu_r), float(mu_c))
+    return sigma, (float(params[1]), float(params[2]))
 
 
 def _feature_strides(backbone: nn.Module) -> list[int]:
@@ -137,11 +153,28 @@ def _feature_strides(backbone: nn.Module) -> list[int]:
     return [int(d["reduction"]) for d in info]
 
 
+def _padded(backbone: nn.Module, x: Tensor) -> Tensor:
+    """Zero-pad (the normalised mean) bottom/right to the backbone's ``size_divisor`` and ``min_size``."""
+    divisor = int(getattr(backbone, "size_divisor", 1) or 1)
+    least = int(getattr(backbone, "min_size", 1) or 1)
+    H, W = x.shape[-2:]
+    target = [max(least, -(-n // divisor) * divisor) for n in (H, W)]
+    if target == [H, W]:
+        return x
+    return torch.nn.functional.pad(x, (0, target[1] - W, 0, target[0] - H))
+
+
 def _stage_fn(backbone: nn.Module, index: int) -> FeatureFn:
     def fn(x: Tensor) -> Tensor:
-        return backbone(x)[index]
+        return backbone(_padded(backbone, x))[index]
 
     return fn
+
+
+def _centre(image: Tensor, stride: int) -> tuple[int, int]:
+    """The central location of a stride-``stride`` map over the image (padding excluded)."""
+    H, W = image.shape[-2:]
+    return -(-H // stride) // 2, -(-W // stride) // 2
 
 
 def stage_erf_maps(backbone: nn.Module, image: Tensor, strides: Sequence[int]) -> list[Tensor]:
@@ -153,7 +186,7 @@ def stage_erf_maps(backbone: nn.Module, image: Tensor, strides: Sequence[int]) -
     was_training = backbone.training
     backbone.eval()
     try:
-        return [erf_map(_stage_fn(backbone, available.index(s)), image) for s in strides]
+        return [erf_map(_stage_fn(backbone, available.index(s)), image, _centre(image, s)) for s in strides]
     finally:
         backbone.train(was_training)
 
@@ -172,7 +205,7 @@ def stage_sigmas(
     Returns:
         ``{"strides": [...], "sigma": [[per image] per stage], "mean_sigma":
         [...], "ratios": [E[sigma_{s+1}] / E[sigma_s]], "mean_ratio": float,
-        "stride_ratios": [...]}``.
+        "stride_ratios": [...], "maps": [(H, W) ERF map per stage of the first image]}``.
     """
     available = _feature_strides(backbone)
     strides = [s for s in available if s >= 4] if strides is None else list(strides)
@@ -181,7 +214,12 @@ def stage_sigmas(
         raise ValueError(f"strides {missing or strides} are not produced by the backbone; it has {available}")
     if not images:
         raise ValueError("give at least one image")
-    per_image = [[fit_gaussian_sigma(g)[0] for g in stage_erf_maps(backbone, image, strides)] for image in images]
+    first_maps: list[Tensor] = []
+    per_image = []
+    for image in images:
+        maps = stage_erf_maps(backbone, image, strides)
+        first_maps = first_maps or maps
+        per_image.append([fit_gaussian_sigma(g)[0] for g in maps])
     sigmas = [list(v) for v in zip(*per_image, strict=True)]
     mean = [float(np.mean(v)) for v in sigmas]
     ratios = [mean[i + 1] / mean[i] for i in range(len(mean) - 1)]
@@ -192,6 +230,7 @@ def stage_sigmas(
         "ratios": ratios,
         "mean_ratio": float(np.mean(ratios)) if ratios else float("nan"),
         "stride_ratios": [strides[i + 1] / strides[i] for i in range(len(strides) - 1)],
+        "maps": first_maps,
     }
 
 
@@ -240,21 +279,20 @@ def sampled_token_erfs(
         pool = AlignmentAwareTokenSampling(1, size, 1, down).low  # the same operator FINE uses
 
         def fn(inp: Tensor) -> Tensor:
-            return pool(backbone(inp)[index])
+            return pool(backbone(_padded(backbone, inp))[index])
 
         return fn
 
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.no_grad():
-            feats = backbone(x)
-        grid_high = tuple(-(-n // k) for n in feats[high_index].shape[-2:])
+        # Token grids over the image itself (padding excluded), so the anchor is the same image point.
+        grid_high = tuple(-(-n // (high_stride * k)) for n in x.shape[-2:])
         high_token = token(grid_high)
         high = erf_map(sampled(high_index, k), x, high_token)
         low, low_tokens = {}, {}
         for r in ratios:
-            grid_low = tuple(-(-n // (r * k)) for n in feats[low_index].shape[-2:])
+            grid_low = tuple(-(-n // (low_stride * r * k)) for n in x.shape[-2:])
             low_tokens[r] = token(grid_low)
             low[r] = erf_map(sampled(low_index, r * k), x, low_tokens[r])
     finally:

@@ -102,11 +102,9 @@ def build_backbone(name: str, kwargs: dict[str, object], checkpoint: Path | None
 
 def run(args: argparse.Namespace) -> int:
     from msfusion.analysis.erf import (
-        fit_gaussian_sigma,
         sampled_token_erfs,
         save_sampled_token_erf_figure,
         save_stage_erf_figure,
-        stage_erf_maps,
         stage_sigmas,
     )
 
@@ -120,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     stages = stage_sigmas(backbone, tensors, args.strides)
-    maps = [g.cpu() for g in stage_erf_maps(backbone, tensors[0], stages["strides"])]
+    maps = [g.cpu() for g in stages.pop("maps")]
     save_stage_erf_figure(
         maps,
         stages["strides"],
-        [fit_gaussian_sigma(g)[0] for g in maps],
+        [sigma[0] for sigma in stages["sigma"]],
         args.out / "erf_stages.png",
         title=f"{args.model}: ERF per stage ({args.image[0].name})",
     )
