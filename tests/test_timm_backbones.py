@@ -40,7 +40,7 @@ def test_family_runs_at_odd_sizes_once_padded(name: str) -> None:
     nearest = "x".join(str(s) for s in model.valid_size(97, 131))
     with pytest.raises(ValueError, match=f"multiples of {divisor}.*Pad it to {nearest}"):
         model(torch.randn(1, 3, 97, 131))
-    for size in [(97, 131), (200, 300)]:  # the second size checks that nothing stays fixed to the first
+    for size in [(97, 131), (40, 70)]:  # the second size checks that nothing stays fixed to the first
         h, w = model.valid_size(*size)
         assert h % divisor == 0 and w % divisor == 0 and h >= size[0] and w >= size[1]
         x = torch.randn(1, 3, h, w)
