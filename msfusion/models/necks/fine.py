@@ -339,6 +339,8 @@ class FINE(nn.Module):
         )
 
     def _check_inputs(self, low: Tensor, high: Tensor) -> None:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return  # shapes are symbolic there; Python checks would bake them in
         if low.dim() != 4 or high.dim() != 4:
             raise ValueError(f"FINE expects (B, C, H, W) maps, got low {tuple(low.shape)} and high {tuple(high.shape)}")
         if low.shape[1] != self.chs or high.shape[1] != self.high_chs:
