@@ -90,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
     model.to(dist_info.device)
     with torch.no_grad():
         metrics = task.evaluate(model, dataset, cfg, dist_info.device, dist_info)
-    if dist_info.is_main:
+    if dist_info.is_main and callable(getattr(task, "write_outputs", None)):
+        # Detection: COCO AP table, metrics JSON and the detections in COCO result format.
+        paths = task.write_outputs(metrics, out, f"{Path(args.checkpoint).stem}_eval")
+        print(task.format_metrics(metrics))
+        print(f"saved {' and '.join(str(p) for p in paths)}")
+    elif dist_info.is_main:
         ecfg = cfg["eval"]
         setting = {"mode": ecfg["mode"], "tta": ecfg["tta"]}
         if ecfg["mode"] == "slide":

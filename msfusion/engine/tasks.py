@@ -213,6 +213,10 @@ TASKS: dict[str, type[Task]] = {"segmentation": SegmentationTask}
 
 def build_task(name: str) -> Task:
     """The task of a recipe's ``task`` key."""
+    if name == "detection" and name not in TASKS:
+        from msfusion.engine.detection import DetectionTask  # imports this module, so it is loaded on demand
+
+        TASKS[name] = DetectionTask
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]()

@@ -169,7 +169,8 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
         kwargs[key] = value
     compose = cfg["model"].get("compose")
     if compose:
-        model = build_segmentor(**dict(compose), **kwargs)
+        composer = getattr(task, "compose", None) or build_segmentor  # a detection task composes detectors
+        model = composer(**dict(compose), **kwargs)
     else:
         model = create_model(cfg["model"]["name"], **kwargs)
     if cfg["model"]["pretrained"]:

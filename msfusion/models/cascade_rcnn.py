@@ -108,7 +108,8 @@ class CascadeRoIHeads(nn.Module):
         num_classes: classes including the background.
         in_chs: channels of the pyramid.
         box_head: ``"2fc"`` or ``"4conv1fc"`` (module doc).
-        representation: the box head's output features.
+        representation: the box head's output features (1024).
+        mask_chs: channels of the mask heads' convs and deconv (256).
         stage_ious: foreground IoU of each stage.
         stage_box_weights: ``BoxCoder`` weights of each stage.
         stage_loss_weights: loss weight of each stage.
@@ -124,6 +125,7 @@ class CascadeRoIHeads(nn.Module):
         in_chs: int = 256,
         box_head: str = "2fc",
         representation: int = 1024,
+        mask_chs: int = 256,
         stage_ious: Sequence[float] = STAGE_IOUS,
         stage_box_weights: Sequence[Sequence[float]] = STAGE_BOX_WEIGHTS,
         stage_loss_weights: Sequence[float] = STAGE_LOSS_WEIGHTS,
@@ -165,8 +167,10 @@ class CascadeRoIHeads(nn.Module):
         self.mask_heads: nn.ModuleList | None = None
         self.mask_predictors: nn.ModuleList | None = None
         if mask_roi_pool is not None:
-            self.mask_heads = nn.ModuleList(MaskRCNNHeads(in_chs, [256] * 4, 1) for _ in self.stages)
-            self.mask_predictors = nn.ModuleList(MaskRCNNPredictor(256, 256, num_classes) for _ in self.stages)
+            self.mask_heads = nn.ModuleList(MaskRCNNHeads(in_chs, [mask_chs] * 4, 1) for _ in self.stages)
+            self.mask_predictors = nn.ModuleList(
+                MaskRCNNPredictor(mask_chs, mask_chs, num_classes) for _ in self.stages
+            )
 
     @property
     def has_mask(self) -> bool:
@@ -265,7 +269,7 @@ class CascadeRCNN(GeneralizedRCNN):
         rpn_anchor_generator: the RPN's anchors (one size per level).
         box_roi_pool, mask_roi_pool: RoI Align over the pyramid (7x7, 14x14).
         min_size, max_size, image_mean, image_std, size_divisible: the transform.
-        box_head, stage_ious, stage_box_weights, stage_loss_weights,
+        box_head, representation, mask_chs, stage_ious, stage_box_weights, stage_loss_weights,
             box_score_thresh, box_nms_thresh, box_detections_per_img,
             box_batch_size_per_image, box_positive_fraction: ``CascadeRoIHeads``.
         **rpn_kwargs: torchvision RPN settings (``rpn_pre_nms_top_n_test``, ...).
@@ -286,6 +290,8 @@ class CascadeRCNN(GeneralizedRCNN):
         image_std: Sequence[float] = (0.229, 0.224, 0.225),
         size_divisible: int = 32,
         box_head: str = "2fc",
+        representation: int = 1024,
+        mask_chs: int = 256,
         stage_ious: Sequence[float] = STAGE_IOUS,
         stage_box_weights: Sequence[Sequence[float]] = STAGE_BOX_WEIGHTS,
         stage_loss_weights: Sequence[float] = STAGE_LOSS_WEIGHTS,
@@ -325,6 +331,8 @@ class CascadeRCNN(GeneralizedRCNN):
             num_classes,
             in_chs=chs,
             box_head=box_head,
+            representation=representation,
+            mask_chs=mask_chs,
             stage_ious=stage_ious,
             stage_box_weights=stage_box_weights,
             stage_loss_weights=stage_loss_weights,

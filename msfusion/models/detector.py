@@ -56,6 +56,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
@@ -263,6 +265,8 @@ def build_detector(
     image_mean: Sequence[float] = IMAGENET_MEAN,
     image_std: Sequence[float] = IMAGENET_STD,
     roi_strides: Sequence[int] = ROI_STRIDES,
+    representation: int = 1024,
+    mask_chs: int = 256,
     **kwargs: Any,
 ) -> nn.Module:
     """Compose a torchvision detector from our parts.
@@ -303,6 +307,10 @@ def build_detector(
         min_size, max_size: the detector's test (and train) resize.
         image_mean, image_std: normalisation applied by the detector, in [0, 1] units.
         roi_strides: the levels the RoI heads pool from (two-stage archs).
+        representation: two-stage archs: features of the box head's FC layers
+            (1024, the FPN paper's and torchvision's).
+        mask_chs: mask archs: channels of the mask head's four 3x3 convs and
+            deconv (256, Mask R-CNN's).
         **kwargs: passed to the torchvision constructor (e.g.
             ``box_detections_per_img``, ``rpn_post_nms_top_n_test``,
             ``score_thresh``) or to ``CascadeRCNN`` (``box_head="4conv1fc"``).
@@ -332,6 +340,8 @@ def build_detector(
         image_mean=list(image_mean),
         image_std=list(image_std),
         roi_strides=list(roi_strides),
+        representation=representation,
+        mask_chs=mask_chs,
         **kwargs,
     )
     body = build_detector_backbone(
@@ -352,14 +362,21 @@ def build_detector(
         image_std=list(image_std),
         size_divisible=math.lcm(32, body.size_divisor),
     )
+    if arch not in TWO_STAGE and (representation != 1024 or mask_chs != 256):
+        raise ValueError(f"representation and mask_chs size the R-CNN heads; {arch} has none")
+    chs = body.out_channels
     if arch in ("faster_rcnn", "mask_rcnn"):
         kwargs.setdefault("rpn_anchor_generator", _rpn_anchors(body.strides))
         kwargs.setdefault("box_roi_pool", _roi_pool(body, 7, roi_strides))
+        kwargs.setdefault("box_head", TwoMLPHead(chs * 7 * 7, representation))
+        kwargs.setdefault("box_predictor", FastRCNNPredictor(representation, num_classes))
         if arch == "mask_rcnn":
             kwargs.setdefault("mask_roi_pool", _roi_pool(body, 14, roi_strides))
-            model = MaskRCNN(body, num_classes, **common, **kwargs)
+            kwargs.setdefault("mask_head", MaskRCNNHeads(chs, [mask_chs] * 4, 1))
+            kwargs.setdefault("mask_predictor", MaskRCNNPredictor(mask_chs, mask_chs, num_classes))
+            model = MaskRCNN(body, None, **common, **kwargs)  # the class count is in box_predictor
         else:
-            model = FasterRCNN(body, num_classes, **common, **kwargs)
+            model = FasterRCNN(body, None, **common, **kwargs)
     elif arch in ("cascade_rcnn", "cascade_mask_rcnn"):
         from msfusion.models.cascade_rcnn import CascadeRCNN
 
@@ -367,7 +384,15 @@ def build_detector(
         kwargs.setdefault("box_roi_pool", _roi_pool(body, 7, roi_strides))
         if arch == "cascade_mask_rcnn":
             kwargs.setdefault("mask_roi_pool", _roi_pool(body, 14, roi_strides))
-        model = CascadeRCNN(body, num_classes, with_mask=arch == "cascade_mask_rcnn", **common, **kwargs)
+        model = CascadeRCNN(
+            body,
+            num_classes,
+            with_mask=arch == "cascade_mask_rcnn",
+            representation=representation,
+            mask_chs=mask_chs,
+            **common,
+            **kwargs,
+        )
     elif arch == "retinanet":
         kwargs.setdefault("anchor_generator", _retina_anchors(body.strides))
         model = RetinaNet(body, num_classes, **common, **kwargs)

@@ -1,0 +1,514 @@
+"""The detection task: losses, COCO evaluation, error analysis, result files and pictures.
+
+``task: detection`` in a recipe selects :class:`DetectionTask`; the trainer,
+checkpoints, resume, DDP and mixed precision are the segmentation ones (no
+second loop). A recipe::
+
+    task: detection
+    model: {name: mask_rcnn_r50_fpn}       # or compose: {arch: mask_rcnn, backbone: resnet50, neck: fpn}
+    data:
+      train: {type: coco, images: coco/train2017, annotations: coco/annotations/instances_train2017.json,
+              transforms: {kind: lsj, size: 1024}, copy_paste: true}
+      val: {type: coco, images: coco/val2017, annotations: coco/annotations/instances_val2017.json}
+
+- **Loss**: the sum of the torchvision detector's loss dict
+  (``model(images, targets)`` in training mode); every term is logged.
+- **Evaluation**: pycocotools ``COCOeval`` for boxes and, for mask models,
+  masks (Lin et al., arXiv 1405.0312: AP averaged over IoU 0.50:0.05:0.95,
+  AP50, AP75 and AP for small / medium / large objects, 100 detections per
+  image). Detections are written in the COCO result format (``[x, y, w, h]``
+  boxes, RLE masks, the annotation file's category ids).
+- **Error analysis** (FINE, arXiv 2606.14005, Table 5): true positives, false
+  positives, false negatives, precision, recall and F1 at IoU 0.5 and
+  confidence 0.5. Detections are taken by decreasing score; each matches the
+  unmatched ground truth box of its class with the highest IoU >= 0.5 (a TP),
+  else it is a FP; a detection that only overlaps a crowd / difficult box is
+  neither; unmatched ground truth boxes are FNs.
+
+Under DDP every rank runs its share of the images (``rank::world_size``), the
+detections are gathered, and every rank computes the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from msfusion.engine.distributed import DistInfo
+from msfusion.engine.tasks import Task
+
+__all__ = [
+    "DetectionTask",
+    "COCO_STATS",
+    "evaluate_detection",
+    "detections_to_coco",
+    "coco_metrics",
+    "error_analysis",
+    "format_detection_metrics",
+    "format_error_table",
+    "draw_detections",
+    "predict_detection_files",
+]
+
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _train_dataset_cfg(data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+    cfg = dict(data[split] or {})
+    if not cfg:
+        return {}
+    if "type" not in cfg:
+        raise ValueError(f"data.{split} needs a 'type' (one of coco, voc, shapes)")
+    if split == "train":
+        cfg.setdefault("transforms", {"kind": "train"})
+        if cfg.get("aug_seed") is None:
+            # Augmentation drawn from (seed, epoch, index): independent of worker count, exact on resume.
+            cfg["aug_seed"] = seed
+    return cfg
+
+
+class DetectionTask(Task):
+    """Object detection / instance segmentation with torchvision detectors (module doc)."""
+
+    name = "detection"
+    primary_metric = "bbox_AP"
+
+    def __init__(self, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> None:
+        self.score_thresh = score_thresh
+        self.iou_thresh = iou_thresh
+        self.last_results: list[dict[str, Any]] = []
+
+    @staticmethod
+    def compose(**kwargs: Any) -> nn.Module:
+        """``model.compose`` of a detection recipe: ``build_detector(arch=..., backbone=..., ...)``."""
+        from msfusion.models.detector import build_detector
+
+        if "arch" not in kwargs:
+            raise ValueError("model.compose of a detection recipe needs an arch (faster_rcnn, mask_rcnn, ...)")
+        return build_detector(kwargs.pop("arch"), **kwargs)
+
+    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+        from msfusion.data.detection import build_detection_dataset
+
+        data, seed = cfg["data"], cfg["train"]["seed"]
+        if not data["train"]:
+            raise ValueError("the recipe has no data.train dataset (e.g. {type: coco, images: DIR, annotations: FILE})")
+        train = build_detection_dataset(_train_dataset_cfg(data, "train", seed))
+        val_cfg = _train_dataset_cfg(data, "val", seed)
+        val = build_detection_dataset(val_cfg) if val_cfg else None
+        if val is not None and list(val.classes) != list(train.classes):
+            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
+        return train, val
+
+    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
+        from msfusion.data.detection import build_detection_dataset
+
+        val_cfg = _train_dataset_cfg(cfg["data"], "val", cfg["train"]["seed"])
+        if not val_cfg:
+            raise ValueError("the recipe has no data.val dataset to evaluate on")
+        return build_detection_dataset(val_cfg)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        from msfusion.data.detection import collate_detection
+
+        return collate_detection(samples)
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        out = dict(batch)
+        out["images"] = [im.to(device, non_blocking=True) for im in batch["images"]]
+        out["targets"] = [
+            {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
+            for t in batch["targets"]
+        ]
+        return out
+
+    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
+        return {"num_classes": dataset.num_classes}
+
+    def loss(self, forward: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        losses = forward(batch["images"], batch["targets"])
+        if not isinstance(losses, Mapping) or not losses:
+            raise ValueError(
+                "a detector in training mode must return a dict of losses (torchvision's convention), "
+                f"got {type(losses).__name__}"
+            )
+        total = sum(losses.values())
+        logs = {k if k.startswith("loss") else f"loss_{k}": float(v.detach()) for k, v in losses.items()}
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        cfg: Mapping[str, Any],
+        device: torch.device,
+        dist_info: DistInfo,
+    ) -> dict[str, Any]:
+        metrics, results = evaluate_detection(
+            model,
+            dataset,
+            device=device,
+            amp=cfg["train"]["amp"],
+            dist_info=dist_info,
+            batch_size=max(1, cfg["data"]["batch_size"] // max(dist_info.world_size, 1)),
+            num_workers=cfg["data"]["num_workers"],
+            progress=cfg["train"]["progress"],
+            score_thresh=self.score_thresh,
+            iou_thresh=self.iou_thresh,
+        )
+        self.last_results = results
+        return metrics
+
+    def write_outputs(self, metrics: Mapping[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
+        """``<stem>.json`` (metrics) and ``<stem>_results.json`` (detections, COCO result format)."""
+        from msfusion.checkpoint import atomic_write
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{stem}.json", out_dir / f"{stem}_results.json"]
+        for path, value in zip(paths, (_json_safe(dict(metrics)), self.last_results), strict=True):
+            text = json.dumps(value, indent=1 if path == paths[0] else None)
+            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+        return paths
+
+    def format_metrics(self, metrics: Mapping[str, Any]) -> str:
+        return format_detection_metrics(metrics)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def detections_to_coco(
+    output: Mapping[str, Tensor], image_id: int, label_to_category: Sequence[int], mask_thresh: float = 0.5
+) -> list[dict[str, Any]]:
+    """One image's detector output -> COCO result entries (xywh boxes, RLE masks, category ids)."""
+    from pycocotools import mask as mask_utils
+
+    boxes = output["boxes"].detach().float().cpu()
+    scores = output["scores"].detach().float().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    masks = output.get("masks")
+    rles = []
+    if masks is not None:
+        binary = (masks.detach()[:, 0] > mask_thresh).cpu().numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
+    out = []
+    for i, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels, strict=True)):
+        x0, y0, x1, y1 = box
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(label_to_category[int(label)]),
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "score": round(float(score), 5),
+        }
+        if masks is not None:
+            rle = dict(rles[i])
+            rle["counts"] = rle["counts"].decode("ascii")
+            entry["segmentation"] = rle
+        out.append(entry)
+    return out
+
+
+def coco_metrics(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Iterable[int]) -> dict:
+    """pycocotools COCOeval of ``results``: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (fractions)."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return dict.fromkeys(COCO_STATS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # COCOeval writes -1 where a size range has no ground truth: reported as NaN.
+    return {k: (float(v) if v >= 0 else float("nan")) for k, v in zip(COCO_STATS, evaluator.stats[:6], strict=True)}
+
+
+def error_analysis(
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    image_ids: Iterable[int],
+    score_thresh: float = 0.5,
+    iou_thresh: float = 0.5,
+) -> dict[str, float]:
+    """TP, FP, FN, precision, recall, F1 of box results at one IoU and confidence (module doc)."""
+    from torchvision.ops import box_iou
+
+    def xyxy(boxes: list[list[float]]) -> Tensor:
+        t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+        return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1)
+
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        if r["score"] >= score_thresh:
+            by_image.setdefault(int(r["image_id"]), []).append(r)
+    tp = fp = fn = 0
+    for image_id in sorted(set(int(i) for i in image_ids)):
+        anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id]))
+        dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
+        for category in {a["category_id"] for a in anns} | {d["category_id"] for d in dets}:
+            gts = [a for a in anns if a["category_id"] == category]
+            crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in gts], dtype=torch.bool)
+            cat_dets = [d for d in dets if d["category_id"] == category]
+            ious = box_iou(xyxy([d["bbox"] for d in cat_dets]), xyxy([a["bbox"] for a in gts]))
+            matched = torch.zeros(len(gts), dtype=torch.bool)
+            for i in range(len(cat_dets)):
+                candidates = ious[i].clone()
+                candidates[matched | crowd] = -1.0
+                if len(gts) and candidates.max() >= iou_thresh:
+                    matched[int(candidates.argmax())] = True
+                    tp += 1
+                elif len(gts) and crowd.any() and ious[i][crowd].max() >= iou_thresh:
+                    continue  # a detection of an ignored object: neither right nor wrong
+                else:
+                    fp += 1
+            fn += int((~matched & ~crowd).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"TP": tp, "FP": fp, "FN": fn, "precision": precision, "recall": recall, "F1": f1}
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    dist_info: DistInfo | None = None,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = False,
+    score_thresh: float = 0.5,
+    iou_thresh: float = 0.5,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """COCO box (and mask) AP and the error analysis of ``model`` on ``dataset``.
+
+    Returns:
+        ``(metrics, results)``: ``metrics`` has ``bbox_AP`` ... ``bbox_APl``
+        (and ``segm_*`` for mask models; fractions, NaN where a size range has
+        no object), ``TP``, ``FP``, ``FN``, ``precision``, ``recall``, ``F1``,
+        ``num_images``, ``num_detections``; ``results`` are the detections in
+        COCO result format.
+    """
+    from msfusion.engine.evaluator import autocast_context
+
+    dist_info = dist_info or DistInfo()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    bar = None
+    if progress and dist_info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True, leave=False)
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    with_masks = False
+    try:
+        for batch in loader:
+            images = [im.to(device) for im in batch["images"]]
+            with autocast_context(device, amp):
+                outputs = model(images)
+            for output, image_id in zip(outputs, batch["image_id"], strict=True):
+                with_masks = with_masks or "masks" in output
+                results.extend(detections_to_coco(output, image_id, dataset.label_to_category))
+                image_ids.append(int(image_id))
+            if bar is not None:
+                bar.update(len(images))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    if dist_info.distributed:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * dist_info.world_size
+        dist.all_gather_object(gathered, (results, image_ids, with_masks))
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
+        with_masks = any(part[2] for part in gathered)
+    gt = dataset.coco_gt()
+    metrics: dict[str, Any] = {}
+    for key, value in coco_metrics(gt, results, "bbox", image_ids).items():
+        metrics[f"bbox_{key}"] = value
+    has_segm = with_masks and all("segmentation" in a for a in gt.dataset["annotations"])
+    if has_segm:
+        for key, value in coco_metrics(gt, results, "segm", image_ids).items():
+            metrics[f"segm_{key}"] = value
+    metrics.update(error_analysis(gt, results, image_ids, score_thresh, iou_thresh))
+    metrics["num_images"] = len(image_ids)
+    metrics["num_detections"] = len(results)
+    return metrics, results
+
+
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    from msfusion.data.detection import collate_detection
+
+    return collate_detection(batch)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "  n/a" if math.isnan(value) else f"{100 * value:5.1f}"
+    return str(value)
+
+
+def format_detection_metrics(metrics: Mapping[str, Any]) -> str:
+    """COCO AP rows (bbox, segm) in %, then the error analysis line."""
+    header = "       " + "  ".join(f"{k:>5}" for k in COCO_STATS)
+    lines = [header]
+    for kind in ("bbox", "segm"):
+        if f"{kind}_AP" in metrics:
+            lines.append(f"{kind:<6} " + "  ".join(f"{_cell(metrics[f'{kind}_{k}']):>5}" for k in COCO_STATS))
+    if "TP" in metrics:
+        lines.append(
+            f"IoU 0.5, score 0.5: TP {metrics['TP']}  FP {metrics['FP']}  FN {metrics['FN']}  "
+            f"P {100 * metrics['precision']:.1f}  R {100 * metrics['recall']:.1f}  F1 {100 * metrics['F1']:.1f}"
+        )
+    return "\n".join(lines)
+
+
+def format_error_table(analyses: Mapping[str, Mapping[str, Any]]) -> str:
+    """Error analyses of one or more models side by side (FINE Table 5's layout)."""
+    names = list(analyses)
+    width = max([5] + [len(n) for n in names])
+    lines = [f"{'model':<{width}}  {'TP':>6}  {'FP':>6}  {'FN':>6}  {'P':>6}  {'R':>6}  {'F1':>6}"]
+    for name in names:
+        a = analyses[name]
+        lines.append(
+            f"{name:<{width}}  {a['TP']:>6}  {a['FP']:>6}  {a['FN']:>6}  {100 * a['precision']:6.2f}  "
+            f"{100 * a['recall']:6.2f}  {100 * a['F1']:6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def draw_detections(
+    image: Tensor,
+    output: Mapping[str, Tensor],
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]] | None = None,
+    score_thresh: float = 0.5,
+    mask_thresh: float = 0.5,
+) -> Tensor:
+    """(3, H, W) float image in [0, 1] + one detector output -> (3, H, W) uint8 picture.
+
+    Masks are blended in (``draw_segmentation_masks``), then boxes with
+    "class score" captions (``draw_bounding_boxes``), for detections scoring
+    at least ``score_thresh``.
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    picture = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    keep = output["scores"].detach().cpu() >= score_thresh
+    labels = output["labels"].detach().cpu()[keep].tolist()
+    scores = output["scores"].detach().cpu()[keep].tolist()
+    colors = [tuple(int(c) for c in palette[lab]) if palette else _color(lab) for lab in labels]
+    if "masks" in output and keep.any():
+        masks = output["masks"].detach().cpu()[keep]
+        masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > mask_thresh  # (D, 1, H, W) or (D, H, W)
+        picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colors)
+    if keep.any():
+        captions = [
+            f"{classes[lab] if lab < len(classes) else lab} {score:.2f}"
+            for lab, score in zip(labels, scores, strict=True)
+        ]
+        boxes = output["boxes"].detach().cpu()[keep].float()
+        picture = draw_bounding_boxes(picture, boxes, labels=captions, colors=colors, width=2)
+    return picture
+
+
+def _color(label: int) -> tuple[int, int, int]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 1.0)
+    return int(255 * r), int(255 * g), int(255 * b)
+
+
+@torch.no_grad()
+def predict_detection_files(
+    model: nn.Module,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    device: str | torch.device = "cpu",
+    score_thresh: float = 0.5,
+    on_bad_file: str = "raise",
+    progress: bool = True,
+) -> list[Path]:
+    """Detect objects in image files and write ``<stem>_det.png`` (boxes, masks, names, scores) and
+    ``<stem>_det.json`` (the detections: xyxy boxes, labels, class names, scores) per image."""
+    from PIL import Image
+
+    from msfusion.data.image_io import read_image
+    from msfusion.engine.predictor import _unique_stems, collect_images
+
+    files = collect_images(inputs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = list(classes or [str(i) for i in range(getattr(model, "num_classes", 91))])
+    model.eval().to(device)
+    written: list[Path] = []
+    iterator: Iterable = zip(files, _unique_stems(files), strict=True)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(list(iterator), desc="predict", unit="img")
+    for path, stem in iterator:
+        try:
+            array = read_image(path)
+        except (OSError, ValueError) as err:
+            if on_bad_file == "skip":
+                print(f"skipped {path}: {err}")
+                continue
+            raise
+        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+        output = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        picture = draw_detections(image, output, classes, palette, score_thresh)
+        png = out_dir / f"{stem}_det.png"
+        Image.fromarray(picture.permute(1, 2, 0).numpy()).save(png)
+        keep = output["scores"] >= score_thresh
+        record = [
+            {
+                "box": [round(v, 2) for v in b],
+                "label": int(lab),
+                "class": classes[int(lab)],
+                "score": round(float(s), 4),
+            }
+            for b, lab, s in zip(
+                output["boxes"][keep].tolist(), output["labels"][keep].tolist(), output["scores"][keep], strict=True
+            )
+        ]
+        (out_dir / f"{stem}_det.json").write_text(json.dumps(record, indent=1))
+        written.append(png)
+    return written
