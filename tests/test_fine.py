@@ -292,6 +292,8 @@ def test_errors():
         FINE(24, 8, 16)  # default d = 16 does not divide 24
     with pytest.raises(ValueError, match="must be a multiple of low_stride"):
         FINE(C, 8, 12)
+    with pytest.raises(ValueError, match="not to 'window'"):
+        FINE(C, 8, 16, attention="window", preset="earlier")
     with pytest.raises(ValueError, match="ratio must be a positive integer"):
         FINE(C, 8, 16, ratio=0)
     fine = FINE(C, 8, 16, head_dim=8)

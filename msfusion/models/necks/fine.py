@@ -282,6 +282,11 @@ class FINE(nn.Module):
         if chs % num_heads:
             divisors = [d for d in range(1, chs + 1) if chs % d == 0]
             raise ValueError(f"FINE: num_heads ({num_heads}) must divide chs ({chs}); allowed: {divisors}")
+        if (pos_embed or ffn) and attention in ("window", "area"):
+            raise ValueError(
+                f"FINE: pos_embed and ffn (the earlier version's token layer) apply to token attention "
+                f"(aats, vanilla, linear, aats_linear), not to {attention!r}"
+            )
         if pos_embed and chs % 4:
             raise ValueError(f"FINE: pos_embed needs chs divisible by 4, got {chs}")
         if high_chs is not None:
