@@ -200,8 +200,10 @@ def test_fine_shorthand(monkeypatch):
     a = PAN(info_of(R50_CHS), out_chs=32, fine=True)
     b = PAN(info_of(R50_CHS), out_chs=32, align="fine")
     c = FPN(info_of(R50_CHS), out_chs=32, fine={"ratio": 2})
-    assert all(type(m) is Recorder for m in [*a.aligns, *b.aligns, *c.aligns])
-    assert c.aligns[0].build == (32, 4, 8, {"ratio": 2})
+    # The paper's stages: fusions whose finer map has stride 8 or 16; the stride-4 fusion stays plain.
+    assert type(a.aligns[0]) is IdentityAlign and all(type(m) is Recorder for m in a.aligns[1:])
+    assert all(type(m) is Recorder for m in b.aligns)
+    assert type(c.aligns[0]) is IdentityAlign and c.aligns[1].build == (32, 8, 16, {"ratio": 2})
     with pytest.raises(ValueError, match="either fine= or align="):
         FPN(info_of(R50_CHS), fine=True, align="fine")
 

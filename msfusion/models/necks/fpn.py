@@ -71,7 +71,8 @@ class FPN(nn.Module):
     (already merged with everything above it, before upsampling); it returns
     the finer map to fuse, shaped like ``low``. The default is the identity
     (``IdentityAlign``, no parameters), which gives the plain FPN. FINE (Lee et
-    al., arXiv 2606.14005, Sec. 4) is such a module: ``fine=True``.
+    al., arXiv 2606.14005, Sec. 4) is such a module: ``fine=True`` puts it at
+    the paper's fusion stages, the steps whose finer map has stride 8 or 16.
 
     Upsampling goes to the exact size of the finer map, so inputs of any size
     work (a 97x131 image gives 25x33, 13x17, 7x9, 4x5 maps on a ResNet).
@@ -104,8 +105,9 @@ class FPN(nn.Module):
             out get the identity) or a list with one entry per step, fine to
             coarse.
         align_kwargs: keyword arguments for every non-identity alignment.
-        fine: shorthand: ``True`` is ``align="fine"``; a dict is
-            ``align="fine", align_kwargs=fine``.
+        fine: shorthand: ``True`` is ``align={8: "fine", 16: "fine"}`` (the
+            paper's stages, those of them this neck has; every step if it has
+            neither); a dict also gives FINE's arguments (``align_kwargs``).
 
     Attributes:
         feature_info: one ``{"chs", "reduction", "module"}`` per output.
@@ -147,7 +149,7 @@ class FPN(nn.Module):
             raise ValueError(f"{owner}: extra_levels must be 0 or more, got {extra_levels}")
         if int(out_chs) < 1:
             raise ValueError(f"{owner}: out_chs must be positive, got {out_chs}")
-        align, align_kwargs = _fine_shorthand(fine, align, align_kwargs, owner)
+        align, align_kwargs = _fine_shorthand(fine, align, align_kwargs, owner, strides[:-1])
 
         self.in_strides = tuple(strides)
         self.in_channels = [info[i]["chs"] for i in self.in_index]
@@ -261,20 +263,39 @@ class FPN(nn.Module):
         return checkpoint_filter_fn(state_dict, self)
 
 
+# FINE's fusion stages l=3 and l=2 (arXiv 2606.14005, Sec. 3-4): the fusions whose finer map
+# is S3 (stride 16) or S2 (stride 8). The stride-4 fusion of a C2-C5 FPN is left as it is.
+FINE_LOW_STRIDES = (8, 16)
+
+
 def _fine_shorthand(
-    fine: bool | Mapping[str, Any], align: Any, align_kwargs: Mapping[str, Any] | None, owner: str
+    fine: bool | Mapping[str, Any],
+    align: Any,
+    align_kwargs: Mapping[str, Any] | None,
+    owner: str,
+    low_strides: Sequence[int],
 ) -> tuple[Any, Mapping[str, Any] | None]:
-    """Turn ``fine=True`` / ``fine={...}`` into ``align="fine"`` (and its kwargs)."""
+    """Turn ``fine=True`` / ``fine={...}`` into FINE at the paper's fusion stages (and its kwargs).
+
+    FINE goes where the paper puts it, the fusions whose finer map has stride 8
+    or 16; a neck with neither (an unusual stride set) gets FINE at every step.
+    Per-level control beyond that is ``align={stride: "fine", ...}``.
+    """
     if fine is False or fine is None:
         return align, align_kwargs
     if align is not None:
-        raise ValueError(f"{owner}: give either fine= or align=, not both (fine=True is align='fine')")
+        raise ValueError(
+            f"{owner}: give either fine= or align=, not both (fine=True is align={{8: 'fine', 16: 'fine'}})"
+        )
+    if fine is not True and not isinstance(fine, Mapping):
+        raise ValueError(f"{owner}: fine must be True, False or a dict of FINE's arguments, got {fine!r}")
+    paper_steps = {s: "fine" for s in low_strides if s in FINE_LOW_STRIDES}
+    spec = paper_steps or "fine"
     if fine is True:
-        return "fine", align_kwargs
-    if isinstance(fine, Mapping):
-        if align_kwargs:
-            raise ValueError(f"{owner}: fine={dict(fine)} already gives FINE's arguments; drop align_kwargs")
-        return "fine", dict(fine)
+        return spec, align_kwargs
+    if align_kwargs:
+        raise ValueError(f"{owner}: fine={dict(fine)} already gives FINE's arguments; drop align_kwargs")
+    return spec, dict(fine)
     raise ValueError(f"{owner}: fine must be True, False or a dict of FINE's arguments, got {fine!r}")
 
 
