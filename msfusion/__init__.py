@@ -7,6 +7,7 @@ family, as ``import timm`` does.
 from msfusion import models  # noqa: F401  (registers every model family)
 from msfusion.analysis.complexity import count_macs, count_params
 from msfusion.checkpoint import load_checkpoint, save_checkpoint
+from msfusion.engine.fast_inference import optimize_for_inference
 from msfusion.models.classifier import build_classifier
 from msfusion.models.detector import build_detector
 from msfusion.models.segmentor import build_segmentor
@@ -26,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_kind",
+    "optimize_for_inference",
     "register_model",
     "save_checkpoint",
 ]
