@@ -144,7 +144,7 @@ class DetectionDataset(Dataset, ABC):
             (height, width),
             masks,
         )
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1))
+        image = tv_tensors.Image(torch.from_numpy(np.require(sample.image, requirements=["C", "W"])).permute(2, 0, 1))
         return self.transforms(image, target, rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -39,9 +39,9 @@ DETECTION_DEMO_RECIPE: dict[str, Any] = {
             "backbone": "resnet18",
             "backbone_kwargs": {"out_indices": [1, 2, 3, 4]},
             "neck": "fpn",
-            "neck_kwargs": {"out_chs": 96, "in_strides": [4, 8, 16, 32], "extra_levels": 1},
+            "neck_kwargs": {"out_chs": 64, "in_strides": [4, 8, 16, 32], "extra_levels": 1},
         },
-        "kwargs": {"min_size": 128, "max_size": 128, "score_thresh": 0.05, "detections_per_img": 100},
+        "kwargs": {"min_size": 128, "max_size": 128, "head_convs": 2, "score_thresh": 0.05, "detections_per_img": 100},
     },
     "data": {
         "train": {

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
@@ -267,6 +268,7 @@ def build_detector(
     roi_strides: Sequence[int] = ROI_STRIDES,
     representation: int = 1024,
     mask_chs: int = 256,
+    head_convs: int = 4,
     **kwargs: Any,
 ) -> nn.Module:
     """Compose a torchvision detector from our parts.
@@ -311,6 +313,8 @@ def build_detector(
             (1024, the FPN paper's and torchvision's).
         mask_chs: mask archs: channels of the mask head's four 3x3 convs and
             deconv (256, Mask R-CNN's).
+        head_convs: FCOS: 3x3 conv + GroupNorm + ReLU layers in each of its
+            classification and regression towers (4 in the paper).
         **kwargs: passed to the torchvision constructor (e.g.
             ``box_detections_per_img``, ``rpn_post_nms_top_n_test``,
             ``score_thresh``) or to ``CascadeRCNN`` (``box_head="4conv1fc"``).
@@ -342,6 +346,7 @@ def build_detector(
         roi_strides=list(roi_strides),
         representation=representation,
         mask_chs=mask_chs,
+        head_convs=head_convs,
         **kwargs,
     )
     body = build_detector_backbone(
@@ -364,6 +369,8 @@ def build_detector(
     )
     if arch not in TWO_STAGE and (representation != 1024 or mask_chs != 256):
         raise ValueError(f"representation and mask_chs size the R-CNN heads; {arch} has none")
+    if arch != "fcos" and head_convs != 4:
+        raise ValueError(f"head_convs sets FCOS's towers; {arch}'s heads have a fixed depth")
     chs = body.out_channels
     if arch in ("faster_rcnn", "mask_rcnn"):
         kwargs.setdefault("rpn_anchor_generator", _rpn_anchors(body.strides))
@@ -398,6 +405,7 @@ def build_detector(
         model = RetinaNet(body, num_classes, **common, **kwargs)
     else:
         kwargs.setdefault("anchor_generator", _fcos_anchors(body.strides))
+        kwargs.setdefault("head", FCOSHead(body.out_channels, 1, num_classes, num_convs=head_convs))
         model = FCOS(body, num_classes, **common, **kwargs)
     model.arch = arch
     model.num_classes = num_classes
