@@ -35,4 +35,13 @@ def test_entry_point_runs():
         text=True,
         check=True,
     ).stdout
-    assert out.split() == ["mscan_b", "mscan_l", "mscan_s", "mscan_t"]
+    rows = [line.split() for line in out.splitlines()]
+    assert rows == [[name, "classifier"] for name in ("mscan_b", "mscan_l", "mscan_s", "mscan_t")]
+
+
+def test_models_filters_by_kind(capsys):
+    assert main(["models", "--kind", "neck", "--no-count"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["fpn", "neck"] in rows and all(kind == "neck" for _, kind in rows)
+    assert main(["models", "*", "--kind", "head"]) == 0
+    assert "built on another model's features" in capsys.readouterr().out
