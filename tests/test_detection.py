@@ -229,3 +229,14 @@ def test_complexity_forward_counts_heads_on_fixed_rois() -> None:
     b = mf.count_macs(DetectorComplexity(model, num_rois=20, num_mask_rois=5), (1, 3, 64, 64))
     box_head_macs = 10 * (32 * 49 * 64 + 64 * 64 + 64 * 3 + 64 * 12)  # fc6, fc7, cls, box per RoI
     assert b - a == box_head_macs
+
+
+@pytest.mark.parametrize(
+    "name,size,published",
+    [("retinanet_cednet_next_t", (800, 1280), 255.0), ("faster_rcnn_r50_fpn", (800, 800), 134.4)],
+)
+def test_macs_match_the_papers(name: str, size: tuple[int, int], published: float) -> None:
+    with torch.device("meta"):
+        model = mf.create_model(name)
+    gmacs = mf.count_macs(DetectorComplexity(model), (1, 3, *size)) / 1e9
+    assert abs(gmacs - published) / published < 0.01

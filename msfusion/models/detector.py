@@ -59,6 +59,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
@@ -72,6 +73,7 @@ __all__ = [
     "build_detector_backbone",
     "freeze_batch_norm",
     "DetectorComplexity",
+    "TestResizeTransform",
 ]
 
 ARCHS = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn", "retinanet", "fcos")
@@ -161,6 +163,15 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         else:
             freeze_batch_norm(child)
     return module
+
+
+class TestResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detector transform that resizes only in eval mode (training images arrive sized)."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        if self.training:
+            return image, target
+        return super().resize(image, target)
 
 
 def _check_arch(arch: str) -> str:
@@ -269,6 +280,7 @@ def build_detector(
     representation: int = 1024,
     mask_chs: int = 256,
     head_convs: int = 4,
+    train_resize: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Compose a torchvision detector from our parts.
@@ -307,6 +319,9 @@ def build_detector(
         frozen_bn: freeze the backbone's BatchNorm as torchvision does with
             pretrained weights (``FrozenBatchNorm2d``).
         min_size, max_size: the detector's test (and train) resize.
+        train_resize: resize training images too (torchvision's behaviour).
+            False leaves them as the data pipeline made them: large-scale
+            jittering's 1024x1024 crops must reach the network unchanged.
         image_mean, image_std: normalisation applied by the detector, in [0, 1] units.
         roi_strides: the levels the RoI heads pool from (two-stage archs).
         representation: two-stage archs: features of the box head's FC layers
@@ -347,6 +362,7 @@ def build_detector(
         representation=representation,
         mask_chs=mask_chs,
         head_convs=head_convs,
+        train_resize=train_resize,
         **kwargs,
     )
     body = build_detector_backbone(
@@ -407,6 +423,10 @@ def build_detector(
         kwargs.setdefault("anchor_generator", _fcos_anchors(body.strides))
         kwargs.setdefault("head", FCOSHead(body.out_channels, 1, num_classes, num_convs=head_convs))
         model = FCOS(body, num_classes, **common, **kwargs)
+    if not train_resize:
+        model.transform = TestResizeTransform(**{k: common[k] for k in ("min_size", "max_size")},
+                                              image_mean=common["image_mean"], image_std=common["image_std"],
+                                              size_divisible=common["size_divisible"])  # fmt: skip
     model.arch = arch
     model.num_classes = num_classes
     model.feature_info = body.feature_info
