@@ -23,6 +23,9 @@ _MODEL_MODULES = (
     "msfusion.models.mscsa_models",
     "msfusion.models.detection_presets",
     "msfusion.models.semantic_fpn_fine",
+    "msfusion.models.backbones.topformer",
+    "msfusion.models.heads.topformer_head",
+    "msfusion.models.topformer",
 )
 
 for _module in _MODEL_MODULES:
