@@ -339,7 +339,9 @@ def main() -> None:
     infer_modes = args.infer_modes or list(all_modes)
     unknown = sorted(set(infer_modes) - set(CPU_INFER_MODES + CUDA_INFER_MODES))
     if unknown:
-        parser.error(f"unknown inference modes {unknown}; choose from {sorted(set(CPU_INFER_MODES + CUDA_INFER_MODES))}")
+        parser.error(
+            f"unknown inference modes {unknown}; choose from {sorted(set(CPU_INFER_MODES + CUDA_INFER_MODES))}"
+        )
 
     refenv, note = find_refenv(args.refenv)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

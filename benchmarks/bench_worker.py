@@ -125,7 +125,9 @@ class MMSegSubject:
         self.images = images
         self.samples = []
         for label in labels:
-            sample = SegDataSample(metainfo=dict(img_shape=tuple(images.shape[-2:]), pad_shape=tuple(images.shape[-2:])))
+            sample = SegDataSample(
+                metainfo=dict(img_shape=tuple(images.shape[-2:]), pad_shape=tuple(images.shape[-2:]))
+            )
             sample.gt_sem_seg = PixelData(data=label[None].long())
             self.samples.append(sample)
         self.optim_wrapper = build_optim_wrapper(self.model, self.cfg.optim_wrapper)

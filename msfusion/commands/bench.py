@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from msfusion.analysis.benchmark import MODES, benchmark_modes
 from msfusion.commands.flops import parse_size
@@ -24,7 +25,45 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="also time msfusion.optimize_for_inference: 'fast' (BatchNorm folding, channels-last, freed "
+        "memory kept) and 'fast_compile' (the same + torch.compile)",
+    )
     p.set_defaults(func=run)
+
+
+def _fast_modes(
+    model: Any, input_size: tuple[int, ...], runs: int, warmup: int, device: str, results: list[dict]
+) -> list[dict]:
+    """Latency of the inference-optimised copies, on the input ``benchmark_modes`` used (seed 0)."""
+    import statistics
+
+    import torch
+
+    from msfusion.analysis.benchmark import time_call
+    from msfusion.engine.fast_inference import optimize_for_inference
+
+    dev = torch.device(device)
+    x = torch.randn(input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.no_grad():
+        reference = model.to(dev).eval()(x).float()
+    base_ms = results[0]["median_ms"] if results else None
+    rows = []
+    for mode, kwargs in (("fast", {}), ("fast_compile", {"compile": True})):
+        fast = optimize_for_inference(model, **kwargs)
+        median_ms = 1e3 * statistics.median(time_call(lambda fast=fast: fast(x), runs, max(warmup, 1), dev))
+        rows.append(
+            dict(
+                mode=mode,
+                dtype="float32",
+                median_ms=median_ms,
+                speedup=base_ms / median_ms if base_ms else 1.0,
+                max_abs_diff=float((fast(x).float() - reference).abs().max()),
+            )
+        )
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     model = mf.create_model(args.model, **kwargs)
     h, w = args.input
     results = benchmark_modes(model, (args.batch, 3, h, w), args.modes, args.runs, args.warmup, args.device)
+    if args.fast:
+        results += _fast_modes(model, (args.batch, 3, h, w), args.runs, args.warmup, args.device, results)
     print(f"{args.model} at {args.batch}x3x{h}x{w} on {args.device} (median of {args.runs} runs)")
     print(f"  {'mode':<22}{'median ms':>10}{'vs fp32':>9}{'max |diff|':>12}")
     for r in results:

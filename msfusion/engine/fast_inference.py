@@ -217,7 +217,7 @@ def optimize_for_inference(
     *,
     channels_last: bool = True,
     fold_bn: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     freeze_weights: bool = True,
     keep_memory: bool = True,
 ) -> nn.Module:
@@ -234,8 +234,9 @@ def optimize_for_inference(
             and compilation.
         channels_last: NHWC memory format for weights and inputs.
         fold_bn: fold BatchNorms and layer scales (see ``fold_batch_norms``).
-        compile: ``torch.compile`` the forward (inductor). The first call per
-            input size compiles (tens of seconds on a CPU).
+        compile: ``torch.compile`` the forward: True for inductor, or the name
+            of another ``torch.compile`` backend. The first call per input size
+            compiles (tens of seconds on a CPU).
         freeze_weights: with ``compile``, let inductor treat the weights as
             constants (folding and pre-packing them).
         keep_memory: call ``keep_freed_memory()`` (process-wide, glibc only),
@@ -252,6 +253,8 @@ def optimize_for_inference(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize_for_inference takes an nn.Module, got {type(model).__name__}")
+    if not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
     fast = copy.deepcopy(model).eval()
     fast.requires_grad_(False)
     if fold_bn:
@@ -260,12 +263,15 @@ def optimize_for_inference(
         fast = fast.to(memory_format=torch.channels_last)
     forward = fast.forward
     if compile:
-        forward = torch.compile(forward, options={"freezing": freeze_weights})
+        if compile is True or compile == "inductor":
+            forward = torch.compile(forward, options={"freezing": freeze_weights})
+        else:
+            forward = torch.compile(forward, backend=compile)
     # An instance attribute: ``fast(x)``, and methods that call ``self(x)`` (sliding-window and
     # multi-scale inference), all run the optimised forward.
     fast.forward = _no_grad_forward(forward, channels_last)
     kept = keep_freed_memory() if keep_memory else False
     fast.inference_optimizations = dict(
-        channels_last=channels_last, fold_bn=fold_bn, compile=compile, keep_freed_memory=kept
+        channels_last=channels_last, fold_bn=fold_bn, compile=compile if compile else False, keep_freed_memory=kept
     )
     return fast

@@ -132,7 +132,11 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.opt
         # mmseg's SGD schedules (e.g. Semantic FPN: lr 0.01, momentum 0.9, weight decay 5e-4).
         return torch.optim.SGD(groups, lr=optim_cfg["lr"], momentum=optim_cfg.get("momentum", 0.9))
     return torch.optim.AdamW(
-        groups, lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]), eps=optim_cfg.get("eps", 1e-8)
+        groups,
+        lr=optim_cfg["lr"],
+        betas=tuple(optim_cfg["betas"]),
+        eps=optim_cfg.get("eps", 1e-8),
+        fused=bool(optim_cfg.get("fused")) or None,
     )
 
 

@@ -229,12 +229,17 @@ class Trainer:
                 )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
+        if tcfg["channels_last"]:
+            # In place: the optimiser and checkpoints see the same (NHWC-strided) parameters.
+            self.model.to(memory_format=torch.channels_last)
         task.setup(self.model)
         self.forward: nn.Module = TrainingForward(self.model)
         if self.dist.distributed:
             self.forward = nn.parallel.DistributedDataParallel(
                 self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if tcfg["compile"]:
+            self.forward = torch.compile(self.forward)
         self.optimizer = build_optimizer(self.model, cfg["optim"])
         self.scheduler = build_scheduler(self.optimizer, cfg["schedule"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
