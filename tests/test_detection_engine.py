@@ -208,3 +208,20 @@ def test_detector_exports_to_onnx(tmp_path: Path) -> None:
     # Every exported box has a PyTorch twin (order within equal scores may differ).
     distance = np.abs(boxes[:, None, :] - expected["boxes"].numpy()[None]).max(-1).min(1)
     assert distance.max() < 1e-3
+
+
+def test_detection_recipes_load_and_demo_yaml_matches() -> None:
+    import yaml
+
+    from msfusion.engine.config import load_config, validate_config
+    from msfusion.engine.detection_demo import DETECTION_DEMO_RECIPE
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(root.glob("*_coco.yaml"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg["task"] == "detection"
+        assert cfg["model"]["name"] in __import__("msfusion").list_models(kind="detector")
+    text = yaml.safe_load((root / "demo_shapes_detection.yaml").read_text())
+    assert validate_config(text) == validate_config(DETECTION_DEMO_RECIPE)

@@ -56,7 +56,7 @@ DETECTION_DEMO_RECIPE: dict[str, Any] = {
         "batch_size": 8,
         "num_workers": 0,
     },
-    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "custom_keys": {"norm": {"decay_mult": 0.0}}},
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "custom_keys": {}},
     "schedule": {"iters": 800, "warmup_iters": 50},
     "train": {
         "work_dir": "work_dirs/demo_detection",
