@@ -317,3 +317,19 @@ def test_config_rows_match_the_variants():
     assert [f["chs"] for f in create_topformer("s", features_only=True).tpm.feature_info] == [24, 48, 96, 128]
     with pytest.raises(ValueError, match="size must be one of"):
         topformer_config("l")
+
+
+@pytest.mark.parametrize(
+    "size, lr", [("t", 3e-4), ("s", 1.2e-4), ("b", 1.2e-4), ("t_mscsa", 3e-4), ("b_mscsa", 1.2e-4)]
+)
+def test_ade20k_recipes(size, lr):
+    from pathlib import Path
+
+    from msfusion.engine.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"topformer_{size}_ade20k.yaml")
+    assert cfg["optim"]["lr"] == lr and cfg["schedule"]["iters"] == 160_000 and cfg["data"]["batch_size"] == 16
+    assert cfg["optim"]["custom_keys"]["head"] == {"lr_mult": 10.0}
+    with torch.device("meta"):
+        model = mf.create_model(cfg["model"]["name"], num_classes=150, **cfg["model"]["kwargs"])
+    assert isinstance(model, TopFormerSegmentor)
