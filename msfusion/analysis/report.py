@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from msfusion.analysis.complexity import count_macs, count_params
-from msfusion.registry import create_model, paper_figures
+from msfusion.registry import create_model, model_kind, paper_figures
 
 __all__ = ["model_report"]
 
@@ -30,7 +30,13 @@ def model_report(
         model = create_model(name, **kwargs)
     same_setting = input_size is None and num_classes is None
     params = count_params(model)
-    macs = count_macs(model, (1, *chw), rules=rules)
+    counted = model
+    if model_kind(name) == "detector":
+        from msfusion.models.detector import DetectorComplexity
+
+        # mmdetection's get_flops convention: dense parts on the image, box / mask heads on 1000 / 100 RoIs.
+        counted = DetectorComplexity(model)
+    macs = count_macs(counted, (1, *chw), rules=rules)
     return {
         "model": name,
         "input_size": [1, *chw],
