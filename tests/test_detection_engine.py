@@ -70,6 +70,16 @@ def test_coco_ap_by_hand(coco: COCODetection) -> None:
     assert "baseline" in table and "66.67" in table
 
 
+def test_compare_two_result_files(coco: COCODetection, tmp_path: Path) -> None:
+    from msfusion.engine.detection import compare_error_analysis
+
+    good = [_result(11, 3, [2, 4, 20, 10], 0.9), _result(12, 7, [5, 5, 30, 30], 0.9)]
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    table = compare_error_analysis(coco, {"A": tmp_path / "a.json", "B": good[:1]})
+    a_row, b_row = table.splitlines()[1:]
+    assert a_row.split()[1:4] == ["2", "0", "1"] and b_row.split()[1:4] == ["1", "0", "2"]
+
+
 def test_detections_map_labels_to_category_ids(coco: COCODetection) -> None:
     output = {
         "boxes": torch.tensor([[30.0, 10.0, 50.0, 30.0]]),

@@ -56,6 +56,7 @@ __all__ = [
     "error_analysis",
     "format_detection_metrics",
     "format_error_table",
+    "compare_error_analysis",
     "draw_detections",
     "predict_detection_files",
 ]
@@ -409,6 +410,25 @@ def format_error_table(analyses: Mapping[str, Mapping[str, Any]]) -> str:
             f"{100 * a['recall']:6.2f}  {100 * a['F1']:6.2f}"
         )
     return "\n".join(lines)
+
+
+def compare_error_analysis(
+    dataset: Any,
+    results: Mapping[str, list[dict[str, Any]] | str | Path],
+    score_thresh: float = 0.5,
+    iou_thresh: float = 0.5,
+) -> str:
+    """FINE Table 5 for several models on one dataset: ``{name: COCO results (list or JSON file)}`` -> table.
+
+    The result files are those ``msfusion eval`` writes (``*_eval_results.json``).
+    """
+    gt = dataset.coco_gt()
+    image_ids = gt.getImgIds()
+    analyses = {}
+    for name, value in results.items():
+        entries = json.loads(Path(value).read_text()) if isinstance(value, (str, Path)) else value
+        analyses[name] = error_analysis(gt, entries, image_ids, score_thresh, iou_thresh)
+    return format_error_table(analyses)
 
 
 def draw_detections(
