@@ -35,6 +35,7 @@ __all__ = [
     "read_metadata",
     "atomic_write",
     "CLASSIFIER_PREFIXES",
+    "adapt_layout",
 ]
 
 # Parameters that legitimately change shape when fine-tuning to a new class count.
@@ -205,6 +206,83 @@ def _shape(t: Tensor) -> str:
     return "x".join(str(s) for s in t.shape) or "scalar"
 
 
+def _is_timm_features(module: nn.Module | None) -> bool:
+    # The timm adapter (models layer, which this module may not import) is recognised by its shape.
+    return type(module).__name__ == "TimmFeatures" and isinstance(getattr(module, "model", None), nn.Module)
+
+
+def _from_timm_layout(part: nn.Module, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]] | None:
+    """A timm model's own state dict (``timm.create_model(name)``) mapped onto its ``features_only`` wrapper.
+
+    timm's feature wrappers flatten the first level of ``nn.Sequential``
+    children (``stages.0`` becomes ``stages_0``) or nest the model once more
+    (``model.blocks.0``), and msfusion's adapter adds ``model.``; keys are
+    matched with ``_`` and ``.`` treated alike, and only unique matches
+    count. torchvision ResNet files use timm ResNet's names, so they load
+    the same way. Returns the mapped tensors and the file's keys the
+    features-only model has no place for (the classifier, a final norm), or
+    None when almost nothing matches.
+    """
+    index: dict[str, list[str]] = {}
+    for key in state:
+        index.setdefault(key.replace("_", "."), []).append(key)
+    mapped: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for key in part.state_dict():
+        inner = key.removeprefix("model.")
+        for candidate in (inner, inner.removeprefix("model.")):
+            hits = index.get(candidate.replace("_", "."), [])
+            if len(hits) == 1 and hits[0] not in used:
+                mapped[key] = state[hits[0]]
+                used.add(hits[0])
+                break
+    if len(mapped) < len(state) / 2:
+        return None
+    return mapped, [k for k in state if k not in used]
+
+
+def adapt_layout(model: nn.Module, state: dict[str, Tensor], path: str | Path = "") -> dict[str, Tensor]:
+    """Bring a state dict of any supported layout to ``model``'s keys.
+
+    In order: the model's ``checkpoint_filter_fn`` (official layouts); a timm
+    (or torchvision ResNet) classification file into a timm feature
+    backbone; and a backbone's file (ours, official, timm) into the
+    ``backbone.`` of a composed model. The file's tensors that the
+    features-only backbone has no place for (its classifier) are dropped
+    with a warning that names them, never silently.
+    """
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        state = filter_fn(state)
+    own = model.state_dict()
+    if not state or sum(k in own for k in state) >= len(state) / 2:
+        return state
+    for part, prefix in ((model, ""), (getattr(model, "backbone", None), "backbone.")):
+        if not isinstance(part, nn.Module):
+            continue
+        part_state = state
+        part_filter = getattr(part, "checkpoint_filter_fn", None)
+        if part is not model and callable(part_filter):
+            part_state = part_filter(part_state)
+        part_keys = part.state_dict()
+        unused = [k for k in part_state if k not in part_keys]
+        if _is_timm_features(part) and len(unused) > len(part_state) / 2:
+            found = _from_timm_layout(part, part_state)
+            if found is None:
+                continue
+            part_state, unused = found
+        if len(unused) > len(part_state) / 2:
+            continue
+        if unused:
+            warnings.warn(
+                f"{path}: {len(unused)} tensor(s) of the file have no place in the features-only "
+                f"{type(part).__name__} and were not used: {', '.join(unused[:8])}{'...' if len(unused) > 8 else ''}",
+                stacklevel=3,
+            )
+        return {prefix + k: v for k, v in part_state.items() if k in part_keys}
+    return state
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
     """Load ours or an official checkpoint into ``model``.
 
@@ -223,10 +301,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
         FileNotFoundError, CheckpointError: with a table of every missing,
         unexpected or mismatched key.
     """
-    state = read_state_dict(path)
-    filter_fn = getattr(model, "checkpoint_filter_fn", None)
-    if callable(filter_fn):
-        state = filter_fn(state)
+    state = adapt_layout(model, read_state_dict(path), path)
     own = model.state_dict()
     backbone_only = bool(state) and all(k.startswith("backbone.") for k in state)
     # An encoder checkpoint (e.g. ImageNet MSCAN) loaded into a segmentor fills the backbone only.

@@ -191,8 +191,13 @@ def create_model(
             ``features_only=True``, any timm model name.
         num_classes: classes of the classifier or segmentation head; the
             variant's default when None.
-        pretrained: a checkpoint path (ours or an official layout) loaded with
-            ``load_checkpoint``. Nothing is ever downloaded: ``True`` raises.
+        pretrained: ``True`` (the variant's default published weights; a
+            timm backbone's default hub weights), a weights name from
+            ``msfusion.weights.list_weights()`` (e.g. ``"mscan_t.in1k"``), or
+            the path of a file in any supported layout (ours, official,
+            timm, torchvision ResNet). Names resolve through the torch.hub /
+            Hugging Face caches with the SHA-256 checked; with
+            ``HF_HUB_OFFLINE=1`` nothing is downloaded (see ``msfusion.weights``).
         features_only: return a backbone whose ``forward`` gives a list of
             feature maps, fine to coarse, described by ``feature_info``.
         out_indices: which of the backbone's outputs to return.
@@ -209,12 +214,6 @@ def create_model(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if pretrained is True:
-        raise ValueError(
-            "pretrained=True would need a download, which msfusion never does. "
-            "Pass the path of a checkpoint file instead, e.g. "
-            "pretrained='mscan_t_20230227-119e8c9f.pth'."
-        )
     build_kwargs = dict(kwargs)
     if num_classes is not None:
         build_kwargs["num_classes"] = num_classes
@@ -256,9 +255,9 @@ def create_model(
 
     model.model_cfg = {"name": name, "kwargs": recordable(build_kwargs, f"create_model({name!r})")}
     if pretrained:
-        from msfusion.checkpoint import load_checkpoint
+        from msfusion.weights import load_pretrained
 
-        load_checkpoint(model, pretrained)
+        load_pretrained(model, pretrained, name)
     return model
 
 
@@ -299,7 +298,9 @@ def rebuild_model(cfg: dict[str, Any], **overrides: Any) -> nn.Module:
     """Build the model a ``model_cfg`` (a checkpoint's sidecar) describes."""
     if not isinstance(cfg, dict) or not ({"name", "builder"} & set(cfg)):
         raise ValueError(f"not a model description: {cfg!r}")
-    kwargs = _restore(dict(cfg.get("kwargs", {})))
+    # Parts built with pretrained weights (backbone_kwargs={"pretrained": True}) get the checkpoint's weights
+    # when rebuilt; resolving the original weights again would only need a download.
+    kwargs = _restore(_without_pretrained(dict(cfg.get("kwargs", {}))))
     if "__unrecordable__" in kwargs:
         raise ValueError(f"this model cannot be rebuilt from its description: {kwargs['__unrecordable__']}")
     kwargs.update(overrides)
@@ -308,6 +309,14 @@ def rebuild_model(cfg: dict[str, Any], **overrides: Any) -> nn.Module:
             raise ValueError(f"unknown composition builder {cfg['builder']!r}; known: {sorted(_builders)}")
         return _builders[cfg["builder"]](**kwargs)
     return create_model(cfg["name"], **kwargs)
+
+
+def _without_pretrained(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        if key.endswith("_kwargs") and isinstance(value, dict):
+            out[key] = {k: v for k, v in value.items() if k != "pretrained"}
+    return out
 
 
 def _restore(value: Any) -> Any:

@@ -20,6 +20,7 @@ RANKS = {
     "layers": 1,
     "registry": 1,
     "checkpoint": 1,
+    "weights": 1,
     "convert": 1,
     "models": 2,
     "data": 2,
