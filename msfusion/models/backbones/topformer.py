@@ -174,7 +174,7 @@ def pool_token_pyramid(feats: Sequence[Tensor], factor: int) -> Tensor:
     (B, C_i, H_i, W_i) per level -> (B, sum(C_i), h, w).
     """
     h, w = feats[-1].shape[-2:]
-    size = ((int(h) - 1) // factor + 1, (int(w) - 1) // factor + 1)
+    size = ((h - 1) // factor + 1, (w - 1) // factor + 1)
     return torch.cat([f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size) for f in feats], dim=1)
 
 
