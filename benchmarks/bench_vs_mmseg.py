@@ -65,6 +65,7 @@ BUILD_HINT = (
 CPU_INFER_MODES = ("fp32", "channels_last", "bf16", "fast_nokeep", "fast", "fast_compile")
 CUDA_INFER_MODES = ("fp32", "channels_last", "fp16", "bf16", "fast", "fast_compile")
 TRAIN_MODES = ("fp32", "fast", "fast_compile")
+DATA_IMAGES = 8  # images per timed data-pipeline run
 # Not float32-exact: reported, never counted as the "best exact mode".
 REDUCED_PRECISION = ("bf16", "fp16")
 # SegNeXt paper, Sec. 4 "Comparison with real-time methods" and Table 11: SegNeXt-T runs at 25 FPS on one
@@ -171,11 +172,20 @@ def make_data(path: Path, size: tuple[int, int], num_classes: int) -> None:
     h, w = size
     labels = torch.randint(0, num_classes, (2, h, w), generator=g)
     labels[:, : h // 16] = 255  # an ignored band, as padding gives in real crops
+    # Data-pipeline inputs: ADE20K-sized images (512 px short side) with blocky label maps.
+    raw_images, raw_masks = [], []
+    for i in range(DATA_IMAGES):
+        rh, rw = (512, 683) if i % 2 == 0 else (683, 512)
+        raw_images.append(torch.randint(0, 256, (rh, rw, 3), generator=g, dtype=torch.uint8))
+        blocks = torch.randint(0, num_classes, (rh // 32 + 1, rw // 32 + 1), generator=g, dtype=torch.uint8)
+        raw_masks.append(blocks.repeat_interleave(32, 0).repeat_interleave(32, 1)[:rh, :rw].contiguous())
     torch.save(
         {
             "image": torch.randn(1, 3, h, w, generator=g),
             "images": torch.randn(2, 3, h, w, generator=g),
             "labels": labels.to(torch.uint8),
+            "raw_images": raw_images,
+            "raw_masks": raw_masks,
         },
         path,
     )
@@ -199,6 +209,8 @@ def run_task(
     task: str, model: str, modes: list[str], refenv: Path | None, args: argparse.Namespace, tmp: Path
 ) -> list[dict[str, Any]]:
     size = args.size if task == "infer" else args.train_size
+    if task == "data":
+        modes = ["fp32"]  # one pipeline per library
     data = tmp / f"data_{task}_{size[0]}x{size[1]}.pt"
     make_data(data, size, args.num_classes)
     common = ["--model", model, "--task", task, "--threads", str(args.threads), "--data", str(data)]
@@ -280,7 +292,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def print_rows(title: str, rows: list[dict[str, Any]], reference: str, size: tuple[int, int], model: str) -> None:
+def print_rows(
+    title: str, rows: list[dict[str, Any]], reference: str, size: tuple[int, int], model: str, task: str
+) -> None:
     print(f"\n{title}")
     key = "logits"
     diff_ref = "vs mmseg" if reference == "mmseg" else "vs fp32"
@@ -298,6 +312,8 @@ def print_rows(title: str, rows: list[dict[str, Any]], reference: str, size: tup
             f"  {r['subject']:<24}{r['min_ms']:>9.1f}{r['median_ms']:>11.1f}{r['speedup_median']:>11.2f}x"
             f"{r['speedup_min']:>8.2f}x{d_ref:>18.2e}{d_own:>20.2e}"
         )
+        if task == "data":
+            print(f"  {'':<24}{DATA_IMAGES * 1e3 / r['median_ms']:.1f} images/s (median)")
         if "max_diff_vs_mmseg_loss" in r:
             print(f"  {'':<24}loss |d| vs mmseg: {r['max_diff_vs_mmseg_loss']:.2e}")
     timed = [r for r in rows[1:] if "skipped" not in r]  # rows[0] is the baseline
@@ -319,7 +335,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--refenv", default=None, help=f"mmseg virtual environment (default: ${REFENV_VAR})")
     parser.add_argument("--models", nargs="+", default=["segnext_t", "segnext_s"], choices=["segnext_t", "segnext_s"])
-    parser.add_argument("--tasks", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--tasks", nargs="+", default=["infer", "train", "data"], choices=["infer", "train", "data"])
     parser.add_argument("--infer-modes", nargs="+", default=None, help="msfusion inference modes")
     parser.add_argument("--train-modes", nargs="+", default=list(TRAIN_MODES), choices=TRAIN_MODES)
     parser.add_argument("--size", type=parse_size, default=(512, 512), help="inference input, N or HxW")
@@ -354,18 +370,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_vs_mmseg_") as tmpdir:
         for model in args.models:
             for task in args.tasks:
+                if task == "data" and model != args.models[0]:
+                    continue  # the pipeline does not depend on the model
                 modes = infer_modes if task == "infer" else args.train_modes
                 size = args.size if task == "infer" else args.train_size
-                what = (
-                    f"inference 1x3x{size[0]}x{size[1]}"
-                    if task == "infer"
-                    else f"training step, batch 2 x 3x{size[0]}x{size[1]}"
-                )
+                what = {
+                    "infer": f"inference 1x3x{size[0]}x{size[1]}",
+                    "train": f"training step, batch 2 x 3x{size[0]}x{size[1]}",
+                    "data": f"ADE20K training transforms, {DATA_IMAGES} images of 512x683 -> 512x512 crops",
+                }[task]
                 print(f"\n{model}, {what}", flush=True)
                 start = time.time()
                 rows = run_task(task, model, list(modes), refenv, args, Path(tmpdir))
                 title = f"{model} {what} ({time.time() - start:.0f} s)"
-                print_rows(title, rows, "mmseg" if refenv else "msfusion fp32", size, model)
+                print_rows(title, rows, "mmseg" if refenv else "msfusion fp32", size, model, task)
                 results[f"{model}/{task}"] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

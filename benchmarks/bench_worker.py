@@ -11,7 +11,9 @@ built, then answers one line per command read from stdin:
 
 - ``{"cmd": "run"}``: one timed call (inference: one forward of the 1x3xHxW
   input with the logits upsampled to HxW; training: forward, loss, backward,
-  AdamW step on the fixed batch) -> ``{"ms": float}``;
+  AdamW step on the fixed batch; data: the ADE20K training transforms, from
+  decoded image and label arrays to a 512x512 crop, over every given image)
+  -> ``{"ms": float}``;
 - ``{"cmd": "output", "path": P}``: the check output (inference logits; for
   training, the logits and loss of a first step in train mode with DropPath and
   dropout off, from the initial weights) saved with ``torch.save`` -> ``{}``;
@@ -116,6 +118,23 @@ class MMSegSubject:
         with torch.no_grad():
             return self.model.inference(self.image, self.metas)
 
+    # data pipeline
+    def prepare_data(self, images: list, masks: list) -> None:
+        from mmcv.transforms import Compose
+
+        # The config's train pipeline after loading (the images are given decoded, BGR as mmcv loads them).
+        steps = [t for t in self.cfg.train_pipeline if t["type"] not in ("LoadImageFromFile", "LoadAnnotations")]
+        self.pipeline = Compose(steps)
+        self.samples = [
+            dict(img=img[..., ::-1].copy(), gt_seg_map=mask, seg_fields=["gt_seg_map"], img_shape=img.shape[:2],
+                 ori_shape=img.shape[:2], reduce_zero_label=False)
+            for img, mask in zip(images, masks, strict=True)
+        ]  # fmt: skip
+
+    def data_pass(self) -> None:
+        for sample in self.samples:
+            self.pipeline(dict(sample))
+
     # training
     def prepare_train(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         from mmengine.optim import build_optim_wrapper
@@ -206,13 +225,27 @@ class MsfusionSubject:
                     return self.model(self.image).float()
             return self.model(self.image)
 
+    # data pipeline
+    def prepare_data(self, images: list, masks: list) -> None:
+        import numpy as np
+
+        from msfusion.data.transforms import build_train_transforms
+
+        self.pipeline = build_train_transforms(512)
+        self.samples = [dict(image=img, mask=mask) for img, mask in zip(images, masks, strict=True)]
+        self.rng = np.random.default_rng(0)
+
+    def data_pass(self) -> None:
+        for sample in self.samples:
+            self.pipeline(dict(sample), self.rng)
+
     # training
     def prepare_train(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         from msfusion.engine import SegmentationTask, Trainer, load_config
 
         overrides = ["data.batch_size=2", "train.progress=false", "train.tensorboard=false"]
         if self.mode.startswith("fast"):
-            overrides += ["train.channels_last=true", "optim.fused=true"]
+            overrides += ["train.channels_last=true", "optim.fused=true", "train.keep_freed_memory=true"]
             if "compile" in self.mode:
                 overrides.append("train.compile=true")
         elif self.mode != "fp32":
@@ -253,7 +286,7 @@ def main() -> None:
     parser.add_argument("--library", choices=("mmseg", "msfusion"), required=True)
     parser.add_argument("--model", default="segnext_t", choices=sorted(MMSEG_CONFIGS))
     parser.add_argument("--mode", default="fp32")
-    parser.add_argument("--task", choices=("infer", "train"), default="infer")
+    parser.add_argument("--task", choices=("infer", "train", "data"), default="infer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--weights", help="mmseg-format checkpoint to load")
@@ -271,6 +304,9 @@ def main() -> None:
     if args.task == "infer":
         subject.prepare_infer(data["image"].to(device))
         run = subject.infer
+    elif args.task == "data":
+        subject.prepare_data([t.numpy() for t in data["raw_images"]], [t.numpy() for t in data["raw_masks"]])
+        run = subject.data_pass
     else:
         subject.prepare_train(data["images"].to(device), data["labels"].to(device))
         run = subject.train_step
@@ -289,6 +325,9 @@ def main() -> None:
                 run()
                 sync()
                 _reply({"ms": 1e3 * (time.perf_counter() - start)})
+            elif msg["cmd"] == "output" and args.task == "data":
+                torch.save({}, msg["path"])
+                _reply({})
             elif msg["cmd"] == "output":
                 out = subject.infer() if args.task == "infer" else subject.check_train()
                 if isinstance(out, torch.Tensor):

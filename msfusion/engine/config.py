@@ -124,6 +124,9 @@ DEFAULTS: dict[str, Any] = {
         # of the training forward (inductor; compiles once per input size).
         "channels_last": False,
         "compile": False,
+        # Keep freed host memory mapped (glibc): the full-resolution logits, their softmax and
+        # gradients (150 x 512 x 512 floats per image) are then not page-faulted in at every step.
+        "keep_freed_memory": False,
     },
     "eval": {
         "mode": "whole",  # "whole" or "slide"
@@ -215,6 +218,7 @@ _BOOLS = (
     "train.tensorboard",
     "train.channels_last",
     "train.compile",
+    "train.keep_freed_memory",
     "optim.fused",
     "eval.tta",
     "eval.flip",

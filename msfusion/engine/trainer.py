@@ -240,6 +240,10 @@ class Trainer:
             )
         if tcfg["compile"]:
             self.forward = torch.compile(self.forward)
+        if tcfg["keep_freed_memory"] and self.device.type == "cpu":
+            from msfusion.engine.fast_inference import keep_freed_memory
+
+            keep_freed_memory()
         self.optimizer = build_optimizer(self.model, cfg["optim"])
         self.scheduler = build_scheduler(self.optimizer, cfg["schedule"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
