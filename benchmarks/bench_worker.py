@@ -205,7 +205,7 @@ class MsfusionSubject:
     def prepare_infer(self, image: torch.Tensor) -> None:
         mode = self.mode
         model = self.base.eval()
-        if mode in ("fp32", "bf16"):
+        if mode in ("fp32", "bf16", "fp16"):
             self.model = model
         elif mode == "channels_last":
             self.model = model.to(memory_format=torch.channels_last)
@@ -220,8 +220,9 @@ class MsfusionSubject:
 
     def infer(self) -> torch.Tensor:
         with torch.no_grad():
-            if self.mode == "bf16":
-                with torch.autocast(self.image.device.type, dtype=torch.bfloat16):
+            if self.mode in ("bf16", "fp16"):
+                dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
+                with torch.autocast(self.image.device.type, dtype=dtype):
                     return self.model(self.image).float()
             return self.model(self.image)
 
@@ -253,7 +254,10 @@ class MsfusionSubject:
         cfg = load_config(None, overrides)
         self.task = SegmentationTask()
         self.batch = {"image": images, "mask": labels.long()}
-        self.trainer = Trainer(cfg, self.task, self.base, train_set=[None] * 2)
+        from msfusion.engine.distributed import DistInfo
+
+        dist_info = DistInfo(device=images.device)
+        self.trainer = Trainer(cfg, self.task, self.base, train_set=[None] * 2, dist_info=dist_info)
         self.trainer.model.train()
 
     def check_train(self) -> dict[str, torch.Tensor]:
