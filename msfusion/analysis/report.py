@@ -35,7 +35,7 @@ def model_report(
         from msfusion.models.detector import DetectorComplexity
 
         # mmdetection's get_flops convention: dense parts on the image, box / mask heads on 1000 / 100 RoIs.
-        counted = DetectorComplexity(model)
+        counted = getattr(model, "complexity_module", DetectorComplexity)(model)  # Panoptic FPN adds a branch
     macs = count_macs(counted, (1, *chw), rules=rules)
     return {
         "model": name,

@@ -22,10 +22,12 @@ _MODEL_MODULES = (
     "msfusion.models.addons.mscsa",
     "msfusion.models.mscsa_models",
     "msfusion.models.detection_presets",
+    "msfusion.models.detr_presets",
     "msfusion.models.semantic_fpn_fine",
     "msfusion.models.backbones.topformer",
     "msfusion.models.heads.topformer_head",
     "msfusion.models.topformer",
+    "msfusion.models.panoptic_fpn",
 )
 
 for _module in _MODEL_MODULES:

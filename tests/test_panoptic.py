@@ -1,0 +1,191 @@
+"""Panoptic segmentation: PQ by hand and against torchmetrics, the Panoptic FPN merge, the model, data, engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msfusion as mf
+from msfusion.engine.panoptic_metrics import PanopticQuality
+from msfusion.models.panoptic_fpn import panoptic_merge
+
+THINGS, STUFF = {1, 2}, {3, 4}
+
+
+def _segments(cats: dict[int, int], crowd: tuple[int, ...] = ()) -> list[dict]:
+    return [{"id": s, "category_id": c, "iscrowd": int(s in crowd)} for s, c in cats.items()]
+
+
+# ---- PQ --------------------------------------------------------------------------------------------
+
+
+def test_pq_by_hand_with_void_and_crowd() -> None:
+    """A 4x8 image: one thing matched (IoU 4/5 after void), one FP on a crowd, one FN, one stuff TP."""
+    gt = np.array(
+        [[1, 1, 1, 1, 0, 5, 5, 5],
+         [1, 1, 1, 1, 0, 5, 5, 5],
+         [3, 3, 3, 3, 3, 3, 2, 2],
+         [3, 3, 3, 3, 3, 3, 2, 2]]
+    )  # fmt: skip
+    pred = np.array(
+        [[7, 7, 7, 7, 7, 8, 8, 8],
+         [7, 7, 7, 7, 9, 8, 8, 8],
+         [6, 6, 6, 6, 6, 6, 9, 9],
+         [6, 6, 6, 6, 6, 6, 9, 9]]
+    )  # fmt: skip
+    # gt: 1 = thing cat 1 (8 px), 5 = crowd of cat 1 (6 px), 2 = thing cat 2 (4 px), 3 = stuff cat 3 (12 px), 0 void.
+    # pred: 7 = cat 1 (9 px, 1 of them on void), 8 = cat 1 on the crowd, 6 = cat 3, 9 = cat 2 (5 px: 1 on void).
+    pq = PanopticQuality(THINGS, STUFF, names={1: "a", 2: "b", 3: "c", 4: "d"})
+    pq.update(
+        pred, [{"id": 7, "category_id": 1}, {"id": 8, "category_id": 1}, {"id": 6, "category_id": 3},
+               {"id": 9, "category_id": 2}],
+        gt, _segments({1: 1, 5: 1, 2: 2, 3: 3}, crowd=(5,)),
+    )  # fmt: skip
+    out = pq.compute()
+    a, b, c = out["per_class"]["a"], out["per_class"]["b"], out["per_class"]["c"]
+    # cat 1: pred 7 vs gt 1: inter 8, union 9 + 8 - 8 - 1 (void) = 8 -> IoU 1.0; pred 8 lies on the crowd: ignored.
+    assert (a["TP"], a["FP"], a["FN"]) == (1, 0, 0) and a["PQ"] == pytest.approx(1.0)
+    # cat 2: pred 9 vs gt 2: inter 4, union 5 + 4 - 4 - 1 = 4 -> IoU 1.0.
+    assert (b["TP"], b["FP"], b["FN"]) == (1, 0, 0) and b["SQ"] == pytest.approx(1.0)
+    # cat 3: inter 12, union 12 -> 1.0; category 4 never appears and is not averaged.
+    assert (c["TP"], c["FP"], c["FN"]) == (1, 0, 0)
+    assert out["N"] == 3 and out["N_th"] == 2 and out["N_st"] == 1 and out["PQ"] == pytest.approx(1.0)
+
+
+def test_pq_counts_partial_overlaps_fp_and_fn() -> None:
+    gt = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 0, 0], [2, 2, 0, 0]])
+    pred = np.array([[4, 4, 4, 0], [4, 4, 4, 0], [5, 5, 5, 5], [5, 5, 5, 5]])
+    pq = PanopticQuality(THINGS, STUFF)
+    # pred 4 (cat 1, 6 px) vs gt 1 (8 px): IoU 6/8 = 0.75 TP; pred 5 (cat 2, 8 px) vs gt 2 (4 px): inter 4,
+    # union 8 + 4 - 4 - 4 (void) = 4 -> IoU 1.0 TP.
+    pq.update(pred, [{"id": 4, "category_id": 1}, {"id": 5, "category_id": 2}], gt, _segments({1: 1, 2: 2}))
+    # A second image: a cat-1 prediction on cat-2 ground truth: one FP (cat 1) and one FN (cat 2).
+    gt2, pred2 = np.full((2, 2), 3), np.full((2, 2), 6)
+    pq.update(pred2, [{"id": 6, "category_id": 1}], gt2, [{"id": 3, "category_id": 2, "iscrowd": 0}])
+    out = pq.compute()
+    cat1, cat2 = out["per_class"]["1"], out["per_class"]["2"]
+    assert (cat1["TP"], cat1["FP"], cat1["FN"]) == (1, 1, 0)
+    assert cat1["SQ"] == pytest.approx(0.75) and cat1["RQ"] == pytest.approx(1 / 1.5)
+    assert cat1["PQ"] == pytest.approx(0.75 / 1.5)
+    assert (cat2["TP"], cat2["FP"], cat2["FN"]) == (1, 0, 1) and cat2["PQ"] == pytest.approx(1 / 1.5)
+    assert out["PQ_th"] == pytest.approx((0.5 + 1 / 1.5) / 2) and np.isnan(out["PQ_st"])
+
+
+def _random_case(rng: np.random.Generator) -> tuple:
+    def blocks(choices):
+        cat = np.kron(rng.choice(choices, size=(6, 6)), np.ones((4, 4), int))
+        inst = np.kron(rng.integers(0, 2, size=(6, 6)), np.ones((4, 4), int))
+        return cat, inst
+
+    def to_ids(cat, inst):
+        ids, segs = np.zeros_like(cat), []
+        for c in np.unique(cat[cat > 0]):
+            for i in np.unique(inst[cat == c]) if c in THINGS else [None]:
+                m = (cat == c) & ((inst == i) if i is not None else True)
+                ids[m] = len(segs) + 1
+                segs.append({"id": len(segs) + 1, "category_id": int(c), "iscrowd": 0})
+        return ids, segs
+
+    gt_cat, gt_inst = blocks([0, 1, 2, 3, 4])
+    pred_cat, pred_inst = gt_cat.copy(), gt_inst.copy()
+    noise = rng.random(gt_cat.shape) < 0.3
+    pred_cat[noise] = rng.choice([1, 2, 3, 4], size=int(noise.sum()))
+    pred_cat[pred_cat == 0] = 3  # torchmetrics also discounts ground truth on void predictions: none here
+    return to_ids(gt_cat, gt_inst), to_ids(pred_cat, pred_inst), (gt_cat, gt_inst), (pred_cat, pred_inst)
+
+
+def test_pq_equals_torchmetrics_without_crowds() -> None:
+    from torchmetrics.detection import PanopticQuality as TorchmetricsPQ
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        ours = PanopticQuality(THINGS, STUFF)
+        theirs = TorchmetricsPQ(THINGS, STUFF, allow_unknown_preds_category=True, return_sq_and_rq=True)
+        preds, targets = [], []
+        for _ in range(3):
+            (gt_ids, gt_segs), (pred_ids, pred_segs), (gc, gi), (pc, pi) = _random_case(rng)
+            ours.update(pred_ids, pred_segs, gt_ids, gt_segs)
+            preds.append(np.stack([pc, pi], -1))
+            targets.append(np.stack([np.where(gc == 0, 5, gc), gi], -1))  # 5: an unknown category = void
+        expected = theirs(torch.tensor(np.stack(preds)), torch.tensor(np.stack(targets))).double().numpy()
+        out = ours.compute()
+        np.testing.assert_allclose([out["PQ"], out["SQ"], out["RQ"]], expected, atol=1e-6)
+
+
+def test_pq_refuses_ids_missing_from_segments_and_merges_states() -> None:
+    pq = PanopticQuality(THINGS, STUFF)
+    with pytest.raises(ValueError, match=r"segment ids \[2\] are in the panoptic map but not in segments_info"):
+        pq.update(np.array([[1, 2]]), [{"id": 1, "category_id": 1}], np.array([[1, 1]]), _segments({1: 1}))
+    with pytest.raises(ValueError, match="category 9"):
+        pq.update(np.array([[1, 1]]), [{"id": 1, "category_id": 9}], np.array([[1, 1]]), _segments({1: 1}))
+    a, b = PanopticQuality(THINGS, STUFF), PanopticQuality(THINGS, STUFF)
+    a.update(np.array([[1, 1]]), [{"id": 1, "category_id": 1}], np.array([[1, 1]]), _segments({1: 1}))
+    b.merge([a.state(), a.state()])
+    assert b.compute()["per_class"]["1"]["TP"] == 2 and b.num_images == 2
+
+
+# ---- The merge -------------------------------------------------------------------------------------
+
+
+def test_merge_orders_instances_suppresses_overlaps_and_fills_stuff() -> None:
+    masks = torch.zeros(4, 1, 6, 8)
+    masks[0, 0, 0:3, 0:4] = 0.9  # best instance, label 1
+    masks[1, 0, 0:3, 1:4] = 0.9  # fully inside instance 0: > 50 % taken -> dropped
+    masks[2, 0, 2:5, 3:7] = 0.9  # overlaps instance 0 in 1 of 12 pixels -> kept, minus it
+    masks[3, 0, 4:6, 0:2] = 0.9  # below the score threshold
+    scores = torch.tensor([0.95, 0.9, 0.8, 0.3])
+    labels = torch.tensor([1, 2, 2, 1])
+    semantic = torch.zeros(6, 8, dtype=torch.long)
+    semantic[:, 7] = 1  # 6 pixels of stuff 1
+    semantic[5, :3] = 2  # 3 pixels of stuff 2: below the area threshold
+    ids, segments = panoptic_merge(scores, labels, masks, semantic, num_things=2, score_thresh=0.5, stuff_area=4)
+    assert [(s["id"], s["category_id"], s["isthing"]) for s in segments] == [(1, 1, True), (2, 2, True), (3, 3, False)]
+    assert (ids == 1).sum() == 12 and (ids == 2).sum() == 11 and (ids == 3).sum() == 6
+    assert segments[1]["area"] == 11 and (ids[5, :3] == 0).all()  # stuff 2 too small: void
+
+
+# ---- The model -------------------------------------------------------------------------------------
+
+
+def _targets(sizes):
+    targets = []
+    for h, w in sizes:
+        masks = torch.zeros(2, h, w, dtype=torch.uint8)
+        masks[0, 4:30, 6:40] = 1
+        masks[1, 35:60, 10:50] = 1
+        semantic = torch.ones(h, w, dtype=torch.long)
+        semantic[masks.bool().any(0)] = 0
+        semantic[:3] = 255
+        boxes = torch.tensor([[6, 4, 40, 30], [10, 35, 50, 60]], dtype=torch.float32)
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 3]), "masks": masks, "semantic": semantic})
+    return targets
+
+
+def test_panoptic_fpn_trains_and_merges() -> None:
+    torch.manual_seed(0)
+    model = mf.create_model("test_panoptic_fpn", fine=True).train()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
+    losses = model(images, _targets([(64, 80), (72, 64)]))
+    assert {"loss_mask", "loss_classifier", "loss_semantic"} <= set(losses)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.semantic_head.parameters())
+    assert model.semantic_head.conv_seg.out_channels == 2  # one stuff class + "thing"
+    model.eval().score_thresh = 0.0
+    with torch.no_grad():
+        out = model(images)
+    assert out[1]["panoptic"].shape == (72, 64) and out[1]["semantic"].shape == (72, 64)
+    listed = {s["id"] for s in out[0]["segments_info"]}
+    assert set(out[0]["panoptic"].unique().tolist()) - {0} <= listed
+
+
+def test_panoptic_fpn_r50_size_beside_the_paper() -> None:
+    from msfusion.analysis.report import model_report
+
+    report = model_report("panoptic_fpn_r50")
+    assert report["input_size"] == [1, 3, 640, 640] and report["rules"] == "mmcv"
+    assert abs(report["params_m"] - 46.0) < 0.1  # FINE Table 7: 46.0 M
+    assert abs(report["gmacs"] - 156.7) / 156.7 < 0.005  # FINE Table 7: 156.7 G
