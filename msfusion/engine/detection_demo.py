@@ -7,7 +7,10 @@ pretrained weights exist offline) with an FPN of 96 channels over strides
 4-32 plus one extra level (stride 4 because the smallest shapes are a few
 pixels wide), 128x128 images (the detector does not resize them), random
 horizontal flips, AdamW lr 1e-3 with a 50-step warm-up then poly decay, batch
-8. The report folder holds:
+8, 800 steps. Measured with torch 2.11 on 2 otherwise idle CPU threads: 75 s of
+training, 82 s in all, 45.5 box AP / 70.8 AP50 / 50.0 AP75 on the 100
+held-out images (TP 372, FP 103, FN 179 at IoU 0.5, score 0.5); a busy
+machine takes several times longer. The report folder holds:
 
 - ``metrics.json``: COCO box AP / AP50 / AP75 / APs / APm / APl and the error
   analysis at IoU 0.5, score 0.5, on held-out images;
