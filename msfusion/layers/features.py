@@ -122,6 +122,8 @@ def check_image_batch(x: Tensor, in_chans: int = 3, dtype: torch.dtype | None = 
 
 def resize_to(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
     """Bilinear resize (align_corners=False, as mmseg's ``resize``); a no-op at the same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    # Traced graphs (ONNX export) keep the resize: the sizes may differ at other input sizes. At equal
+    # sizes, bilinear resizing with align_corners=False is the identity, so the numbers do not change.
+    if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return x
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False if mode != "nearest" else None)

@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, DropPath, check_feature_info, make_act, resize_to
+from msfusion.layers.pooling import adaptive_avg_pool2d
 from msfusion.registry import register_model
 
 __all__ = [
@@ -542,16 +543,17 @@ class MSCSA(nn.Module):
     def _target_size(self, feats: list[Tensor]) -> tuple[int, int]:
         if self._pool_index is not None:
             h, w = feats[self._pool_index].shape[-2:]
-            return int(h), int(w)
+            return h, w
+        # Plain shape arithmetic (no int()) so that a traced graph (ONNX export) keeps the sizes symbolic.
         h, w = feats[-1].shape[-2:]
         k = self._pool_factor
-        return (int(h) - 1) // k + 1, (int(w) - 1) // k + 1
+        return (h - 1) // k + 1, (w - 1) // k + 1
 
     def _to_size(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(x.shape[-2:]) == size:
             return x
         if self.pool == "avg" and x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-            return F.adaptive_avg_pool2d(x, size)
+            return adaptive_avg_pool2d(x, size)  # exportable to ONNX (msfusion.layers.pooling)
         return resize_to(x, size)
 
     def _check_inputs(self, feats: Sequence[Tensor]) -> None:

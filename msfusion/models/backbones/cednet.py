@@ -37,7 +37,6 @@ checkpoints load with prefix handling only (``checkpoint_filter_fn``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -545,14 +544,17 @@ class CEDNet(nn.Module):
     def _check_and_pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         check_image_batch(x, self.in_chans)
         h, w = x.shape[-2:]
-        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
+        if not torch.jit.is_tracing() and (h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE):
             raise ValueError(
                 f"CEDNet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels (one pixel at "
                 f"stride 32), got {h}x{w}. Resize or pad the images to at least {MIN_INPUT_SIZE} per side."
             )
-        pad_h, pad_w = (-h) % SIZE_DIVISOR, (-w) % SIZE_DIVISOR
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # An unconditional pad with integer shape arithmetic stays a traced expression, so an
+        # exported graph (ONNX with dynamic H and W) pads correctly at every size.
+        x = F.pad(
+            x,
+            (0, (SIZE_DIVISOR - w % SIZE_DIVISOR) % SIZE_DIVISOR, 0, (SIZE_DIVISOR - h % SIZE_DIVISOR) % SIZE_DIVISOR),
+        )
         return x, (h, w)
 
     def _forward_cascade(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
@@ -644,8 +646,8 @@ class CEDNet(nn.Module):
 
 
 def _crop(x: Tensor, size: tuple[int, int], reduction: int) -> Tensor:
-    h, w = math.ceil(size[0] / reduction), math.ceil(size[1] / reduction)
-    return x[..., :h, :w]
+    # Ceil division in integers (not math.ceil on floats) so that tracing keeps it symbolic.
+    return x[..., : -(-size[0] // reduction), : -(-size[1] // reduction)]
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, DropPath, check_feature_info, check_image_batch, make_act, resize_to
 from msfusion.layers.features import select_features
+from msfusion.layers.pooling import adaptive_avg_pool2d
 from msfusion.models.addons.mscsa import MSCSA
 from msfusion.registry import PaperFigures, register_model
 
@@ -175,7 +176,8 @@ def pool_token_pyramid(feats: Sequence[Tensor], factor: int) -> Tensor:
     """
     h, w = feats[-1].shape[-2:]
     size = ((h - 1) // factor + 1, (w - 1) // factor + 1)
-    return torch.cat([f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size) for f in feats], dim=1)
+    # msfusion.layers.pooling's adaptive pooling exports to ONNX with sizes taken from the input.
+    return torch.cat([f if tuple(f.shape[-2:]) == size else adaptive_avg_pool2d(f, size) for f in feats], dim=1)
 
 
 class SASEAttention(nn.Module):

@@ -51,7 +51,8 @@ def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     height = query.shape[2]
     # energy_col[b, i, j, i'] = <q(i, j), k(i', j)>; energy_row[b, i, j, j'] = <q(i, j), k(i, j')>
     energy_col = torch.einsum("bchw,bciw->bhwi", query, key)
-    self_mask = torch.eye(height, dtype=torch.bool, device=query.device)[:, None, :]
+    # A float identity cast to bool: onnxruntime has no boolean EyeLike kernel (ONNX export).
+    self_mask = torch.eye(height, device=query.device).bool()[:, None, :]
     energy_col = energy_col.masked_fill(self_mask, float("-inf"))
     energy_row = torch.einsum("bchw,bchj->bhwj", query, key)
     attn = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
+from msfusion.layers.pooling import AdaptiveAvgPool2d
 from msfusion.models.heads.base import DecodeHead
 
 __all__ = ["PPM", "UPerHead"]
@@ -47,7 +48,8 @@ class PPM(nn.ModuleList):
         act: str | None = "relu",
     ) -> None:
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvNormAct(in_chs, channels, 1, norm=norm, act=act))
+            # Exportable adaptive pooling (ONNX at any input size); same numbers and keys as nn.AdaptiveAvgPool2d.
+            nn.Sequential(AdaptiveAvgPool2d(scale), ConvNormAct(in_chs, channels, 1, norm=norm, act=act))
             for scale in pool_scales
         )
         self.pool_scales = tuple(pool_scales)
