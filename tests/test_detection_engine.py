@@ -203,7 +203,11 @@ def test_detector_exports_to_onnx(tmp_path: Path) -> None:
     import msfusion as mf
 
     torch.manual_seed(0)
-    model = mf.create_model("test_retinanet_cednet", score_thresh=0.0, detections_per_img=10).eval()
+    backbone = mf.create_model("resnet18", features_only=True, out_indices=(2, 3, 4))
+    model = mf.build_detector(
+        "retinanet", backbone=backbone, num_classes=4, min_size=64, max_size=64, score_thresh=0.0,
+        detections_per_img=10, neck_kwargs={"out_chs": 32},
+    ).eval()  # fmt: skip
     # RetinaNet's prior initialisation scores every anchor 0.01: spread the scores so the ranking is unique.
     nn.init.normal_(model.head.classification_head.cls_logits.weight, std=0.5)
     image = torch.rand(3, 64, 64)
