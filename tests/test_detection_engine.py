@@ -173,7 +173,14 @@ def test_train_resume_eval_predict(tmp_path: Path) -> None:
     written = predict_detection_files(model, [image], tmp_path / "out", classes=meta["classes"], progress=False)
     picture = np.asarray(Image.open(written[0]))
     assert picture.shape == (48, 64, 3)
-    assert json.loads((tmp_path / "out" / "in_det.json").read_text()) is not None
+    assert isinstance(json.loads((tmp_path / "out" / "in_det.json").read_text()), list)
+    from msfusion.cli import main
+
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "cli"), "--no-progress"])
+        == 0
+    )
+    assert (tmp_path / "cli" / "in_det.png").is_file() and (tmp_path / "cli" / "in_det.json").is_file()
 
 
 def test_eval_command_writes_metrics_and_coco_results(tmp_path: Path) -> None:
