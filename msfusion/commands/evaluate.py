@@ -112,10 +112,17 @@ def run(args: argparse.Namespace) -> int:
             setting.update(crop_size=list(ecfg["crop_size"]), stride=list(ecfg["stride"]))
         if ecfg["tta"]:
             setting.update(scales=list(ecfg["scales"]), flip=ecfg["flip"])
+        confusion = metrics.pop("confusion_matrix", None)
         record = {"checkpoint": str(Path(args.checkpoint).resolve()), "eval": setting, **metrics}
         stem = f"{Path(args.checkpoint).stem}_eval_{ecfg['mode']}" + ("_tta" if ecfg["tta"] else "")
         json_path, csv_path = save_metrics(record, out, stem)
         print(format_metrics_table(metrics))
         print(json.dumps({k: metrics[k] for k in ("aAcc", "mIoU", "mAcc")}))
-        print(f"saved {json_path} and {csv_path}")
+        saved = [str(json_path), str(csv_path)]
+        if confusion is not None:
+            from msfusion.engine.visualize import plot_confusion_matrix
+
+            names = [r["class"] for r in metrics["per_class"]]
+            saved.append(str(plot_confusion_matrix(confusion, names, Path(out) / f"{stem}_confusion.png")))
+        print(f"saved {', '.join(saved)}")
     return 0

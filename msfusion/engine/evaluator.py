@@ -220,4 +220,6 @@ def evaluate_segmentation(
     all_reduce_sum(confusion)
     metrics = metrics_from_confusion(confusion.cpu(), getattr(dataset, "classes", None))
     metrics["num_images"] = len(dataset)
+    # (K, K) pixel counts, rows the true class: ``msfusion eval`` draws it as a picture.
+    metrics["confusion_matrix"] = confusion.cpu().tolist()
     return metrics

@@ -469,6 +469,12 @@ class Trainer:
             self.best = {"metric": key, "value": value, "step": self.step}
             if self.dist.is_main:
                 save_best(self.work_dir, self.model, {**self._metadata(), "step": self.step, key: value})
+        if self.dist.is_main:
+            # The pictures of the run so far, rewritten at every evaluation.
+            from msfusion.engine.visualize import plot_training_curve, write_metrics_csv
+
+            plot_training_curve(self.history, self.evals, self.work_dir / "training_curve.png")
+            write_metrics_csv(self.evals, self.work_dir / "metrics.csv")
         barrier()
         return metrics
 
