@@ -1,0 +1,222 @@
+"""Registered DETR-family detectors of the papers (kind ``"detector"``), transformers imported lazily.
+
+``build_detector(arch, ...)`` with ``arch`` one of ``DETR_ARCHS`` lands here
+(``build_detr_detector``), and so do the presets below; both import
+``msfusion.models.detr`` (Hugging Face transformers, the optional extra
+``pip install "msfusion[detr]"``) only when called, so ``import msfusion``
+works without it. ``num_classes`` counts the background (torchvision's
+convention): the detectors have ``num_classes - 1`` labels.
+
+- **RT-DETR** ("DETRs Beat YOLOs on Real-time Object Detection", Zhao et
+  al., arXiv 2304.08069) R18 / R50 with and without FINE ("Context-Guided
+  Semantic Alignment for Feature Fusion Networks", Lee et al., arXiv
+  2606.14005, Table 1: 20.2 M / 61.7 G, 42.9 M / 138.0 G; +FINE 21.2 M /
+  62.9 G, 44.0 M / 139.2 G at 640 x 640). The backbones are ResNet-vd (deep
+  3-conv stem, average-pool shortcut downsampling), i.e. timm's
+  ``resnet18d`` / ``resnet50d``, with frozen BatchNorm; R18 uses the
+  encoder's CSP expansion 0.5 and 3 decoder layers, R50 expansion 1.0 and 6
+  layers. The published "GFLOPs" count 2 FLOPs per multiply-add (the
+  recorded figures are halved to multiply-adds).
+- **RT-DETRv2** (Lv et al., arXiv 2407.17140): the same encoder and sizes.
+- **Deformable DETR** ("Deformable DETR: Deformable Transformers for
+  End-to-End Object Detection", Zhu et al., arXiv 2010.04159) R50: 40 M /
+  173 G (MSCSA, arXiv 2308.05872, Table 2 baseline), torchvision-style
+  ResNet-50 with frozen BatchNorm, stem and first stage frozen; with the
+  MSCSA add-on (Table 7 settings: pooling to 1/32, squeeze 1/4, one block, 8
+  heads of 32, MLP ratio 2; Table 2: 185 G). CEDNet (arXiv 2302.06052) Table
+  2(a): ConvNeXt-T 42 M / 231 G and CEDNet-NeXt-T 43 M / 223 G at 800 x 1280
+  (see the presets for which Deformable DETR variant matches each count).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from msfusion.registry import PaperFigures, register_model
+
+__all__ = ["DETR_ARCHS", "build_detr_detector"]
+
+DETR_ARCHS = ("deformable_detr", "rt_detr", "rt_detr_v2")
+COCO_CLASSES_WITH_BACKGROUND = 81
+# build_detector's arguments that only torchvision's detectors use: a DETR accepts them at their defaults only.
+_TORCHVISION_ONLY = ("neck", "neck_kwargs", "roi_strides", "representation", "mask_chs", "head_convs")
+# Input settings that build_detector and build_detr share, passed on only when the user changed them.
+_INPUT = ("min_size", "max_size", "image_mean", "image_std")
+
+
+def _import_detr():
+    try:
+        from msfusion.models import detr
+    except ImportError as err:
+        raise ImportError(f'{err}. The DETR detectors need the optional extra: pip install "msfusion[detr]"') from err
+    return detr
+
+
+def build_detr_detector(arch: str, **arguments: Any) -> nn.Module:
+    """``build_detector``'s arguments for a DETR arch -> ``msfusion.models.detr.build_detr``.
+
+    Arguments that only torchvision's detectors use must keep their defaults
+    (a DETR has no FPN neck or RoI heads); ``min_size``, ``max_size``,
+    ``image_mean`` and ``image_std`` override the arch's reference input
+    pipeline when changed.
+    """
+    from msfusion.models.detector import build_detector
+
+    defaults = {k: p.default for k, p in inspect.signature(build_detector).parameters.items()}
+    extra = dict(arguments.pop("kwargs", {}) or {})
+    out: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if key in _TORCHVISION_ONLY:
+            if key == "neck" and value is None:
+                continue
+            if value != defaults[key] and not (isinstance(value, (list, tuple)) and list(value) == list(defaults[key])):
+                raise ValueError(
+                    f"{key}={value!r} sets a part of torchvision's detectors; {arch} has no FPN neck or RoI heads "
+                    "(its encoder fuses the levels): leave it out"
+                )
+        elif key in _INPUT:
+            default = defaults[key]
+            same = list(value) == list(default) if isinstance(value, (list, tuple)) else value == default
+            if not same:
+                out[key] = value
+        else:
+            out[key] = value
+    return _import_detr().build_detr(arch, **out, **extra)
+
+
+def _create(arch: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+    cfg = dict(defaults)
+    for key, value in kwargs.items():
+        if key.endswith("_kwargs") and isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    cfg.setdefault("num_classes", COCO_CLASSES_WITH_BACKGROUND)
+    return _import_detr().build_detr(arch, **cfg)
+
+
+def _fine_table1(params: float, gflops: float, what: str) -> PaperFigures:
+    return PaperFigures(
+        params_m=params,
+        gmacs=round(gflops / 2, 2),
+        input_size=(3, 640, 640),
+        source="FINE paper (arXiv 2606.14005) Table 1",
+        notes=f"{what}; published as {gflops} GFLOPs = 2 FLOPs per multiply-add (network only, no post-processing)",
+    )
+
+
+def _rt_detr(depth: int, fine: bool) -> dict[str, Any]:
+    size = dict(hidden_expansion=0.5, decoder_layers=3) if depth == 18 else {}
+    return dict(backbone=f"resnet{depth}d", frozen_bn=True, fine=fine, **size)
+
+
+# ---- RT-DETR (FINE Table 1) ----------------------------------------------------------------------
+
+
+@register_model(kind="detector", paper=_fine_table1(20.2, 61.7, "RT-DETRv1 R18"), backbone="resnet18d")
+def rt_detr_r18(**kwargs: Any) -> nn.Module:
+    """RT-DETR R18-vd (FINE Table 1: 20.2 M, 61.7 GFLOPs, 46.5 AP)."""
+    return _create("rt_detr", _rt_detr(18, False), kwargs)
+
+
+@register_model(kind="detector", paper=_fine_table1(21.2, 62.9, "RT-DETRv1 R18 + FINE"), backbone="resnet18d")
+def rt_detr_r18_fine(**kwargs: Any) -> nn.Module:
+    """RT-DETR R18-vd with FINE at the hybrid encoder's two top-down fusions (Table 1: 21.2 M, 62.9 G, 47.3 AP)."""
+    return _create("rt_detr", _rt_detr(18, True), kwargs)
+
+
+@register_model(kind="detector", paper=_fine_table1(42.9, 138.0, "RT-DETRv1 R50"), backbone="resnet50d")
+def rt_detr_r50(**kwargs: Any) -> nn.Module:
+    """RT-DETR R50-vd (FINE Table 1: 42.9 M, 138.0 GFLOPs, 52.8 AP)."""
+    return _create("rt_detr", _rt_detr(50, False), kwargs)
+
+
+@register_model(kind="detector", paper=_fine_table1(44.0, 139.2, "RT-DETRv1 R50 + FINE"), backbone="resnet50d")
+def rt_detr_r50_fine(**kwargs: Any) -> nn.Module:
+    """RT-DETR R50-vd with FINE in the hybrid encoder (Table 1: 44.0 M, 139.2 G, 53.3 AP)."""
+    return _create("rt_detr", _rt_detr(50, True), kwargs)
+
+
+@register_model(kind="detector", backbone="resnet18d")
+def rt_detr_v2_r18(**kwargs: Any) -> nn.Module:
+    """RT-DETRv2 R18-vd (arXiv 2407.17140; same sizes as RT-DETR R18)."""
+    return _create("rt_detr_v2", _rt_detr(18, False), kwargs)
+
+
+@register_model(kind="detector", backbone="resnet18d")
+def rt_detr_v2_r18_fine(**kwargs: Any) -> nn.Module:
+    """RT-DETRv2 R18-vd with FINE in the hybrid encoder."""
+    return _create("rt_detr_v2", _rt_detr(18, True), kwargs)
+
+
+@register_model(kind="detector", backbone="resnet50d")
+def rt_detr_v2_r50(**kwargs: Any) -> nn.Module:
+    """RT-DETRv2 R50-vd (arXiv 2407.17140)."""
+    return _create("rt_detr_v2", _rt_detr(50, False), kwargs)
+
+
+@register_model(kind="detector", backbone="resnet50d")
+def rt_detr_v2_r50_fine(**kwargs: Any) -> nn.Module:
+    """RT-DETRv2 R50-vd with FINE in the hybrid encoder."""
+    return _create("rt_detr_v2", _rt_detr(50, True), kwargs)
+
+
+# ---- Deformable DETR (MSCSA Table 2, CEDNet Table 2(a)) ---------------------------------------------
+
+
+def _mmdet_paper(params: float | None, gflops: float, source: str, notes: str) -> PaperFigures:
+    return PaperFigures(
+        params_m=params, gmacs=gflops, input_size=(3, 800, 1280), source=source, macs_rules="mmcv", notes=notes
+    )
+
+
+# torchvision-style ResNet-50 as the official Deformable DETR trains it: frozen BatchNorm, stem and layer1 frozen.
+_R50 = dict(backbone="resnet50", frozen_bn=True, frozen_stages=2)
+
+
+@register_model(
+    kind="detector",
+    paper=_mmdet_paper(40, 173, "MSCSA paper (arXiv 2308.05872) Table 2; Deformable DETR README", "plain variant"),
+    backbone="resnet50",
+)
+def deformable_detr_r50(**kwargs: Any) -> nn.Module:
+    """Deformable DETR R50, single-stage without box refinement (40 M, 173 G, 44.5 AP)."""
+    return _create("deformable_detr", _R50, kwargs)
+
+
+@register_model(
+    kind="detector",
+    paper=_mmdet_paper(None, 185, "MSCSA paper (arXiv 2308.05872) Table 2", "baseline without MSCSA: 173 G"),
+    backbone="resnet50_mscsa",
+)
+def deformable_detr_r50_mscsa(**kwargs: Any) -> nn.Module:
+    """Deformable DETR R50 + MSCSA (Table 2: 185 G, 45.6 AP); the add-on's BatchNorm stays trainable."""
+    from msfusion.models.mscsa_models import TABLE7
+
+    return _create("deformable_detr", {**_R50, "addon": "mscsa", "addon_kwargs": dict(TABLE7["resnet50"])}, kwargs)
+
+
+@register_model(
+    kind="detector",
+    paper=_mmdet_paper(42, 231, "CEDNet paper (arXiv 2302.06052) Table 2(a)", "two-stage with box refinement"),
+    backbone="convnext_tiny",
+)
+def deformable_detr_convnext_t(**kwargs: Any) -> nn.Module:
+    """Deformable DETR ConvNeXt-T, two-stage with iterative box refinement (the variant whose count is 42 M)."""
+    defaults = dict(backbone="convnext_tiny", backbone_kwargs=dict(drop_path_rate=0.2), with_box_refine=True,
+                    two_stage=True)  # fmt: skip
+    return _create("deformable_detr", defaults, kwargs)
+
+
+@register_model(
+    kind="detector",
+    paper=_mmdet_paper(43, 223, "CEDNet paper (arXiv 2302.06052) Table 2(a)", "plain variant on the last stage's maps"),
+    backbone="cednet_next_t",
+)
+def deformable_detr_cednet_next_t(**kwargs: Any) -> nn.Module:
+    """Deformable DETR on CEDNet-NeXt-T's stride 8/16/32 outputs, plain variant (43.1 M; module doc)."""
+    defaults = dict(backbone="cednet_next_t", backbone_kwargs=dict(drop_path_rate=0.2, layer_scale_init=1e-6))
+    return _create("deformable_detr", defaults, kwargs)
