@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from msfusion.data.coco_detection import BadAnnotationError, COCODetection
-from msfusion.data.detection import ShapesDetection, build_detection_dataset, collate_detection
+from msfusion.data.detection import ShapesDetection, collate_detection
+from msfusion.data.detection_build import build_detection_dataset
 from msfusion.data.detection_transforms import (
     CopyPaste,
     boxes_from_masks,

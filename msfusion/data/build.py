@@ -66,8 +66,11 @@ def _lookup(kind: str, name: Any, table: Mapping[str, Any]) -> Any:
     return table[name]
 
 
-def _check_keys(kind: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    allowed = [p for p in inspect.signature(factory).parameters if p != "self"]
+def check_keys(
+    kind: str, factory: Callable[..., Any], kwargs: Mapping[str, Any], exclude: Sequence[str] = ("self",)
+) -> None:
+    """``ValueError`` (with a did-you-mean) for a key that ``factory`` does not take."""
+    allowed = [p for p in inspect.signature(factory).parameters if p not in exclude]
     for key in kwargs:
         if key not in allowed:
             raise ValueError(f"unknown key {key!r} for {kind}; allowed keys: {allowed}." + _suggest(key, allowed))
@@ -77,7 +80,7 @@ def build_transforms(cfg: Mapping[str, Any]) -> Transform:
     """Build a pipeline from ``{"type": "train" | "eval", **kwargs}``."""
     kwargs = dict(cfg)
     factory = _lookup("transforms", kwargs.pop("type", None), TRANSFORM_TYPES)
-    _check_keys(f"{cfg.get('type')} transforms", factory, kwargs)
+    check_keys(f"{cfg.get('type')} transforms", factory, kwargs)
     return factory(**kwargs)
 
 
@@ -100,7 +103,7 @@ def build_dataset(cfg: Mapping[str, Any]) -> SegmentationDataset:
     dataset_cls = _lookup("dataset", kind, DATASET_TYPES)
     if dataset_cls is ShapesDataset and kwargs.get("root", "absent") is None:
         kwargs.pop("root")
-    _check_keys(f"dataset {kind!r}", dataset_cls, kwargs)
+    check_keys(f"dataset {kind!r}", dataset_cls, kwargs)
     if isinstance(kwargs.get("transforms"), Mapping):
         kwargs["transforms"] = build_transforms(kwargs["transforms"])
     return dataset_cls(**kwargs)

@@ -1,4 +1,4 @@
-"""Detection datasets: the sample contract, the synthetic shapes split, batching and building by name.
+"""Detection datasets: the sample contract, the synthetic shapes split and batching.
 
 A detection dataset returns, per index::
 
@@ -22,9 +22,6 @@ visible mask and the tight box of that mask.
 from __future__ import annotations
 
 import contextlib
-import copy
-import difflib
-import inspect
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -36,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from msfusion.data.build import check_keys
 from msfusion.data.detection_transforms import (
     CopyPaste,
     DetectionTransforms,
@@ -49,8 +47,6 @@ __all__ = [
     "DetectionDataset",
     "ShapesDetection",
     "collate_detection",
-    "build_detection_dataset",
-    "DETECTION_DATASET_TYPES",
     "coco_gt_from_samples",
 ]
 
@@ -180,7 +176,7 @@ def _build_transforms(spec: DetectionTransforms | Mapping[str, Any] | None) -> D
     if isinstance(spec, Mapping):
         kwargs = dict(spec)
         kind = kwargs.pop("kind", kwargs.pop("type", "eval"))
-        _check_keys("detection transforms", build_detection_transforms, kwargs)
+        check_keys("detection transforms", build_detection_transforms, kwargs, exclude=("self", "kind"))
         return build_detection_transforms(kind, **kwargs)
     if not callable(spec):
         raise TypeError(f"transforms must be a DetectionTransforms or a dict, got {type(spec).__name__}")
@@ -295,41 +291,3 @@ def collate_detection(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "image_id": [s["image_id"] for s in batch],
         "path": [s["path"] for s in batch],
     }
-
-
-def _types() -> dict[str, type[DetectionDataset]]:
-    from msfusion.data.coco_detection import COCODetection
-    from msfusion.data.voc_detection import VOCDetection
-
-    return {"shapes": ShapesDetection, "coco": COCODetection, "voc": VOCDetection}
-
-
-DETECTION_DATASET_TYPES = ("shapes", "coco", "voc")
-
-
-def _check_keys(kind: str, factory: Any, kwargs: Mapping[str, Any]) -> None:
-    allowed = [p for p in inspect.signature(factory).parameters if p not in ("self", "kind")]
-    for key in kwargs:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {key!r} for {kind}; allowed keys: {allowed}.{hint}")
-
-
-def build_detection_dataset(cfg: Mapping[str, Any]) -> DetectionDataset:
-    """A detection dataset from ``{"type": "coco" | "voc" | "shapes", **constructor kwargs}``.
-
-    Example: ``{"type": "coco", "images": "coco/val2017", "annotations":
-    "coco/annotations/instances_val2017.json"}``.
-    """
-    kwargs = copy.deepcopy(dict(cfg))
-    kind = kwargs.pop("type", None)
-    types = _types()
-    if kind not in types:
-        close = difflib.get_close_matches(str(kind), list(types), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown detection dataset type {kind!r}; choose one of {sorted(types)}.{hint}")
-    if kind == "shapes" and kwargs.get("root", "absent") is None:
-        kwargs.pop("root")
-    _check_keys(f"detection dataset {kind!r}", types[kind], kwargs)
-    return types[kind](**kwargs)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from msfusion.engine.distributed import DistInfo
-from msfusion.engine.tasks import Task
+from msfusion.engine.task_base import Task
 
 __all__ = [
     "DetectionTask",
@@ -99,7 +99,7 @@ class DetectionTask(Task):
         return build_detector(kwargs.pop("arch"), **kwargs)
 
     def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
-        from msfusion.data.detection import build_detection_dataset
+        from msfusion.data.detection_build import build_detection_dataset
 
         data, seed = cfg["data"], cfg["train"]["seed"]
         if not data["train"]:
@@ -112,7 +112,7 @@ class DetectionTask(Task):
         return train, val
 
     def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
-        from msfusion.data.detection import build_detection_dataset
+        from msfusion.data.detection_build import build_detection_dataset
 
         val_cfg = _train_dataset_cfg(cfg["data"], "val", cfg["train"]["seed"])
         if not val_cfg:

@@ -14,7 +14,6 @@ its weight (``model.auxiliary_weights``; SegNeXt has none).
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,61 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo
+from msfusion.engine.task_base import Task
 
 __all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
-
-
-class Task(ABC):
-    """The interface the trainer uses. Subclasses implement the abstract methods.
-
-    Attributes:
-        name: the ``task`` value of a recipe.
-        primary_metric: the metric that selects the best checkpoint (higher is better).
-    """
-
-    name = "task"
-    primary_metric = "score"
-
-    @abstractmethod
-    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
-        """The training set and the validation set (None if the recipe has none)."""
-
-    @abstractmethod
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch samples for the DataLoader."""
-
-    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        """Move the tensors of a batch to ``device``."""
-        return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-    def setup(self, model: nn.Module) -> None:
-        """Read what the loss needs from the (unwrapped) model, once before training (optional)."""
-        return None
-
-    @abstractmethod
-    def loss(self, forward: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        """The scalar training loss of a batch and the values to log.
-
-        ``forward(images)`` returns the model's training outputs (its
-        ``forward_train``); it may be wrapped in DistributedDataParallel, so a
-        task calls it rather than the model's methods, and gradients are then
-        synchronised over ranks.
-        """
-
-    @abstractmethod
-    def evaluate(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        cfg: Mapping[str, Any],
-        device: torch.device,
-        dist_info: DistInfo,
-    ) -> dict[str, Any]:
-        """Metrics on ``dataset`` (must contain ``primary_metric``), the same on every rank."""
-
-    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
-        """Model constructor arguments the data decides (e.g. the class count)."""
-        return {}
 
 
 def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
@@ -214,9 +161,13 @@ TASKS: dict[str, type[Task]] = {"segmentation": SegmentationTask}
 def build_task(name: str) -> Task:
     """The task of a recipe's ``task`` key."""
     if name == "detection" and name not in TASKS:
-        from msfusion.engine.detection import DetectionTask  # imports this module, so it is loaded on demand
+        from msfusion.engine.detection import DetectionTask  # loaded on demand: it needs torchvision's detectors
 
         TASKS[name] = DetectionTask
+    if name == "panoptic" and name not in TASKS:
+        from msfusion.engine.panoptic import PanopticTask  # loaded on demand, as detection
+
+        TASKS[name] = PanopticTask
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]()
