@@ -189,3 +189,140 @@ def test_panoptic_fpn_r50_size_beside_the_paper() -> None:
     assert report["input_size"] == [1, 3, 640, 640] and report["rules"] == "mmcv"
     assert abs(report["params_m"] - 46.0) < 0.1  # FINE Table 7: 46.0 M
     assert abs(report["gmacs"] - 156.7) / 156.7 < 0.005  # FINE Table 7: 156.7 G
+
+
+# ---- Data ------------------------------------------------------------------------------------------
+
+
+def _write_coco_panoptic(root: Path) -> Path:
+    """Two 8x10 images in the real format: a thing (cat 5), a crowd of it, stuff (cat 12), void."""
+    from PIL import Image
+
+    from msfusion.data.coco_panoptic import id_to_rgb
+
+    (root / "images").mkdir(parents=True)
+    (root / "panoptic").mkdir()
+    ids = np.zeros((8, 10), np.int64)
+    ids[1:4, 1:5] = 300  # a thing: an id above 255 exercises the G channel
+    ids[5:8, 6:9] = 7  # a crowd of the thing's category
+    ids[:, 9] = 65536 + 2  # stuff, the B channel
+    segments = [
+        {"id": 300, "category_id": 5, "iscrowd": 0, "bbox": [1, 1, 4, 3], "area": 12},
+        {"id": 7, "category_id": 5, "iscrowd": 1, "bbox": [6, 5, 3, 3], "area": 9},
+        {"id": 65538, "category_id": 12, "iscrowd": 0, "bbox": [9, 0, 1, 8], "area": 8},
+    ]
+    images, annotations = [], []
+    for image_id in (3, 9):
+        Image.fromarray(np.full((8, 10, 3), 40 * image_id % 255, np.uint8)).save(root / "images" / f"{image_id}.jpg")
+        Image.fromarray(id_to_rgb(ids)).save(root / "panoptic" / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 8, "width": 10})
+        annotations.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments})
+    categories = [
+        {"id": 12, "name": "grass", "isthing": 0},
+        {"id": 5, "name": "dog", "isthing": 1},
+        {"id": 20, "name": "sky", "isthing": 0},
+        {"id": 2, "name": "cat", "isthing": 1},
+    ]
+    path = root / "panoptic.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def test_coco_panoptic_reader_labels_semantic_and_crowds(tmp_path: Path) -> None:
+    from msfusion.data.coco_panoptic import COCOPanoptic
+
+    data = COCOPanoptic(tmp_path / "images", _write_coco_panoptic(tmp_path))
+    # Things first by category id (cat 2, dog 5 -> 1, 2), then stuff (grass 12, sky 20 -> 3, 4).
+    assert data.classes == ["background", "cat", "dog", "grass", "sky"] and data.label_to_category == [0, 2, 5, 12, 20]
+    assert data.num_classes == 3 and data.num_stuff_classes == 2
+    gt = data.load_panoptic(1)
+    assert gt.image_id == 9 and {s["id"]: (s["label"], s["iscrowd"]) for s in gt.segments} == {
+        300: (2, 0),
+        7: (2, 1),
+        65538: (3, 0),
+    }
+    sample = data[0]
+    target = sample["target"]
+    assert target["labels"].tolist() == [2] and target["boxes"].tolist() == [[1.0, 1.0, 5.0, 4.0]]  # crowd left out
+    semantic = target["semantic"]
+    assert semantic[2, 2] == 0 and semantic[6, 7] == 0  # things, crowd included: the "thing" class
+    assert (semantic[:, 9] == 1).all() and semantic[0, 0] == 255  # grass = stuff 1; void
+
+
+def test_coco_panoptic_reader_refuses_unlisted_segment_ids(tmp_path: Path) -> None:
+    from msfusion.data.coco_panoptic import COCOPanoptic
+
+    path = _write_coco_panoptic(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segments_info"].pop(1)  # segment 7 stays in the PNG
+    path.write_text(json.dumps(data))
+    reader = COCOPanoptic(tmp_path / "images", path)
+    with pytest.raises(ValueError, match=r"3\.png: segment ids \[7\] are in the panoptic map but not in segments_info"):
+        reader.load_panoptic(0)
+
+
+def test_shapes_panoptic_round_trips_through_the_coco_format(tmp_path: Path) -> None:
+    from msfusion.data.coco_panoptic import COCOPanoptic, masks_to_panoptic
+    from msfusion.data.shapes_panoptic import ShapesPanoptic, write_shapes_panoptic
+
+    path = write_shapes_panoptic(tmp_path, split="val", num_images=2, image_size=48)
+    read, made = COCOPanoptic(tmp_path / "images", path), ShapesPanoptic("val", num_images=2, image_size=48)
+    assert read.classes == made.classes and made.classes[-1] == "backdrop" and made.num_stuff_classes == 1
+    a, b = read.load_panoptic(1), made.load_panoptic(1)
+    assert (a.ids == b.ids).all() and a.segments == b.segments and (a.image == b.image).all()
+    with pytest.raises(ValueError, match="segments overlap"):
+        masks_to_panoptic(np.ones((2, 3, 3), bool))
+
+
+# ---- The engine ------------------------------------------------------------------------------------
+
+
+def _recipe(work_dir: Path, iters: int) -> dict:
+    shapes = {"type": "shapes", "image_size": 64, "seed": 0}
+    return {
+        "task": "panoptic",
+        "model": {"name": "test_panoptic_fpn", "kwargs": {"fine": True}},
+        "data": {"train": dict(shapes, split="train", num_images=4, transforms={"kind": "lsj", "size": 64}),
+                 "val": dict(shapes, split="val", num_images=2), "batch_size": 2, "num_workers": 0},
+        "optim": {"lr": 1.0e-4},
+        "schedule": {"iters": iters, "warmup_iters": 1},
+        "train": {"work_dir": str(work_dir), "eval_interval": iters, "ckpt_interval": 1, "log_interval": 1,
+                  "progress": False, "tensorboard": False},
+    }  # fmt: skip
+
+
+def test_train_resume_eval_predict(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from msfusion.cli import main
+    from msfusion.engine.config import validate_config
+    from msfusion.engine.trainer import train
+
+    summary = train(validate_config(_recipe(tmp_path / "run", 1)))
+    assert summary["step"] == 1 and {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(summary["metrics"])
+    resumed = train(validate_config(_recipe(tmp_path / "run", 2)), resume=True)
+    assert resumed["step"] == 2
+    checkpoint = Path(resumed["last_checkpoint"])
+    meta = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert meta["task"] == "panoptic" and meta["classes"][-1] == "backdrop"
+    image = tmp_path / "in.png"
+    Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(image)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0  # fmt: skip
+    picture = np.asarray(Image.open(tmp_path / "out" / "in_panoptic.png"))
+    assert picture.shape[0] == 40 and picture.shape[1] > 56  # the legend panel on the right
+    segments = json.loads((tmp_path / "out" / "in_panoptic.json").read_text())["segments_info"]
+    ids = np.asarray(Image.open(tmp_path / "out" / "in_panoptic_ids.png")).astype(np.int64)
+    assert set(np.unique(ids[..., 0] + 256 * ids[..., 1]).tolist()) - {0} <= {s["id"] for s in segments}
+    assert all(s["class"] in meta["classes"] for s in segments)
+
+
+def test_format_panoptic_metrics_prints_the_pq_table() -> None:
+    from msfusion.engine.panoptic import format_panoptic_metrics
+
+    text = format_panoptic_metrics(
+        {"PQ": 0.402, "SQ": 0.778, "RQ": 0.493, "N": 133, "PQ_th": 0.5, "SQ_th": 0.8, "RQ_th": 0.6, "N_th": 80,
+         "PQ_st": float("nan"), "SQ_st": float("nan"), "RQ_st": float("nan"), "N_st": 0}
+    )  # fmt: skip
+    assert text.splitlines()[1].split() == ["All", "40.2", "77.8", "49.3", "133"]
+    assert "n/a" in text.splitlines()[3]

@@ -54,6 +54,15 @@ def run(args: argparse.Namespace) -> int:
         resize = None if args.resize.lower() == "none" else int_pair(args.resize, "--resize", "2048,512 or none")
     meta = read_metadata(args.checkpoint)
     model = load_model(args.checkpoint).to(args.device).eval()
+    if meta.get("task") == "panoptic":
+        from msfusion.engine.panoptic import predict_panoptic_files
+
+        written = predict_panoptic_files(
+            model, args.inputs, args.out, classes=meta.get("classes"), palette=meta.get("palette") or None,
+            device=args.device, on_bad_file="skip" if args.skip_bad else "raise", progress=not args.no_progress,
+        )  # fmt: skip
+        print(f"wrote {len(written)} panoptic PNGs with a legend (and id PNGs, segment JSONs) to {args.out}")
+        return 0
     if meta.get("task") == "detection":
         from msfusion.engine.detection import predict_detection_files
 

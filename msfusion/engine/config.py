@@ -144,7 +144,7 @@ OPEN_KEYS = ("model.kwargs", "data.train", "data.val", "optim.custom_keys")
 NULLABLE_KEYS = ("optim.layer_decay",)
 
 _CHOICES = {
-    "task": ("segmentation", "detection"),
+    "task": ("segmentation", "detection", "panoptic"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("whole", "slide"),
@@ -328,8 +328,8 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     compose = full["model"]["compose"]
     if compose is not None:
         allowed = {"backbone", "addon", "neck", "head", "backbone_kwargs", "addon_kwargs", "neck_kwargs", "head_kwargs"}
-        if full["task"] == "detection":
-            allowed |= {"arch", "fine"}  # build_detector's composition keys
+        if full["task"] in ("detection", "panoptic"):
+            allowed |= {"arch", "fine"}  # build_detector's (and build_panoptic_fpn's) composition keys
         if not isinstance(compose, Mapping) or "backbone" not in compose or set(compose) - allowed:
             raise ConfigError(
                 f"model.compose must be a mapping with a backbone and any of {sorted(allowed - {'backbone'})}, "

@@ -40,37 +40,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PanopticQuality", "pq_from_stats", "check_segments"]
+from msfusion.data.coco_panoptic import VOID, check_panoptic_segments
 
-VOID = 0  # the segment id of unlabelled pixels, in predictions and ground truth
+__all__ = ["PanopticQuality", "pq_from_stats"]
+
 MATCH_IOU = 0.5  # PQ paper Sec. 4.1: IoU > 0.5 makes a unique match
 IGNORE_FRACTION = 0.5  # PQ paper Sec. 4.2: a prediction more than half void or crowd is not an FP
-
-
-def check_segments(ids: np.ndarray, segments: Sequence[Mapping[str, Any]], what: str) -> dict[int, Mapping]:
-    """``{segment id: segment}`` after checking that ids and ``segments`` agree; ``ValueError`` naming the problem.
-
-    Args:
-        ids: (H, W) integer segment ids, 0 = void.
-        segments: dicts with ``id`` and ``category_id`` (ground truth also ``iscrowd``).
-        what: names the map in messages (e.g. the file).
-    """
-    by_id: dict[int, Mapping] = {}
-    for seg in segments:
-        sid = int(seg["id"])
-        if sid == VOID:
-            raise ValueError(f"{what}: segment id 0 is reserved for void pixels; number segments from 1")
-        if sid in by_id:
-            raise ValueError(f"{what}: segment id {sid} is listed twice in segments_info")
-        by_id[sid] = seg
-    present = set(np.unique(ids).tolist()) - {VOID}
-    unknown = sorted(present - set(by_id))
-    if unknown:
-        raise ValueError(
-            f"{what}: segment ids {unknown[:10]} are in the panoptic map but not in segments_info "
-            f"(listed ids: {sorted(by_id)[:10]}); every non-zero id of the map needs an entry"
-        )
-    return by_id
 
 
 def pq_from_stats(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -135,8 +110,8 @@ class PanopticQuality:
         pred_ids, gt_ids = np.asarray(pred_ids, dtype=np.int64), np.asarray(gt_ids, dtype=np.int64)
         if pred_ids.shape != gt_ids.shape or pred_ids.ndim != 2:
             raise ValueError(f"{name}: prediction {pred_ids.shape} and ground truth {gt_ids.shape} must be one (H, W)")
-        preds = check_segments(pred_ids, pred_segments, f"{name} (prediction)")
-        gts = check_segments(gt_ids, gt_segments, f"{name} (ground truth)")
+        preds = check_panoptic_segments(pred_ids, pred_segments, f"{name} (prediction)")
+        gts = check_panoptic_segments(gt_ids, gt_segments, f"{name} (ground truth)")
         pred_cat = {s: self._category(seg, f"{name} (prediction)") for s, seg in preds.items()}
         gt_cat = {s: self._category(seg, f"{name} (ground truth)") for s, seg in gts.items()}
         crowd = {s for s, seg in gts.items() if seg.get("iscrowd", 0)}
