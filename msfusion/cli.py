@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msfusion", description="Multi-scale feature fusion models: build, count, train, evaluate, export."
     )
+    from msfusion.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"msfusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in COMMANDS.items():

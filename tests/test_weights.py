@@ -222,3 +222,34 @@ def test_a_file_of_another_family_is_refused(tmp_path, caches, monkeypatch):
         mf.create_model("test_convnext", features_only=True, pretrained=str(path))
     with pytest.raises(FileNotFoundError, match="pretrained file not found"):
         mf.create_model("test_convnext", features_only=True, pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_paper_recipes_name_published_weights():
+    import pathlib
+
+    import yaml
+
+    named = {}
+    for path in sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        value = (yaml.safe_load(path.read_text()).get("model") or {}).get("pretrained")
+        if value:
+            named[path.name] = value
+    assert named["segnext_t_ade20k.yaml"] == "mscan_t.in1k"
+    for recipe, value in named.items():
+        known = value in W.list_weights() or getattr(timm.models.get_pretrained_cfg(value), "hf_hub_id", None)
+        assert known, f"{recipe}: model.pretrained {value!r} names no published weights"
+
+
+def test_cli_version_weights_listing_and_table_width(capsys):
+    from msfusion.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith(f"msfusion {mf.__version__}")
+    assert main(["models", "segnext_t*", "--weights"]) == 0
+    out = capsys.readouterr().out
+    assert "segnext_t.ade20k" in out and "05bd8466" in out and "Apache-2.0" in out
+    assert main(["models", "cednet_next_s"]) == 0
+    out = capsys.readouterr().out
+    assert "55 (code 56.2)" in out and "9.8 (code 9.66)" in out
+    assert max(len(line) for line in out.splitlines()) <= 100

@@ -49,4 +49,7 @@ def model_report(
         "paper_params_m": paper.params_m if paper and same_setting else None,
         "paper_gmacs": paper.gmacs if paper and same_setting else None,
         "source": paper.source if paper else "",
+        # Where the paper prints other figures than the released code gives (CEDNet Table 9), both are kept.
+        "printed_params_m": (paper.extra.get("printed_params_m") if paper and same_setting else None),
+        "printed_gmacs": (paper.extra.get("printed_gmacs") if paper and same_setting else None),
     }

@@ -25,12 +25,20 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--kind", choices=KINDS, help="only models of this kind")
     p.add_argument("--no-count", action="store_true", help="names and kinds only (fast)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--wide", action="store_true", help="add the counting rules and the source of each figure")
+    p.add_argument(
+        "--weights",
+        action="store_true",
+        help="list the published weights (name, dataset, licence, URL) instead of sizes; pretrained=NAME loads one",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import msfusion as mf
 
+    if args.weights:
+        return _weights(args.pattern, args.json)
     names = mf.list_models(args.pattern, kind=args.kind)
     if not names:
         print(f"no model matches {args.pattern!r}" + (f" of kind {args.kind!r}" if args.kind else ""))
@@ -47,32 +55,65 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("model", "kind", "input", "params (M)", "paper", "GMACs", "paper", "rules", "source")
+    header = ("model", "kind", "input", "params M", "paper", "GMACs", "paper")
+    if args.wide:
+        header += ("rules", "source")
     table = [header]
     for r in rows:
         if r["kind"] in _PART_KINDS:
-            table.append((r["model"], r["kind"], *("-" * 6), "built on another model's features"))
+            table.append((r["model"], r["kind"]))  # printed across the size columns, below
             continue
-        table.append(
-            (
-                r["model"],
-                r["kind"],
-                "x".join(map(str, r["input_size"][1:])),
-                f"{r['params_m']:.3f}",
-                _fmt(r["paper_params_m"]),
-                f"{r['gmacs']:.2f}",
-                _fmt(r["paper_gmacs"]),
-                r["rules"],
-                r["source"],
-            )
+        row = (
+            r["model"],
+            r["kind"],
+            "x".join(map(str, r["input_size"][2:])),
+            f"{r['params_m']:.3f}",
+            _paper(r["paper_params_m"], r.get("printed_params_m")),
+            f"{r['gmacs']:.2f}",
+            _paper(r["paper_gmacs"], r.get("printed_gmacs")),
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        table.append(row + ((r["rules"], r["source"]) if args.wide else ()))
+    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(header))]
     for i, row in enumerate(table):
+        if len(row) == 2:
+            row = (*row, "built on another model's features")
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
+            continue
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print("\nMACs are multiply-adds counted on the meta device with the rules named per row.")
+    print(
+        "\nMACs: multiply-adds (the papers' 'GFLOPs'), counted on the meta device. 'paper': published;"
+        "\n'55 (code 56.2)': the paper prints 55, its released code gives 56.2. --wide: rules and sources."
+    )
     return 0
+
+
+def _weights(pattern: str, as_json: bool) -> int:
+    from msfusion.weights import get_weights, list_weights
+
+    entries = [get_weights(n).describe() for n in list_weights(pattern)]
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print(f"no published weights match {pattern!r}; timm backbones take pretrained=True (timm's hub weights)")
+        return 1
+    for e in entries:
+        print(f"{e['name']}  ({e['dataset']}, {e['num_classes']} classes)")
+        print(f"    {e['url']}")
+        print(f"    sha256: {e['sha256']}; licence: {e['licence']}")
+        print(f"    source: {e['source']}")
+    print("\nLoad with msfusion.create_model(MODEL, pretrained=NAME) (or pretrained=True for the first of a model).")
+    return 0
+
+
+def _paper(published: float | None, printed: float | None) -> str:
+    if published is None:
+        return "-"
+    if printed is not None and printed != published:
+        return f"{printed:g} (code {published:g})"
+    return f"{published:g}"
 
 
 def _fmt(value: float | None) -> str:

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from msfusion.checkpoint import CheckpointError, atomic_write, read_metadata, read_state_dict, save_checkpoint
+from msfusion.checkpoint import (
+    CheckpointError,
+    adapt_layout,
+    atomic_write,
+    read_metadata,
+    read_state_dict,
+    save_checkpoint,
+)
 
 __all__ = [
     "MIN_PRETRAINED_SHARE",
@@ -352,10 +359,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, partial: bool = False
     Raises:
         CheckpointError: too little fits and ``partial`` is False.
     """
-    state = read_state_dict(path)
-    filter_fn = getattr(model, "checkpoint_filter_fn", None)
-    if callable(filter_fn):
-        state = filter_fn(state)
+    # Official, timm and torchvision layouts, and a backbone's file into a composed model.
+    state = adapt_layout(model, read_state_dict(path), path)
     own = model.state_dict()
     encoder_only = bool(state) and all(k.startswith("backbone.") for k in state)
     target = [k for k in own if k.startswith("backbone.")] if encoder_only else list(own)

@@ -174,9 +174,11 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
     else:
         model = create_model(cfg["model"]["name"], **kwargs)
     if cfg["model"]["pretrained"]:
-        summary = load_pretrained(
-            model, cfg["model"]["pretrained"], partial=cfg["model"].get("pretrained_partial", False)
-        )
+        from msfusion.weights import resolve_pretrained
+
+        # A weights name (``mscan_t.in1k``) resolves through the hub caches, hash-checked; a path stays a path.
+        weights_path, _ = resolve_pretrained(cfg["model"]["name"], model, cfg["model"]["pretrained"])
+        summary = load_pretrained(model, weights_path, partial=cfg["model"].get("pretrained_partial", False))
         if os.environ.get("RANK", "0") == "0":
             print(f"model.pretrained: {summary}", flush=True)
     return model
