@@ -21,8 +21,11 @@ def test_unknown_model_suggests_close_names():
         mf.create_model("segnex_t")
 
 
-def test_pretrained_true_is_refused_with_a_fix():
-    with pytest.raises(ValueError, match="path"):
+def test_pretrained_true_offline_says_which_file_to_place(tmp_path, monkeypatch):
+    # pretrained=True resolves the published weights (msfusion.weights); offline, the error names the file.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="Place the file at .*mscan_t_20230227-119e8c9f.pth"):
         mf.create_model("mscan_t", pretrained=True)
 
 
