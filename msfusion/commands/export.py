@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from msfusion.commands.flops import parse_size
+from msfusion.export import EXPORTERS
+
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help="export a model to ONNX and check it with onnxruntime")
@@ -17,18 +20,25 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--num-classes", type=int, help="class count for a model given by name")
     p.add_argument(
         "--input",
-        default="512x512",
-        help="example input HxW (H and W stay dynamic), default 512x512",
+        type=parse_size,
+        default=(512, 512),
+        help="example input HxW or N (N x N); H and W stay dynamic where the model allows. Default 512x512",
     )
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; the dynamo exporter uses >= 18)")
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="auto: torch.export (dynamo) first, then TorchScript with dynamic H/W, then TorchScript at the "
+        "fixed input shape; the first whose graph passes the onnxruntime check is kept",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     import msfusion
-    from msfusion.export import DEFAULT_OPSET, export_onnx
+    from msfusion.export import DEFAULT_OPSET, export_onnx, require_export_deps
 
     if bool(args.model) == bool(args.checkpoint):
         raise ValueError("give either a model name or --checkpoint PATH (not both)")
@@ -39,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
         model = msfusion.create_model(args.model, **kwargs)
+    height, width = args.input
     try:
-        height, width = (int(v) for v in args.input.lower().split("x"))
-    except ValueError:
-        height = width = 0
-    if min(height, width) < 1:
-        raise ValueError(f"--input must be two positive sizes like 512x512, got {args.input!r}")
+        require_export_deps()
+    except ImportError as err:
+        raise ValueError(str(err)) from err
     report = export_onnx(model, args.onnx, (1, 3, height, width), args.opset or DEFAULT_OPSET, exporter=args.exporter)
     print(json.dumps(report, indent=2))
+    axes = ", ".join(report["dynamic_axes"]) or "none (fixed input shape)"
     print(f"max |PyTorch - onnxruntime| = {report['max_abs_diff']:.2e} (fp32, {report['exporter']} exporter)")
+    print(f"dynamic axes: {axes}")
     return 0
