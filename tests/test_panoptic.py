@@ -272,6 +272,11 @@ def test_shapes_panoptic_round_trips_through_the_coco_format(tmp_path: Path) -> 
     assert (a.ids == b.ids).all() and a.segments == b.segments and (a.image == b.image).all()
     with pytest.raises(ValueError, match="segments overlap"):
         masks_to_panoptic(np.ones((2, 3, 3), bool))
+    # Large-scale jittering shrinks and pads: the padding is void for the semantic branch, boxes follow masks.
+    jittered = ShapesPanoptic(num_images=1, image_size=48, transforms={"kind": "lsj", "size": 48,
+                              "scale_range": (0.3, 0.5)}, aug_seed=1)[0]["target"]  # fmt: skip
+    assert (jittered["semantic"][-4:, -4:] == 255).all() and set(jittered["semantic"].unique().tolist()) <= {0, 1, 255}
+    assert jittered["boxes"][:, 2:].max() <= 48 * 0.5 + 1
 
 
 # ---- The engine ------------------------------------------------------------------------------------
