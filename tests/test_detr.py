@@ -99,7 +99,7 @@ def test_rt_detr_with_fine_learns_a_tiny_set() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     model.train()
-    for _ in range(5):
+    for _ in range(4):
         terms = model(images, targets)
         total = sum(terms.values())
         optimizer.zero_grad()
@@ -128,7 +128,8 @@ def test_inference_boxes_in_input_pixels_and_save_load_identical(tmp_path: Path)
     for arch in ("rt_detr_v2", "deformable_detr"):
         model = _tiny(arch, **({"fine": True} if arch == "rt_detr_v2" else {}))
         images, targets = _batch()
-        sum(model.train()(images, targets).values()).backward()  # one training step runs
+        if arch == "rt_detr_v2":  # v1 and Deformable DETR train in the tests above
+            sum(model.train()(images, targets).values()).backward()
         with torch.no_grad():
             out = model.eval()(images)
         assert len(out) == 2 and out[1]["boxes"].shape == (12 * 3, 4)  # num_queries x labels < num_top

@@ -1,0 +1,195 @@
+"""YOLOv8-S / YOLOv10-S / YOLO12-S from ultralytics with FINE in the PAN's top-down fusions.
+
+LICENCE: ultralytics is AGPL-3.0. This module imports it only when called
+(the optional extra ``pip install "msfusion[ultralytics]"``); a program that
+uses it is a combined work under the AGPL-3.0. msfusion's own code stays
+Apache-2.0 and ships no ultralytics code or model YAMLs: the networks are
+built from the YAMLs of the installed package.
+
+Paper: "Context-Guided Semantic Alignment for Feature Fusion Networks", Lee
+et al., arXiv 2606.14005, Table 1 ("PAN" rows: YOLOv8-S 11.2 M -> 12.3 M,
+YOLOv10-S 8.1 M -> 9.0 M, YOLOv12-S 9.1 M -> 10.5 M with FINE) and App. C
+(Eq. 10): YOLO necks keep the backbone's channels per level, so F_high is
+projected to F_low's channels by a 1x1 convolution before the attention.
+
+Where FINE goes: ultralytics' PAN top-down step is ``Upsample(x2, nearest)``
+of the coarser map, then ``Concat([Up(F_high), F_low])``, then a C2f-style
+block. ``add_fine`` replaces each such ``Concat`` (a two-input concat right
+after an ``nn.Upsample``) by ``FineConcat``, which computes ``cat([Up(F_high),
+FINE(F_low, F_high)])`` with F_high recovered exactly as every second pixel
+of the nearest x2 upsampling (Eq. 3). Channel counts are unchanged, so the
+following blocks are untouched; ``fine=False`` changes nothing.
+
+Which models the installed package provides: ``yolov8s`` (the paper's
+YOLOv8-S, 11,166,560 parameters), ``yolov10s`` (8,128,272 with the
+training-time one-to-many head, the 8.1 M the paper lists) and ``yolo12s``
+(9,284,096). The paper's YOLOv12-S (9.1 M, 19.4 G) is the "turbo" YOLOv12
+of the authors' fork (sunsmarterjie/yolov12, 9,127,424 parameters), which
+is published as a package named ``ultralytics`` itself and cannot be
+installed next to it; ``yolo12s`` is the closest model on PyPI.
+
+Training keeps FINE: ultralytics' trainer rebuilds the network from its
+YAML (``DetectionTrainer.get_model``), so ``fine_trainer(options)`` returns a
+trainer class whose ``get_model`` builds from the YAML, adds FINE, then loads
+the weights: ``YOLO(model).train(data=..., trainer=fine_trainer({}))``.
+Checkpoints pickle the module, so msfusion must be importable to load them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msfusion.models.necks.fine import FINE
+
+__all__ = ["VARIANTS", "FineConcat", "add_fine", "build_yolo", "fine_trainer", "top_down_concats"]
+
+# Our names -> the installed package's model YAMLs (scale letter in the name).
+VARIANTS = {"yolov8s": "yolov8s.yaml", "yolov10s": "yolov10s.yaml", "yolo12s": "yolo12s.yaml"}
+_NOT_ON_PYPI = {
+    "yolov12s": "the paper's YOLOv12-S is YOLOv12-turbo from the authors' fork (sunsmarterjie/yolov12, itself "
+    "packaged as 'ultralytics'); the installed package provides 'yolo12s' (ultralytics' YOLO12-S), use that"
+}
+
+
+def _import_ultralytics():
+    try:
+        import ultralytics  # noqa: F401
+        from ultralytics.nn.modules import Concat
+        from ultralytics.nn.tasks import DetectionModel
+    except ImportError as err:
+        raise ImportError(
+            f"{err}. The YOLO detectors need ultralytics (AGPL-3.0), an optional extra: "
+            'pip install "msfusion[ultralytics]"'
+        ) from err
+    return DetectionModel, Concat
+
+
+class FineConcat(nn.Module):
+    """``cat([Up(F_high), FINE(F_low, F_high)])`` in place of a PAN top-down ``Concat`` (module doc).
+
+    Args:
+        fine: the FINE module (F_low's channels, F_high's as ``high_chs``).
+        concat: the replaced ultralytics ``Concat``; its routing attributes are kept.
+    """
+
+    def __init__(self, fine: FINE, concat: nn.Module) -> None:
+        super().__init__()
+        self.fine = fine
+        self.d = getattr(concat, "d", 1)
+        # ultralytics routes layer inputs by these attributes (from-indices, position, type name, params).
+        for attr in ("f", "i", "type", "np"):
+            if hasattr(concat, attr):
+                setattr(self, attr, getattr(concat, attr))
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        """[Up(F_high) (B, C_h, H, W), F_low (B, C_l, H, W)] -> (B, C_h + C_l, H, W)."""
+        up_high, low = x
+        high = up_high[..., ::2, ::2]  # exact inverse of nearest x2 upsampling
+        return torch.cat([up_high, self.fine(low, high)], dim=self.d)
+
+
+def top_down_concats(model: nn.Module) -> list[int]:
+    """Indices of the two-input ``Concat`` layers fed by an ``nn.Upsample`` (the PAN's top-down fusions)."""
+    _, concat = _import_ultralytics()
+    layers = model.model
+    return [
+        i
+        for i, layer in enumerate(layers)
+        if isinstance(layer, concat)
+        and isinstance(getattr(layer, "f", None), list)
+        and len(layer.f) == 2
+        and layer.f[0] == -1
+        and i > 0
+        and isinstance(layers[i - 1], nn.Upsample)
+    ]
+
+
+@torch.no_grad()
+def _concat_inputs(model: nn.Module, indices: list[int], size: int = 64) -> dict[int, tuple[tuple, tuple]]:
+    # One forward of a small image to read each top-down concat's input shapes (channels, strides).
+    shapes: dict[int, tuple[tuple, tuple]] = {}
+    hooks = [
+        model.model[i].register_forward_pre_hook(
+            lambda m, args, i=i: shapes.__setitem__(i, (tuple(args[0][0].shape), tuple(args[0][1].shape)))
+        )
+        for i in indices
+    ]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        model(torch.zeros(1, model.yaml.get("channels", 3), size, size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def add_fine(model: nn.Module, **options: Any) -> nn.Module:
+    """Put FINE at every top-down fusion of an ultralytics ``DetectionModel``'s PAN (in place).
+
+    Args:
+        model: an ultralytics detection model.
+        **options: FINE keyword arguments (attention, modulation, ratio, kernel, ...).
+
+    Returns:
+        The same model, with ``msfusion_fine`` recording the options.
+    """
+    indices = top_down_concats(model)
+    if not indices:
+        raise ValueError(f"{type(model).__name__} has no Upsample -> Concat top-down fusion to put FINE at")
+    size = 64
+    shapes = _concat_inputs(model, indices, size)
+    for i in indices:
+        up_shape, low_shape = shapes[i]
+        low_stride = size // low_shape[-1]
+        fine = FINE(low_shape[1], low_stride, 2 * low_stride, high_chs=up_shape[1], **options)
+        model.model[i] = FineConcat(fine.to(next(model.parameters()).device), model.model[i])
+    model.msfusion_fine = dict(options)
+    return model
+
+
+def build_yolo(variant: str, *, num_classes: int = 80, fine: bool | dict[str, Any] = False) -> nn.Module:
+    """An ultralytics ``DetectionModel`` built from the installed package's YAML, optionally with FINE.
+
+    Args:
+        variant: one of ``VARIANTS`` (``"yolov8s"``, ``"yolov10s"``, ``"yolo12s"``).
+        num_classes: object classes (ultralytics' ``nc``: no background class).
+        fine: FINE at the PAN's top-down fusions (True or FINE's kwargs).
+    """
+    if variant in _NOT_ON_PYPI:
+        raise ValueError(f"{variant!r}: {_NOT_ON_PYPI[variant]}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown YOLO variant {variant!r}; the installed ultralytics provides {list(VARIANTS)}")
+    detection_model, _ = _import_ultralytics()
+    try:
+        model = detection_model(VARIANTS[variant], nc=num_classes, verbose=False)
+    except FileNotFoundError as err:
+        raise ValueError(f"the installed ultralytics does not provide {VARIANTS[variant]} ({err})") from err
+    if fine:
+        add_fine(model, **({} if fine is True else dict(fine)))
+    return model
+
+
+def fine_trainer(options: dict[str, Any] | None = None) -> type:
+    """An ultralytics ``DetectionTrainer`` subclass whose models carry FINE (module doc)."""
+    _import_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.nn.tasks import DetectionModel
+
+    fine_options = dict(options or {})
+
+    class FineDetectionTrainer(DetectionTrainer):
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            model = DetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=False)
+            model = self.set_model_names_for_load(model) if hasattr(self, "set_model_names_for_load") else model
+            add_fine(model, **fine_options)
+            if weights:
+                model.load(weights)  # after the surgery, so FINE's weights in a checkpoint are loaded too
+            return model
+
+    return FineDetectionTrainer

@@ -1,0 +1,83 @@
+"""YOLO through ultralytics (AGPL-3.0 extra): FINE at the PAN's top-down fusions, counts, training keeps FINE."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+
+import msfusion as mf
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing fetched: no fonts, no data sets, no update checks
+pytest.importorskip("ultralytics", reason="the msfusion[ultralytics] extra (AGPL-3.0) is not installed")
+
+from ultralytics.cfg import get_cfg  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+
+from msfusion.models.yolo import FineConcat, add_fine, build_yolo, fine_trainer, top_down_concats  # noqa: E402
+
+
+def _nano(fine: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    return add_fine(model, head_dim=16) if fine else model
+
+
+def test_yolov8s_counts_beside_fine_table1() -> None:
+    model = build_yolo("yolov8s")
+    base = mf.count_params(model)
+    assert abs(base / 11.2e6 - 1) < 0.01 and top_down_concats(model) == [11, 14]
+    add_fine(model)
+    # FINE at P4 (C 256, F_high 512 projected by 1x1) and P3 (C 128, F_high 256): 4 C^2 + 4 C + (C_h + 1) C each.
+    expected = sum(4 * c * c + 4 * c + (2 * c + 1) * c for c in (256, 128))
+    assert mf.count_params(model) - base == expected
+
+
+def test_fine_sits_at_the_top_down_fusions_and_learns() -> None:
+    model = _nano()
+    assert [type(model.model[i]).__name__ for i in (11, 14)] == ["FineConcat", "FineConcat"]
+    assert [model.model[i].fine.low_stride for i in (11, 14)] == [16, 8]
+    model.args = get_cfg()  # ultralytics' default hyper-parameters for its loss
+    batch = {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[0.0], [2.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.3, 0.2, 0.2]]),
+    }
+    model.train()
+    loss, _ = model.loss(batch)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and model.model[11].fine.q.weight.grad is not None
+
+
+def test_fine_off_changes_nothing_and_checkpoints_keep_fine() -> None:
+    plain = _nano(fine=False)
+    assert not any(isinstance(m, FineConcat) for m in plain.modules())
+    model = _nano().eval()
+    buffer = io.BytesIO()
+    torch.save({"model": model}, buffer)  # ultralytics checkpoints pickle the module
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)["model"].eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded(x)[0])
+
+
+def test_trainer_rebuilds_from_yaml_with_fine_and_its_weights() -> None:
+    model = _nano()
+    trainer_cls = fine_trainer({"head_dim": 16})
+    trainer = trainer_cls.__new__(trainer_cls)  # get_model needs only the data description and args
+    trainer.data = {"nc": 3, "channels": 3, "names": {0: "a", 1: "b", 2: "c"}}
+    trainer.args = get_cfg()
+    rebuilt = trainer.get_model(cfg="yolov8n.yaml", weights=model, verbose=False)
+    ours, theirs = model.state_dict(), rebuilt.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_bad_variants_explain_the_fix() -> None:
+    with pytest.raises(ValueError, match="yolo12s"):
+        build_yolo("yolov12s")
+    with pytest.raises(ValueError, match="provides"):
+        build_yolo("yolov9s")
