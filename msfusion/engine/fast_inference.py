@@ -39,6 +39,7 @@ Nothing trades accuracy: reduced precision is not one of these rewrites.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import ctypes.util
@@ -201,10 +202,16 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
 
 
-def _no_grad_forward(forward: Callable[..., Any], channels_last: bool) -> Callable[..., Any]:
+def _no_grad_forward(forward: Callable[..., Any], channels_last: bool, freeze: bool = False) -> Callable[..., Any]:
+    if freeze:
+        import torch._inductor.config
+
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad():
+        # Inductor reads ``freezing`` when it compiles, which happens inside a call (first call per
+        # input size), so the setting is patched in around every call rather than passed to compile.
+        freezing = torch._inductor.config.patch(freezing=True) if freeze else contextlib.nullcontext()
+        with torch.no_grad(), freezing:
             if channels_last and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
                 args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
             return forward(*args, **kwargs)
@@ -263,13 +270,11 @@ def optimize_for_inference(
         fast = fast.to(memory_format=torch.channels_last)
     forward = fast.forward
     if compile:
-        if compile is True or compile == "inductor":
-            forward = torch.compile(forward, options={"freezing": freeze_weights})
-        else:
-            forward = torch.compile(forward, backend=compile)
+        forward = torch.compile(forward, backend="inductor" if compile is True else compile)
     # An instance attribute: ``fast(x)``, and methods that call ``self(x)`` (sliding-window and
     # multi-scale inference), all run the optimised forward.
-    fast.forward = _no_grad_forward(forward, channels_last)
+    inductor = compile is True or compile == "inductor"
+    fast.forward = _no_grad_forward(forward, channels_last, freeze=inductor and freeze_weights)
     kept = keep_freed_memory() if keep_memory else False
     fast.inference_optimizations = dict(
         channels_last=channels_last, fold_bn=fold_bn, compile=compile if compile else False, keep_freed_memory=kept
