@@ -251,13 +251,20 @@ def run_task(
             subjects.append(s)
         # Output check (first: training checks need the initial weights); then warm-up (compiles).
         outputs = {}
-        for s in subjects:
+        for s in list(subjects):
             path = tmp / f"out_{task}_{s.name.replace(' ', '_')}.pt"
-            s.ask(cmd="output", path=str(path))
+            try:
+                s.ask(cmd="output", path=str(path))
+                for _ in range(args.warmup):
+                    s.ask(cmd="run")
+            except RuntimeError as err:
+                if s is subjects[0]:
+                    raise
+                skipped.append({"subject": s.name, "skipped": str(err)})
+                s.close()
+                subjects.remove(s)
+                continue
             outputs[s.name] = torch.load(path, weights_only=True)
-        for _ in range(args.warmup):
-            for s in subjects:
-                s.ask(cmd="run")
         print(f"  timing {len(subjects)} subjects, {args.runs} alternating runs ...", flush=True)
         for r in range(args.runs):
             # Rotate the order so that no subject always runs right after the same neighbour.

@@ -44,6 +44,7 @@ import copy
 import ctypes
 import ctypes.util
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -203,14 +204,13 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
 
 
 def _no_grad_forward(forward: Callable[..., Any], channels_last: bool, freeze: bool = False) -> Callable[..., Any]:
-    if freeze:
-        import torch._inductor.config
+    inductor_config = importlib.import_module("torch._inductor.config") if freeze else None
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
         # Inductor reads ``freezing`` when it compiles, which happens inside a call (first call per
         # input size), so the setting is patched in around every call rather than passed to compile.
-        freezing = torch._inductor.config.patch(freezing=True) if freeze else contextlib.nullcontext()
+        freezing = inductor_config.patch(freezing=True) if inductor_config else contextlib.nullcontext()
         with torch.no_grad(), freezing:
             if channels_last and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
                 args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
