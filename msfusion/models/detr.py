@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -634,8 +635,19 @@ class DetrComplexity(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         mask = torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.long, device=images.device)
-        out = self.detector.detr(pixel_values=images, pixel_mask=mask)
-        return out.logits
+        if images.device.type != "meta":
+            return self.detector.detr(pixel_values=images, pixel_mask=mask).logits
+        # transformers' shape checks read tensor values, which the meta device does not have; its documented
+        # switch skips them for this shape-only pass.
+        previous = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+        os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+        try:
+            return self.detector.detr(pixel_values=images, pixel_mask=mask).logits
+        finally:
+            if previous is None:
+                del os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"]
+            else:
+                os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = previous
 
 
 # msfusion.analysis.report counts a detector through its complexity module.

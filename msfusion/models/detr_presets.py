@@ -140,25 +140,29 @@ def rt_detr_r50_fine(**kwargs: Any) -> nn.Module:
     return _create("rt_detr", _rt_detr(50, True), kwargs)
 
 
-@register_model(kind="detector", backbone="resnet18d")
+# No published counts for these sizes; counted at RT-DETR's 640 x 640.
+_V2 = PaperFigures(input_size=(3, 640, 640), source="RT-DETRv2 (arXiv 2407.17140)", notes="RT-DETR's sizes")
+
+
+@register_model(kind="detector", paper=_V2, backbone="resnet18d")
 def rt_detr_v2_r18(**kwargs: Any) -> nn.Module:
     """RT-DETRv2 R18-vd (arXiv 2407.17140; same sizes as RT-DETR R18)."""
     return _create("rt_detr_v2", _rt_detr(18, False), kwargs)
 
 
-@register_model(kind="detector", backbone="resnet18d")
+@register_model(kind="detector", paper=_V2, backbone="resnet18d")
 def rt_detr_v2_r18_fine(**kwargs: Any) -> nn.Module:
     """RT-DETRv2 R18-vd with FINE in the hybrid encoder."""
     return _create("rt_detr_v2", _rt_detr(18, True), kwargs)
 
 
-@register_model(kind="detector", backbone="resnet50d")
+@register_model(kind="detector", paper=_V2, backbone="resnet50d")
 def rt_detr_v2_r50(**kwargs: Any) -> nn.Module:
     """RT-DETRv2 R50-vd (arXiv 2407.17140)."""
     return _create("rt_detr_v2", _rt_detr(50, False), kwargs)
 
 
-@register_model(kind="detector", backbone="resnet50d")
+@register_model(kind="detector", paper=_V2, backbone="resnet50d")
 def rt_detr_v2_r50_fine(**kwargs: Any) -> nn.Module:
     """RT-DETRv2 R50-vd with FINE in the hybrid encoder."""
     return _create("rt_detr_v2", _rt_detr(50, True), kwargs)
