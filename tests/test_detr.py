@@ -179,6 +179,18 @@ def test_bad_input_explains_the_fix() -> None:
         _tiny().train()(images, targets)
 
 
+def test_missing_extra_names_the_pip_install(monkeypatch) -> None:
+    import sys
+
+    import msfusion.models
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "msfusion.models.detr")
+    monkeypatch.delattr(msfusion.models, "detr")
+    with pytest.raises(ImportError, match=r'pip install "msfusion\[detr\]"'):
+        build_detector("rt_detr", backbone="test_mscan", num_classes=4)
+
+
 def test_engine_trains_resumes_evaluates_and_predicts(tmp_path: Path) -> None:
     from msfusion.engine.config import validate_config
     from msfusion.engine.detection import predict_detection_files

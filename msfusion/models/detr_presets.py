@@ -48,10 +48,9 @@ _INPUT = ("min_size", "max_size", "image_mean", "image_std")
 
 
 def _import_detr():
-    try:
-        from msfusion.models import detr
-    except ImportError as err:
-        raise ImportError(f'{err}. The DETR detectors need the optional extra: pip install "msfusion[detr]"') from err
+    # Raises ImportError naming the extra (pip install "msfusion[detr]") when transformers is missing.
+    from msfusion.models import detr
+
     return detr
 
 
