@@ -68,6 +68,19 @@ def test_rt_detr_counts_and_macs_beside_fine_table1() -> None:
         assert 0 < macs[f"rt_detr_{depth}_fine"] - macs[f"rt_detr_{depth}"] < 0.5e9
 
 
+def test_fine_attention_strategies_cost_in_table3_order() -> None:
+    """FINE Table 3 on RT-DETR R18 at 640: vanilla > area, window > linear > AATS, AATS -93.3% vs vanilla."""
+    with torch.device("meta"):
+        base = mf.count_macs(detr.DetrComplexity(mf.create_model("rt_detr_r18")), (1, 3, 640, 640))
+    extra = {}
+    for attention in ("vanilla", "window", "area", "linear", "aats"):
+        with torch.device("meta"):
+            model = mf.create_model("rt_detr_r18", fine={"attention": attention})
+        extra[attention] = mf.count_macs(detr.DetrComplexity(model), (1, 3, 640, 640)) - base
+    assert extra["vanilla"] > extra["area"] > extra["window"] > extra["linear"] > extra["aats"] > 0
+    assert 1 - extra["aats"] / extra["vanilla"] > 0.93
+
+
 def test_deformable_detr_counts_beside_the_papers() -> None:
     expected = {"deformable_detr_r50": 40.0, "deformable_detr_convnext_t": 42.0, "deformable_detr_cednet_next_t": 43.0}
     for name, published in expected.items():
