@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_confusion_matrix_picture(tmp_path):
         plot_confusion_matrix(cm, ["road", "car"], tmp_path / "bad.png")
 
 
-def test_train_writes_curve_and_csv_at_each_evaluation_and_eval_draws_the_confusion_matrix(tmp_path):
+def test_train_writes_pictures_and_run_record_and_eval_draws_the_confusion_matrix(tmp_path):
     cfg = load_config(
         None,
         [
@@ -94,11 +95,17 @@ def test_train_writes_curve_and_csv_at_each_evaluation_and_eval_draws_the_confus
             "train.ckpt_interval=0",
             "train.progress=false",
             "train.tensorboard=false",
+            "train.grad_checkpointing=true",
             f"train.work_dir={tmp_path / 'run'}",
         ],
     )
-    train(cfg)
+    summary = train(cfg)
     run = tmp_path / "run"
+    # Every run records versions, device, seed and the exact recipe; the log carries peak memory.
+    record = json.loads((run / "run.json").read_text())
+    assert record["torch"] == torch.__version__ and record["seed"] == 0 and record["device"].startswith("cpu")
+    assert record["config"]["train"]["grad_checkpointing"] is True
+    assert all(h["peak_mem_mb"] > 0 for h in summary["history"])
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 4]
@@ -109,3 +116,26 @@ def test_train_writes_curve_and_csv_at_each_evaluation_and_eval_draws_the_confus
     assert cli(["eval", str(run / "config.yaml"), "--checkpoint", str(best), "--out", str(tmp_path / "ev")]) == 0
     pictures = list(Path(tmp_path / "ev").glob("*_confusion.png"))
     assert len(pictures) == 1 and Image.open(pictures[0]).size[0] > 300
+
+
+def test_grad_checkpointing_switch_gives_the_same_gradients():
+    import msfusion as mf
+    from msfusion.engine.trainer import enable_grad_checkpointing
+
+    for name in ("test_segnext", "test_upernet_cednet"):
+        torch.manual_seed(0)
+        model = mf.create_model(name).train()
+        x = torch.randn(2, 3, 64, 64)
+        torch.manual_seed(1)  # the same dropout masks and NMF initialisation in both passes
+        model(x).sum().backward()
+        plain = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        enable_grad_checkpointing(model)
+        assert model.backbone.grad_checkpointing
+        torch.manual_seed(1)
+        model(x).sum().backward()
+        for k, p in model.named_parameters():
+            if k in plain:
+                torch.testing.assert_close(p.grad, plain[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="has no set_grad_checkpointing"):
+        enable_grad_checkpointing(torch.nn.Conv2d(3, 3, 1))

@@ -91,6 +91,60 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
+    """Switch on activation recomputation in ``model``'s backbone (``train.grad_checkpointing``).
+
+    Uses the backbone's ``set_grad_checkpointing`` (MSCAN, CEDNet, and timm
+    models behind the timm adapter), or the model's own; ``ValueError`` names
+    the backbone when it has none.
+    """
+    backbone = getattr(model, "backbone", model)
+    for part in (backbone, getattr(backbone, "model", None), model):
+        switch = getattr(part, "set_grad_checkpointing", None)
+        if callable(switch):
+            switch(True)
+            return model
+    raise ValueError(
+        f"train.grad_checkpointing: the backbone {type(backbone).__name__} has no set_grad_checkpointing(); "
+        "MSCAN, CEDNet and timm backbones have one. Set train.grad_checkpointing=false."
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far, in MiB: allocated CUDA memory on a GPU, the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def write_run_record(path: Path, cfg: Mapping[str, Any], device: torch.device, world_size: int) -> None:
+    """``run.json``: library versions, device, seed, command line and the exact recipe of this run."""
+    import platform
+    import sys
+
+    import timm
+
+    from msfusion.version import __version__
+
+    record = {
+        "msfusion": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "world_size": world_size,
+        "seed": cfg["train"]["seed"],
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": json.loads(json.dumps(cfg, default=str)),
+    }
+    path.write_text(json.dumps(record, indent=2))
+
+
 class StepBatches:
     """Indices of this rank's micro-batches for optimiser steps ``start, start+1, ...`` of one epoch.
 
@@ -235,6 +289,8 @@ class Trainer:
             # In place: the optimiser and checkpoints see the same (NHWC-strided) parameters.
             self.model.to(memory_format=torch.channels_last)
         task.setup(self.model)
+        if tcfg.get("grad_checkpointing"):
+            enable_grad_checkpointing(self.model)
         self.forward: nn.Module = TrainingForward(self.model)
         if self.dist.distributed:
             self.forward = nn.parallel.DistributedDataParallel(
@@ -488,6 +544,7 @@ class Trainer:
         if main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.work_dir / "config.yaml")
+            write_run_record(self.work_dir / "run.json", cfg, self.device, self.dist.world_size)
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -513,6 +570,7 @@ class Trainer:
                     averaged = {k: sum(v) / len(v) for k, v in window.items() if k.startswith("loss")}
                     window = {}
                     record = {"step": self.step, "time": time.perf_counter() - start_time, **logs, **averaged}
+                    record["peak_mem_mb"] = peak_memory_mb(self.device)
                     self.history.append(record)
                     if self._writer is not None:
                         for k, v in record.items():

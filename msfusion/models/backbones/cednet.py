@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from msfusion.layers import LayerNorm2d, check_image_batch
 from msfusion.layers.features import select_features
@@ -389,6 +390,7 @@ class CEDNet(nn.Module):
         pyramid_chs: int = 256,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         _check_choice("style", style, STYLES)
         _check_choice("token_mixer", token_mixer, TOKEN_MIXERS)
         _check_choice("norm", norm, NORMS)
@@ -565,9 +567,20 @@ class CEDNet(nn.Module):
         x = self.stages[0][-1](c2)
         outs = []
         for stage in self.stages[1:]:
-            x = stage(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
             outs.append(x)
         return c2, outs
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each cascade stage's activations in the backward pass instead of storing them.
+
+        timm's switch; trades about one extra forward pass of the cascade for
+        memory (``benchmarks/bench_grad_checkpointing.py`` measures it).
+        """
+        self.grad_checkpointing = bool(enable)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> all backbone outputs ``[c2, c3, c4, c5]``.

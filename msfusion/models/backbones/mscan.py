@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from msfusion.layers import DropPath, check_image_batch, trunc_normal_
 from msfusion.layers.features import select_features
@@ -193,7 +194,17 @@ class MSCAN(nn.Module):
         self.num_features = embed_dims[-1]
         self.num_classes = 0 if features_only else num_classes
         self.head = nn.Linear(embed_dims[-1], num_classes) if self.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (timm's switch).
+
+        Trades about one extra forward pass for memory. BatchNorm running
+        statistics are updated again when a block is recomputed (as with timm's
+        checkpointing), a negligible change at momentum 0.1.
+        """
+        self.grad_checkpointing = bool(enable)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """All four stage outputs, fine to coarse, each (B, C_i, H_i, W_i)."""
@@ -203,7 +214,10 @@ class MSCAN(nn.Module):
         for i in range(last + 1):
             x = getattr(self, f"patch_embed{i + 1}")(x)
             for block in getattr(self, f"block{i + 1}"):
-                x = block(x)
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
             # The stage norm is a token LayerNorm over channels (official code).
             x = getattr(self, f"norm{i + 1}")(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             outs.append(x)
