@@ -32,8 +32,10 @@ The detectors themselves are transformers' (Apache-2.0; the optional extra
   norms. Here the backbone is rebuilt after transformers' constructor and
   ``frozen_bn=True`` freezes the backbone's own BatchNorm only
   (``torchvision.ops.FrozenBatchNorm2d``; the add-on stays trainable);
-  ``frozen_stages=n`` stops the gradients of the stem and the first ``n``
-  feature stages (mmdetection's convention).
+  ``frozen_stages=n`` stops the gradients of every parameter up to the
+  module producing the backbone's n-th feature output (timm ResNets list
+  their stride-2 stem as the first output, so n = 2 is "stem and layer1",
+  the stages torchvision and Deformable DETR keep frozen).
 - **FINE in RT-DETR's hybrid encoder** (FINE Eq. 3, ``F_fused =
   f(FINE(F_low, F_high), Up(F_high))``): the encoder's top-down step ``idx``
   concatenates ``Up(lateral(F_high))`` with the projected backbone map
@@ -126,7 +128,7 @@ class MsfBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         addon_kwargs: its keyword arguments.
         strides: the strides of the maps handed to the detector, fine to coarse.
         frozen_bn: freeze the backbone's BatchNorm (never the add-on's).
-        frozen_stages: stop gradients through the stem and this many feature stages (0: none).
+        frozen_stages: stop gradients up to the module of the backbone's n-th feature output (0: none).
     """
 
     model_type = "msfusion_backbone"  # must not contain "resnet": Deformable DETR would freeze by name
@@ -149,7 +151,7 @@ class MsfBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
 
 
 def _freeze_stages(net: nn.Module, info: Sequence[dict], frozen_stages: int) -> None:
-    """Stop gradients of every parameter registered up to the end of feature stage ``frozen_stages``."""
+    """Stop gradients of every parameter registered up to the module producing feature output ``frozen_stages``."""
     if frozen_stages <= 0:
         return
     if frozen_stages > len(info):
@@ -510,9 +512,11 @@ def build_detr(
 
     Example::
 
-        build_detr("rt_detr", backbone="resnet18d", num_classes=81, encoder_in_channels=...)  # filled in
-        build_detr("rt_detr", backbone="resnet50d", fine=True, num_classes=81)                # FINE Table 1
-        build_detr("deformable_detr", backbone="resnet50", addon="mscsa", num_classes=81)     # MSCSA Table 2
+        build_detr("rt_detr", backbone="resnet18d", num_classes=81, hidden_expansion=0.5, decoder_layers=3)
+        build_detr("rt_detr", backbone="resnet50d", fine=True, num_classes=81, frozen_bn=True)  # FINE Table 1
+        build_detr("deformable_detr", backbone="resnet50", addon="mscsa", num_classes=81)       # MSCSA Table 2
+
+    The encoder / input-projection channels are read from the backbone.
 
     Args:
         arch: ``"deformable_detr"``, ``"rt_detr"`` or ``"rt_detr_v2"``.
@@ -523,7 +527,7 @@ def build_detr(
         backbone_kwargs, addon_kwargs: their keyword arguments.
         strides: the backbone strides the detector reads (C3-C5: 8, 16, 32).
         frozen_bn: freeze the backbone's BatchNorm (not the add-on's).
-        frozen_stages: stop gradients through the stem and this many backbone stages.
+        frozen_stages: stop gradients up to the module of the backbone's n-th feature output (0: none).
         pretrained: backbone weights (``create_model``'s ``pretrained``); None downloads nothing.
         image_size, min_size, max_size, image_mean, image_std, train_resize, num_top: see ``DetrDetector``;
             ``"default"`` takes the arch's reference pipeline (module doc).
