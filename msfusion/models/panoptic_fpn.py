@@ -36,7 +36,6 @@ and the thing label for things, so panoptic classes are
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,13 +171,16 @@ class PanopticFPN(GeneralizedRCNN):
         self.overlap_thresh = overlap_thresh
         self.stuff_area = stuff_area
 
-    def _semantic_targets(self, targets: list[dict[str, Tensor]], sizes: list[tuple[int, int]], batch_hw) -> Tensor:
-        """Each target's semantic map resized (nearest) as its image was, padded with void to the batch."""
-        out = torch.full((len(targets), *batch_hw), IGNORE_INDEX, dtype=torch.long, device=targets[0]["boxes"].device)
-        for i, (t, (h, w)) in enumerate(zip(targets, sizes, strict=True)):
-            if "semantic" not in t:
+    @staticmethod
+    def _semantic_targets(
+        maps: list[Tensor | None], sizes: list[tuple[int, int]], batch_size: tuple[int, int], device: torch.device
+    ) -> Tensor:
+        """(B, H_pad, W_pad) int64: each (H_i, W_i) map resized (nearest) as its image was, padded with void."""
+        out = torch.full((len(maps), *batch_size), IGNORE_INDEX, dtype=torch.long, device=device)
+        for i, (sem, (h, w)) in enumerate(zip(maps, sizes, strict=True)):
+            if sem is None:
                 raise ValueError("Panoptic FPN training targets need 'semantic' (H, W) maps besides boxes and masks")
-            sem = t["semantic"].to(out.device)
+            sem = sem.to(device)
             if sem.shape[-2:] != (h, w):
                 sem = F.interpolate(sem[None, None].float(), size=(h, w), mode="nearest")[0, 0]
             out[i, :h, :w] = sem.long()
@@ -194,18 +196,15 @@ class PanopticFPN(GeneralizedRCNN):
         )
         image_list, detector_targets = self.transform(images, detector_targets)
         features = self.backbone(image_list.tensors)
-        if isinstance(features, Tensor):
-            features = OrderedDict([("0", features)])
         proposals, proposal_losses = self.rpn(image_list, features, detector_targets)
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, detector_targets)
         logits = self.semantic_head(list(features.values()))
         # The branch predicts at 1/4 of the padded batch; bring it to the batch's pixels.
         logits = F.interpolate(logits, size=image_list.tensors.shape[-2:], mode="bilinear", align_corners=False)
         if self.training:
-            for t, sem in zip(detector_targets, semantic_maps, strict=True):
-                if sem is not None:
-                    t["semantic"] = sem
-            sem_targets = self._semantic_targets(detector_targets, image_list.image_sizes, logits.shape[-2:])
+            sem_targets = self._semantic_targets(
+                semantic_maps, image_list.image_sizes, tuple(logits.shape[-2:]), logits.device
+            )
             if (sem_targets != IGNORE_INDEX).any():
                 loss = F.cross_entropy(logits.float(), sem_targets, ignore_index=IGNORE_INDEX)
             else:
