@@ -253,3 +253,23 @@ def test_cli_version_weights_listing_and_table_width(capsys):
     out = capsys.readouterr().out
     assert "55 (code 56.2)" in out and "9.8 (code 9.66)" in out
     assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_every_cli_option_has_help_and_shared_options_agree():
+    import argparse
+
+    from msfusion.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing, devices = [], {}
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and action.help is None:
+                missing.append(f"{command} {action.option_strings[0]}")
+            if "--device" in action.option_strings:
+                devices[command] = action.help
+    assert not missing, f"options without help text: {missing}"
+    assert {"bench", "predict", "train", "eval"} <= set(devices)
+    assert all("cpu" in text and "cuda" in text for text in devices.values())
+    bench = sub.choices["bench"].parse_args(["segnext_t", "--input", "256"])
+    assert bench.input == (256, 256)

@@ -18,13 +18,15 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         description="Median latency over --runs calls after --warmup calls, per mode, on one input.",
     )
     p.add_argument("model", help="registered model name")
-    p.add_argument("--input", type=parse_size, default=(512, 512), help="HxW (default 512x512)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--input", type=parse_size, default=(512, 512), help="input HxW, or N for NxN (default 512x512)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    p.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=MODES, help="execution modes to time (default: all)"
+    )
+    p.add_argument("--runs", type=int, default=10, help="timed calls per mode (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
         "--fast",
         action="store_true",

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="change the demo recipe",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     p.set_defaults(func=run)
     return p
 

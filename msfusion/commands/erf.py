@@ -80,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="model keyword arguments, e.g. zero_init_last=false (a random timm ResNet has zeroed residual "
         "branches, so its ERF is that of the stem alone)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=run)
 
 

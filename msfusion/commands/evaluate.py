@@ -19,7 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--checkpoint", required=True, help="weights (.safetensors of ours, or an official .pth)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test")
     p.add_argument("--mode", choices=("whole", "slide"), help="test mode (default: the recipe's eval.mode)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set eval.crop_size=[512,512] (repeatable)",
+    )
     p.add_argument(
         "--out",
         help="folder for the metrics JSON and per-class CSV (default: beside the checkpoint)",
@@ -36,7 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="segmentation: evaluate an inference-optimised copy (BatchNorm folding, channels-last; same "
         "outputs within 1e-4, see msfusion.optimize_for_inference)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="auto, cpu or cuda (default: the recipe's train.device); under torchrun each rank takes its GPU",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -70,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"eval.mode={args.mode}")
     if args.no_progress:
         overrides.append("train.progress=false")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
     dist_info = init_distributed(cfg["train"]["device"])
     task = build_task(cfg["task"])

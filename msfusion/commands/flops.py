@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         description="Count parameters and multiply-adds (MACs, the papers' 'GFLOPs') on the meta device.",
     )
     p.add_argument("model", help="registered model name (msfusion models)")
-    p.add_argument("--input", type=parse_size, default=None, help="HxW (default: the paper's input size)")
+    p.add_argument(
+        "--input", type=parse_size, default=None, help="input HxW, or N for NxN (default: the paper's input size)"
+    )
     p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
     p.add_argument(
         "--rules", choices=("torchprofile", "mmcv"), default=None, help="counting convention (default: the paper's)"

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--target-class", type=int, default=None, help="class index for a classifier's loss")
     p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--thresholds", type=int, default=101, help="number of thresholds in [0, 1] (default 101)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=run)
 
 

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
     p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--low-stride", type=int, default=None, help="FINE stage by its F_low stride (default 16)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=run)
 
 

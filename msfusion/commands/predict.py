@@ -22,14 +22,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         action="store_true",
         help="warn and skip unreadable images instead of stopping",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
         "--fast",
         action="store_true",
         help="segmentation: run an inference-optimised copy (BatchNorm folding, channels-last; same outputs "
         "within 1e-4, see msfusion.optimize_for_inference)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     p.set_defaults(func=run)
     return p
 

@@ -39,6 +39,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--work-dir", help="shortcut for --set train.work_dir=DIR")
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="auto, cpu or cuda (default: the recipe's train.device); under torchrun each rank takes its GPU",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute backbone activations in the backward pass: less memory, slower steps",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -55,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.seed={args.seed}")
     if args.deterministic:
         overrides.append("train.deterministic=true")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    if args.grad_checkpointing:
+        overrides.append("train.grad_checkpointing=true")
     cfg = load_config(args.config, overrides)
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
