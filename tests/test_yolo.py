@@ -90,3 +90,44 @@ def test_bad_variants_explain_the_fix() -> None:
         build_yolo("yolov12s")
     with pytest.raises(ValueError, match="provides"):
         build_yolo("yolov9s")
+
+
+def test_engine_trains_resumes_evaluates_and_predicts_yolo(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from msfusion.engine.config import validate_config
+    from msfusion.engine.detection import predict_detection_files
+    from msfusion.engine.trainer import train
+    from msfusion.models.yolo import YoloDetector
+    from msfusion.registry import load_model
+
+    shapes = {"type": "shapes", "image_size": 64, "seed": 0}
+
+    def recipe(iters: int) -> dict:
+        return {
+            "task": "detection",
+            "model": {"name": "yolo_nano", "compose": {"arch": "yolo", "backbone": "yolov8n", "fine": True},
+                      "kwargs": {"image_size": 64}},
+            "data": {"train": dict(shapes, split="train", num_images=4), "val": dict(shapes, split="val", num_images=2),
+                     "batch_size": 2, "num_workers": 0},
+            "optim": {"lr": 1.0e-4},
+            "schedule": {"iters": iters, "warmup_iters": 1},
+            "train": {"work_dir": str(tmp_path / "run"), "eval_interval": iters, "ckpt_interval": 1,
+                      "log_interval": 1, "progress": False, "tensorboard": False},
+        }  # fmt: skip
+
+    summary = train(validate_config(recipe(1)))
+    assert "bbox_AP" in summary["metrics"] and summary["history"][-1]["loss"] > 0
+    resumed = train(validate_config(recipe(2)), resume=True)
+    checkpoint = Path(resumed["last_checkpoint"])
+    model = load_model(checkpoint)
+    assert isinstance(model, YoloDetector) and isinstance(model.yolo.model[11], FineConcat)
+    classes = json.loads(checkpoint.with_suffix(".json").read_text())["classes"]
+    image = tmp_path / "in.png"
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(image)
+    written = predict_detection_files(model, [image], tmp_path / "out", classes=classes, progress=False)
+    assert np.asarray(Image.open(written[0])).shape == (48, 64, 3)

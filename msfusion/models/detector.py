@@ -63,7 +63,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
-from msfusion.models.detr_presets import DETR_ARCHS, build_detr_detector
+from msfusion.models.detr_presets import EXTERNAL_ARCHS, build_external_detector
 from msfusion.models.segmentor import build_part
 from msfusion.registry import create_model, recordable, register_builder
 
@@ -178,7 +178,7 @@ class TestResizeTransform(GeneralizedRCNNTransform):
 def _check_arch(arch: str) -> str:
     arch = _ALIASES.get(arch, arch)
     if arch not in ARCHS:
-        raise ValueError(f"unknown detector arch {arch!r}; choose one of {list(ARCHS) + list(DETR_ARCHS)}")
+        raise ValueError(f"unknown detector arch {arch!r}; choose one of {list(ARCHS) + list(EXTERNAL_ARCHS)}")
     return arch
 
 
@@ -339,8 +339,8 @@ def build_detector(
         The torchvision detector, with ``model_cfg`` for checkpoints and
         ``feature_info`` of the pyramid it detects on.
     """
-    if arch in DETR_ARCHS:  # transformers' DETR family (optional extra): msfusion.models.detr
-        return build_detr_detector(arch, **{k: v for k, v in locals().items() if k != "arch"})
+    if arch in EXTERNAL_ARCHS:  # transformers' DETRs, ultralytics' YOLO (optional extras): msfusion.models.detr, .yolo
+        return build_external_detector(arch, **{k: v for k, v in locals().items() if k != "arch"})
     arch = _check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(

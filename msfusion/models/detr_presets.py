@@ -1,11 +1,15 @@
 """Registered DETR-family detectors of the papers (kind ``"detector"``), transformers imported lazily.
 
-``build_detector(arch, ...)`` with ``arch`` one of ``DETR_ARCHS`` lands here
-(``build_detr_detector``), and so do the presets below; both import
+``build_detector(arch, ...)`` with ``arch`` one of ``EXTERNAL_ARCHS`` lands
+here (``build_external_detector``): the DETR archs and the presets below
+import
 ``msfusion.models.detr`` (Hugging Face transformers, the optional extra
 ``pip install "msfusion[detr]"``) only when called, so ``import msfusion``
-works without it. ``num_classes`` counts the background (torchvision's
-convention): the detectors have ``num_classes - 1`` labels.
+works without it. ``arch="yolo"`` with ``backbone`` a YOLO variant
+(``"yolov8s"``) builds ultralytics' model (AGPL-3.0, the optional extra
+``msfusion[ultralytics]``; ``msfusion.models.yolo``) for the same engine.
+``num_classes`` counts the background (torchvision's convention): the
+detectors have ``num_classes - 1`` labels.
 
 - **RT-DETR** ("DETRs Beat YOLOs on Real-time Object Detection", Zhao et
   al., arXiv 2304.08069) R18 / R50 with and without FINE ("Context-Guided
@@ -35,11 +39,13 @@ from typing import Any
 
 from torch import nn
 
-from msfusion.registry import PaperFigures, register_model
+from msfusion.registry import PaperFigures, register_builder, register_model
 
-__all__ = ["DETR_ARCHS", "build_detr_detector"]
+__all__ = ["DETR_ARCHS", "EXTERNAL_ARCHS", "build_external_detector"]
 
 DETR_ARCHS = ("deformable_detr", "rt_detr", "rt_detr_v2")
+# build_detector's archs built by other libraries: transformers' DETRs and ultralytics' YOLO (backbone = variant).
+EXTERNAL_ARCHS = (*DETR_ARCHS, "yolo")
 COCO_CLASSES_WITH_BACKGROUND = 81
 # build_detector's arguments that only torchvision's detectors use: a DETR accepts them at their defaults only.
 _TORCHVISION_ONLY = ("neck", "neck_kwargs", "roi_strides", "representation", "mask_chs", "head_convs")
@@ -54,8 +60,8 @@ def _import_detr():
     return detr
 
 
-def build_detr_detector(arch: str, **arguments: Any) -> nn.Module:
-    """``build_detector``'s arguments for a DETR arch -> ``msfusion.models.detr.build_detr``.
+def build_external_detector(arch: str, **arguments: Any) -> nn.Module:
+    """``build_detector``'s arguments for a DETR arch or ``"yolo"`` -> ``build_detr`` / ``build_yolo_detector``.
 
     Arguments that only torchvision's detectors use must keep their defaults
     (a DETR has no FPN neck or RoI heads); ``min_size``, ``max_size``,
@@ -83,7 +89,26 @@ def build_detr_detector(arch: str, **arguments: Any) -> nn.Module:
                 out[key] = value
         else:
             out[key] = value
+    if arch == "yolo":
+        # ultralytics' YOLO carries its own backbone and PAN: the variant is named as the backbone.
+        own = {"backbone", "num_classes", "fine"}
+        bad = sorted(k for k, v in out.items() if k not in own and v != defaults.get(k))
+        if bad:
+            raise ValueError(f"{bad} do not apply to YOLO (its backbone and PAN are ultralytics'): leave them out")
+        from msfusion.models.yolo import build_yolo_detector
+
+        return build_yolo_detector(out["backbone"], num_classes=out["num_classes"], fine=out["fine"], **extra)
     return _import_detr().build_detr(arch, **out, **extra)
+
+
+def _build_yolo_detector(**kwargs: Any) -> nn.Module:
+    # Checkpoints name this builder; ultralytics (AGPL-3.0) is imported only here.
+    from msfusion.models.yolo import build_yolo_detector
+
+    return build_yolo_detector(**kwargs)
+
+
+register_builder("build_yolo_detector", _build_yolo_detector)
 
 
 def _create(arch: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:

@@ -44,10 +44,24 @@ from torch import Tensor, nn
 
 from msfusion.models.necks.fine import FINE
 
-__all__ = ["VARIANTS", "FineConcat", "add_fine", "build_yolo", "fine_trainer", "top_down_concats"]
+__all__ = [
+    "VARIANTS",
+    "FineConcat",
+    "YoloDetector",
+    "add_fine",
+    "build_yolo",
+    "build_yolo_detector",
+    "fine_trainer",
+    "top_down_concats",
+]
 
 # Our names -> the installed package's model YAMLs (scale letter in the name).
-VARIANTS = {"yolov8s": "yolov8s.yaml", "yolov10s": "yolov10s.yaml", "yolo12s": "yolo12s.yaml"}
+VARIANTS = {
+    "yolov8s": "yolov8s.yaml",
+    "yolov10s": "yolov10s.yaml",
+    "yolo12s": "yolo12s.yaml",
+    "yolov8n": "yolov8n.yaml",
+}
 _NOT_ON_PYPI = {
     "yolov12s": "the paper's YOLOv12-S is YOLOv12-turbo from the authors' fork (sunsmarterjie/yolov12, itself "
     "packaged as 'ultralytics'); the installed package provides 'yolo12s' (ultralytics' YOLO12-S), use that"
@@ -157,7 +171,8 @@ def build_yolo(variant: str, *, num_classes: int = 80, fine: bool | dict[str, An
     """An ultralytics ``DetectionModel`` built from the installed package's YAML, optionally with FINE.
 
     Args:
-        variant: one of ``VARIANTS`` (``"yolov8s"``, ``"yolov10s"``, ``"yolo12s"``).
+        variant: one of ``VARIANTS`` (the paper's ``"yolov8s"``, ``"yolov10s"``, ``"yolo12s"``; ``"yolov8n"``
+            for small runs and tests).
         num_classes: object classes (ultralytics' ``nc``: no background class).
         fine: FINE at the PAN's top-down fusions (True or FINE's kwargs).
     """
@@ -193,3 +208,110 @@ def fine_trainer(options: dict[str, Any] | None = None) -> type:
             return model
 
     return FineDetectionTrainer
+
+
+class YoloDetector(nn.Module):
+    """An ultralytics detection model behind torchvision's detection interface (msfusion's detection engine).
+
+    Training: ``model(images, targets)`` (lists of (3, H, W) [0, 1] images and
+    dicts with ``boxes`` xyxy pixels, ``labels`` 1..num_classes-1) returns
+    ultralytics' loss terms (box, cls, dfl; each multiplied by the batch size,
+    as ultralytics' trainer sums them). Inference: ``model(images)`` returns
+    ``boxes`` / ``labels`` / ``scores`` per image in input pixels, after
+    ultralytics' NMS (or its end-to-end selection for YOLOv10).
+
+    Args:
+        yolo: an ultralytics ``DetectionModel`` (with or without FINE).
+        num_classes: classes including the background (``yolo`` has ``num_classes - 1``).
+        image_size: every image is resized to this square (multiple of 32).
+        conf_thresh, iou_thresh, max_det: post-processing (ultralytics' validation defaults 0.001 / 0.7).
+    """
+
+    def __init__(
+        self,
+        yolo: nn.Module,
+        num_classes: int,
+        *,
+        image_size: int = 640,
+        conf_thresh: float = 0.001,
+        iou_thresh: float = 0.7,
+        max_det: int = 100,
+    ) -> None:
+        super().__init__()
+        from ultralytics.cfg import get_cfg
+
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (YOLO's largest stride), got {image_size}")
+        self.yolo = yolo
+        self.yolo.args = get_cfg()  # ultralytics' default loss gains (box 7.5, cls 0.5, dfl 1.5)
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.conf_thresh = conf_thresh
+        self.iou_thresh = iou_thresh
+        self.max_det = max_det
+
+    def _resize(self, images) -> tuple[Tensor, list[tuple[float, float]]]:
+        s = self.image_size
+        batch, scales = [], []
+        for image in images:
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"YoloDetector expects (3, H, W) images, got {tuple(image.shape)}")
+            h, w = image.shape[-2:]
+            batch.append(nn.functional.interpolate(image[None], size=(s, s), mode="bilinear", align_corners=False)[0])
+            scales.append((s / h, s / w))
+        return torch.stack(batch), scales
+
+    def forward(self, images, targets=None):
+        batch, scales = self._resize(images)
+        s = self.image_size
+        if self.training:
+            if targets is None:
+                raise ValueError("YoloDetector in training mode needs targets (boxes xyxy in pixels, labels 1..K)")
+            index, cls, boxes = [], [], []
+            for i, (t, (sy, sx)) in enumerate(zip(targets, scales, strict=True)):
+                b = t["boxes"].float() * t["boxes"].new_tensor([sx, sy, sx, sy]) / s
+                boxes.append(torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0],
+                                          b[:, 3] - b[:, 1]], dim=1))  # fmt: skip
+                cls.append(t["labels"].float()[:, None] - 1)
+                index.append(torch.full((len(b),), float(i), device=b.device))
+            loss, _ = self.yolo.loss({"img": batch, "batch_idx": torch.cat(index), "cls": torch.cat(cls),
+                                      "bboxes": torch.cat(boxes)})  # fmt: skip
+            names = ("loss_box", "loss_cls", "loss_dfl") if loss.numel() == 3 else None
+            return {names[i] if names else f"loss_{i}": v for i, v in enumerate(loss.flatten())}
+        from ultralytics.utils import nms
+
+        preds = self.yolo(batch)
+        outs = nms.non_max_suppression(
+            preds, self.conf_thresh, self.iou_thresh, multi_label=True, max_det=self.max_det,
+            end2end=bool(getattr(self.yolo, "end2end", False)),
+        )  # fmt: skip
+        results = []
+        for out, (sy, sx), image in zip(outs, scales, images, strict=True):
+            boxes = out[:, :4] / out.new_tensor([sx, sy, sx, sy])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[-1])
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[-2])
+            results.append({"boxes": boxes, "scores": out[:, 4], "labels": out[:, 5].long() + 1})
+        return results
+
+
+def build_yolo_detector(
+    variant: str,
+    *,
+    num_classes: int,
+    fine: bool | dict[str, Any] = False,
+    image_size: int = 640,
+    conf_thresh: float = 0.001,
+    iou_thresh: float = 0.7,
+    max_det: int = 100,
+) -> YoloDetector:
+    """``build_yolo`` for msfusion's detection engine: ``num_classes`` counts the background (torchvision's)."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes!r}")
+    model = YoloDetector(
+        build_yolo(variant, num_classes=num_classes - 1, fine=fine), num_classes, image_size=image_size,
+        conf_thresh=conf_thresh, iou_thresh=iou_thresh, max_det=max_det,
+    )  # fmt: skip
+    kwargs = dict(variant=variant, num_classes=num_classes, fine=fine, image_size=image_size, conf_thresh=conf_thresh,
+                  iou_thresh=iou_thresh, max_det=max_det)  # fmt: skip
+    model.model_cfg = {"builder": "build_yolo_detector", "kwargs": kwargs}
+    return model
