@@ -4,6 +4,11 @@
 that computes the same function faster on CPUs (and GPUs); the model passed in
 is left untouched, so it still trains, saves and loads as before.
 
+Paper: "SegNeXt: Rethinking Convolutional Attention Design for Semantic
+Segmentation", Guo et al., NeurIPS 2022 (arXiv 2209.08575): the MSCAN block
+of Sec. 3.1 / Fig. 2a is what the block rewrite folds; the Hamburger head of
+Sec. 3.2 / Fig. 3c and the final upsample are what compilation fuses.
+
 The rewrites, each an exact algebraic identity up to float32 rounding:
 
 - **Batch-norm folding.** In evaluation mode a BatchNorm is a per-channel
@@ -16,11 +21,13 @@ The rewrites, each an exact algebraic identity up to float32 rounding:
   ``BN1(x)`` back. Each pre-norm folds into the following 1x1 convolution
   (``proj_1``, ``fc1``), each layer scale ``l`` into the last 1x1 convolution
   of its branch (``proj_2``, ``fc2``), and the inner shortcut becomes a
-  per-channel scale of the block input: ``(1 + l1 * s1) * x + l1 * t1``. One
-  block then runs 4 element-wise passes over its feature map instead of 9.
+  per-channel scale of the block input: ``(1 + l1 * s1) * x + l1 * t1``. Around
+  its activations and MSCA, a block then makes 2 element-wise passes over its
+  feature map instead of 7 (two norms, two scales, three additions).
 - **Channels-last memory format.** Depthwise convolutions (MSCA's 5x5 and
   strip convolutions, 1x7 ... 21x1) run several times faster on NHWC data
-  in oneDNN than on NCHW data.
+  in oneDNN than on NCHW data, and so does the final bilinear upsample of
+  the logits to the input size (vectorised over classes).
 - **Freed memory kept for reuse** (glibc, Linux). A 512x512 logit map of
   150 classes is 157 MB; glibc returns every block over 32 MB to the kernel
   when it is freed, so each call page-faults its output in afresh, which
@@ -140,6 +147,7 @@ def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+@torch.no_grad()
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every evaluation-mode BatchNorm this module's structure allows, in place.
 
