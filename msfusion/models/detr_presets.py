@@ -91,6 +91,13 @@ def build_external_detector(arch: str, **arguments: Any) -> nn.Module:
             out[key] = value
     if arch == "yolo":
         # ultralytics' YOLO carries its own backbone and PAN: the variant is named as the backbone.
+        from msfusion.models.yolo import VARIANTS  # no ultralytics import at module level
+
+        if not isinstance(out.get("backbone"), str):
+            raise ValueError(
+                f"arch 'yolo' takes an ultralytics variant as its backbone (it has its own backbone and PAN), "
+                f"got {type(out.get('backbone')).__name__}; choose one of {list(VARIANTS)}"
+            )
         own = {"backbone", "num_classes", "fine"}
         bad = sorted(k for k, v in out.items() if k not in own and v != defaults.get(k))
         if bad:
