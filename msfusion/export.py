@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,8 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int) ->
             (x,),
             input_names=["images"],
             output_names=["logits"],
-            dynamic_shapes={"images": {0: auto, 2: auto, 3: auto}},
+            # By position: forward's argument is called ``images``, ``x``, ... depending on the model.
+            dynamic_shapes=({0: auto, 2: auto, 3: auto},),
             opset_version=max(opset, _DYNAMO_MIN_OPSET),
             dynamo=True,
             verbose=False,
@@ -138,8 +140,11 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int) ->
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    # Exporter errors run to hundreds of lines (whole graphs); the first line names the operation.
+    """The exporter's reason in one line: the innermost cause (torch.export wraps it), colour codes removed."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    # Exporter errors run to hundreds of lines (whole graphs); the first real line names the operation.
     line = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("%")), "")
     return f"{type(err).__name__}: {line[:400]}"
 
