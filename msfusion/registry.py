@@ -28,6 +28,7 @@ __all__ = [
     "PaperFigures",
     "register_model",
     "register_builder",
+    "find_builders",
     "register_fallback",
     "list_models",
     "model_kind",
@@ -115,6 +116,11 @@ def register_model(
 def register_builder(name: str, fn: Callable[..., nn.Module]) -> None:
     """Register a composition function (e.g. ``build_segmentor``) that checkpoints can name."""
     _builders[name] = fn
+
+
+def find_builders(prefix: str) -> dict[str, Callable[..., nn.Module]]:
+    """The registered composition builders whose names start with ``prefix``."""
+    return {name: fn for name, fn in _builders.items() if name.startswith(prefix)}
 
 
 def register_fallback(fn: Callable[..., nn.Module | None]) -> None:

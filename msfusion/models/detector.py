@@ -52,7 +52,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -60,12 +59,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
-from msfusion.models.detr_presets import EXTERNAL_ARCHS, build_external_detector
+from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.segmentor import build_part
-from msfusion.registry import create_model, recordable, register_builder
+from msfusion.registry import create_model, find_builders, recordable, register_builder
 
 __all__ = [
     "ARCHS",
@@ -143,29 +142,6 @@ class DetectorBackbone(nn.Module):
         return OrderedDict(zip(self.names, self.forward_features(images), strict=True))
 
 
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm2d`` in ``module`` by ``FrozenBatchNorm2d`` (statistics and affine fixed).
-
-    torchvision does this to its ImageNet-initialised detection backbones
-    (the batches of 1-2 images per GPU are too small for BatchNorm); the
-    affine terms become buffers, so parameter counts drop accordingly.
-    """
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            with torch.no_grad():
-                if child.affine:
-                    frozen.weight.copy_(child.weight)
-                    frozen.bias.copy_(child.bias)
-                if child.track_running_stats and child.running_mean is not None:
-                    frozen.running_mean.copy_(child.running_mean)
-                    frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batch_norm(child)
-    return module
-
-
 class TestResizeTransform(GeneralizedRCNNTransform):
     """torchvision's detector transform that resizes only in eval mode (training images arrive sized)."""
 
@@ -175,10 +151,15 @@ class TestResizeTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+def _external_archs() -> dict[str, Any]:
+    """Detector archs other modules provide (registered as builders ``detector:<arch>``)."""
+    return {name.split(":", 1)[1]: fn for name, fn in find_builders("detector:").items()}
+
+
 def _check_arch(arch: str) -> str:
     arch = _ALIASES.get(arch, arch)
     if arch not in ARCHS:
-        raise ValueError(f"unknown detector arch {arch!r}; choose one of {list(ARCHS) + list(EXTERNAL_ARCHS)}")
+        raise ValueError(f"unknown detector arch {arch!r}; choose one of {list(ARCHS) + sorted(_external_archs())}")
     return arch
 
 
@@ -339,8 +320,9 @@ def build_detector(
         The torchvision detector, with ``model_cfg`` for checkpoints and
         ``feature_info`` of the pyramid it detects on.
     """
-    if arch in EXTERNAL_ARCHS:  # transformers' DETRs, ultralytics' YOLO (optional extras): msfusion.models.detr, .yolo
-        return build_external_detector(arch, **{k: v for k, v in locals().items() if k != "arch"})
+    external = _external_archs()
+    if arch in external:  # transformers' DETRs, ultralytics' YOLO (optional extras): msfusion.models.detr, .yolo
+        return external[arch](**{k: v for k, v in locals().items() if k not in ("arch", "external")})
     arch = _check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(

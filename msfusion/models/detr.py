@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from msfusion.layers import check_feature_info, indices_for_strides
-from msfusion.models.detector import freeze_batch_norm
+from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.necks.fine import FINE
 from msfusion.models.segmentor import build_part
 from msfusion.registry import create_model, recordable

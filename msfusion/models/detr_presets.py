@@ -34,6 +34,7 @@ detectors have ``num_classes - 1`` labels.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -116,6 +117,9 @@ def _build_yolo_detector(**kwargs: Any) -> nn.Module:
 
 
 register_builder("build_yolo_detector", _build_yolo_detector)
+# ``build_detector(arch, ...)`` finds these archs through the registry, so it imports nothing from here.
+for _arch in EXTERNAL_ARCHS:
+    register_builder(f"detector:{_arch}", functools.partial(build_external_detector, _arch))
 
 
 def _create(arch: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
