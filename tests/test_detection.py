@@ -168,7 +168,7 @@ def test_cascade_inference_averages_stage_scores() -> None:
 
 def test_bad_arguments_explain_the_fix() -> None:
     with pytest.raises(ValueError, match="choose one of"):
-        build_detector("yolo", backbone=TinyBackbone(), num_classes=3)
+        build_detector("yolox", backbone=TinyBackbone(), num_classes=3)
     with pytest.raises(ValueError, match="counts the background"):
         build_detector("fcos", backbone=TinyBackbone(), num_classes=1)
     with pytest.raises(ValueError, match="one channel count"):

@@ -5,16 +5,23 @@ from __future__ import annotations
 import io
 import os
 
+import PIL.Image
 import pytest
 import torch
 
 import msfusion as mf
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing fetched: no fonts, no data sets, no update checks
+# Importing ultralytics replaces PIL.Image.open for the whole process; this module is imported when
+# pytest collects, so PIL's own function is put back for every other test (msfusion.models.yolo does
+# the same for users).
+_PIL_OPEN = PIL.Image.open
 pytest.importorskip("ultralytics", reason="the msfusion[ultralytics] extra (AGPL-3.0) is not installed")
 
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+
+PIL.Image.open = _PIL_OPEN
 
 from msfusion.models.yolo import FineConcat, add_fine, build_yolo, fine_trainer, top_down_concats  # noqa: E402
 
@@ -83,6 +90,12 @@ def test_trainer_rebuilds_from_yaml_with_fine_and_its_weights() -> None:
     rebuilt = trainer.get_model(cfg="yolov8n.yaml", weights=model, verbose=False)
     ours, theirs = model.state_dict(), rebuilt.state_dict()
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_building_a_yolo_leaves_pil_image_open_alone() -> None:
+    before = PIL.Image.open
+    build_yolo("yolov8n")
+    assert PIL.Image.open is before
 
 
 def test_bad_variants_explain_the_fix() -> None:

@@ -69,6 +69,12 @@ _NOT_ON_PYPI = {
 
 
 def _import_ultralytics():
+    import PIL.Image
+
+    # Importing ultralytics replaces PIL.Image.open process-wide with a version that, on an image
+    # it cannot identify, tries to pip-install a HEIF plugin; msfusion's readers must keep PIL's
+    # own error, so the original function is put back.
+    pil_open = PIL.Image.open
     try:
         import ultralytics  # noqa: F401
         from ultralytics.nn.modules import Concat
@@ -78,6 +84,8 @@ def _import_ultralytics():
             f"{err}. The YOLO detectors need ultralytics (AGPL-3.0), an optional extra: "
             'pip install "msfusion[ultralytics]"'
         ) from err
+    finally:
+        PIL.Image.open = pil_open
     return DetectionModel, Concat
 
 
