@@ -21,10 +21,10 @@ msfusion's fp32 eager output.
   ``Trainer.train_step``). The output check compares the first step's logits
   and loss in train mode (DropPath and dropout off, same NMF bases).
 
-The reference environment is built by the recipe (about 2 minutes with
-``MMCV=lite``; mmcv-lite suffices, SegNeXt uses no compiled mmcv op)::
+The reference environment is built by ``benchmarks/make_refenv.sh`` (about
+2-6 minutes; mmcv-lite suffices, SegNeXt uses no compiled mmcv op)::
 
-    MMCV=lite bash make_refenv.sh /work/refenv/venv   # torch as in msfusion's environment
+    bash benchmarks/make_refenv.sh /work/refenv/venv   # torch as in msfusion's environment
 
 Usage::
 
