@@ -490,28 +490,14 @@ def predict_detection_files(
     ``<stem>_det.json`` (the detections: xyxy boxes, labels, class names, scores) per image."""
     from PIL import Image
 
-    from msfusion.data.image_io import read_image
-    from msfusion.engine.predictor import _unique_stems, collect_images
+    from msfusion.engine.predictor import iter_images
 
-    files = collect_images(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes or [str(i) for i in range(getattr(model, "num_classes", 91))])
     model.eval().to(device)
     written: list[Path] = []
-    iterator: Iterable = zip(files, _unique_stems(files), strict=True)
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(list(iterator), desc="predict", unit="img")
-    for path, stem in iterator:
-        try:
-            array = read_image(path)
-        except (OSError, ValueError) as err:
-            if on_bad_file == "skip":
-                print(f"skipped {path}: {err}")
-                continue
-            raise
+    for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
         image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
         output = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
         picture = draw_detections(image, output, classes, palette, score_thresh)

@@ -318,29 +318,15 @@ def predict_panoptic_files(
     from PIL import Image
 
     from msfusion.data.coco_panoptic import id_to_rgb
-    from msfusion.data.image_io import read_image
-    from msfusion.engine.predictor import _unique_stems, collect_images
+    from msfusion.engine.predictor import iter_images
 
-    files = collect_images(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = getattr(model, "num_things", 0) + getattr(model, "num_stuff_classes", 0) + 1
     classes = list(classes or [str(i) for i in range(total)])
     model.eval().to(device)
     written: list[Path] = []
-    iterator: Iterable = zip(files, _unique_stems(files), strict=True)
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(list(iterator), desc="predict", unit="img")
-    for path, stem in iterator:
-        try:
-            array = read_image(path)
-        except (OSError, ValueError) as err:
-            if on_bad_file == "skip":
-                print(f"skipped {path}: {err}")
-                continue
-            raise
+    for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
         image = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
         output = model([image.to(device)])[0]
         ids = output["panoptic"].cpu().numpy()

@@ -18,7 +18,7 @@ network and the scores are resized back, as in evaluation.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch import nn
 from msfusion.engine.evaluator import check_slide_window, segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay
 
-__all__ = ["collect_images", "predict_array", "predict_files"]
+__all__ = ["collect_images", "iter_images", "predict_array", "predict_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -112,6 +112,34 @@ def predict_array(
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
     label = scores.argmax(dim=1)[0].cpu().numpy()
     return label.astype(np.uint8 if scores.shape[1] <= 256 else np.uint16)
+
+
+def iter_images(
+    inputs: Iterable[str | Path], *, progress: bool = False, on_bad_file: str = "raise"
+) -> Iterator[tuple[Path, str, np.ndarray]]:
+    """``(path, unique output stem, (H, W, 3) uint8 image)`` for every image of ``inputs``.
+
+    An unreadable file raises, or with ``on_bad_file="skip"`` is reported and
+    skipped; ``progress`` shows a bar. Shared by the detection and panoptic
+    prediction commands.
+    """
+    from msfusion.data.image_io import read_image
+
+    files = collect_images(inputs)
+    pairs: Iterable = zip(files, _unique_stems(files), strict=True)
+    if progress:
+        from tqdm import tqdm
+
+        pairs = tqdm(list(pairs), desc="predict", unit="img")
+    for path, stem in pairs:
+        try:
+            array = read_image(path)
+        except (OSError, ValueError) as err:
+            if on_bad_file == "skip":
+                print(f"skipped {path}: {err}")
+                continue
+            raise
+        yield path, stem, array
 
 
 def _unique_stems(files: Sequence[Path]) -> list[str]:
