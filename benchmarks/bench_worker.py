@@ -253,6 +253,7 @@ class MsfusionSubject:
             raise ValueError(f"unknown msfusion training mode {self.mode!r}")
         cfg = load_config(None, overrides)
         self.task = SegmentationTask()
+        self.task.avg_non_ignore = False  # mmseg's loss rule (recipes: train.avg_non_ignore=false), so losses compare
         self.batch = {"image": images, "mask": labels.long()}
         from msfusion.engine.distributed import DistInfo
 

@@ -163,3 +163,28 @@ def test_resume_with_more_iterations_follows_the_new_schedule(tmp_path):
     summary = train(tiny_config(tmp_path, "schedule.iters=4"), resume=True)
     lrs = {h["step"]: h["lr"] for h in summary["history"]}
     assert summary["step"] == 4 and lrs[3] == pytest.approx(2e-3 * (1 - 2 / 4))
+
+
+@pytest.mark.parametrize("avg_non_ignore", [True, False])
+def test_cross_entropy_denominator_follows_avg_non_ignore(avg_non_ignore):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    mask = torch.randint(0, 3, (2, 4, 4))
+    mask[0, :2] = 255  # 8 of 32 pixels ignored
+    task = SegmentationTask()
+    task.avg_non_ignore = avg_non_ignore
+    loss, _ = task.loss(lambda images: {"logits": logits}, {"image": None, "mask": mask})
+    # By hand: -log p(label) summed over labelled pixels, over 24 labelled (PyTorch) or all 32 (mmseg) pixels.
+    log_p = logits.log_softmax(1).permute(0, 2, 3, 1)[mask != 255]
+    nll = -log_p.gather(1, mask[mask != 255][:, None]).sum()
+    assert loss.item() == pytest.approx((nll / (24 if avg_non_ignore else 32)).item(), rel=1e-6)
+
+
+def test_paper_recipes_average_over_all_pixels_like_the_official_trainings():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paper = [
+        p for p in configs.glob("*.yaml") if p.name.startswith(("segnext_", "topformer_", "upernet_", "semantic_fpn_"))
+    ]
+    assert len(paper) >= 20
+    assert all(load_config(p)["train"]["avg_non_ignore"] is False for p in paper)
+    assert load_config(configs / "demo_shapes.yaml")["train"]["avg_non_ignore"] is True

@@ -130,6 +130,10 @@ DEFAULTS: dict[str, Any] = {
         # Recompute the backbone's activations in the backward pass (set_grad_checkpointing): SegNeXt-B
         # trains in 80% less activation memory for 1.23x the step time (benchmarks/bench_grad_checkpointing.py).
         "grad_checkpointing": False,
+        # Cross-entropy averaged over the labelled pixels (True, PyTorch's rule) or over every pixel,
+        # ignored ones included (False: mmsegmentation's default `avg_non_ignore=False`, which every
+        # paper's official training used; the paper recipes set it).
+        "avg_non_ignore": True,
     },
     "eval": {
         "mode": "whole",  # "whole" or "slide"
@@ -223,6 +227,7 @@ _BOOLS = (
     "train.compile",
     "train.keep_freed_memory",
     "train.grad_checkpointing",
+    "train.avg_non_ignore",
     "optim.fused",
     "eval.tta",
     "eval.flip",

@@ -66,6 +66,7 @@ class SegmentationTask(Task):
 
     def __init__(self, ignore_index: int = 255) -> None:
         self.ignore_index = ignore_index
+        self.avg_non_ignore = True
         self.auxiliary_weights: tuple[float, ...] = ()
 
     def setup(self, model: nn.Module) -> None:
@@ -85,6 +86,7 @@ class SegmentationTask(Task):
         if val is not None and list(val.classes) != list(train.classes):
             raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
         self.ignore_index = getattr(train, "ignore_index", self.ignore_index)
+        self.avg_non_ignore = bool(cfg["train"].get("avg_non_ignore", True))
         return train, val
 
     def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
@@ -105,6 +107,11 @@ class SegmentationTask(Task):
         return {"num_classes": dataset.num_classes}
 
     def _ce(self, logits: Tensor, mask: Tensor) -> Tensor:
+        if not self.avg_non_ignore:
+            # mmsegmentation's default (avg_non_ignore=False), used by the papers' official trainings:
+            # ignored pixels add zero but still count in the mean's denominator.
+            summed = F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index, reduction="sum")
+            return summed / mask.numel()
         if not (mask != self.ignore_index).any():
             # Every pixel ignored: a zero loss that keeps the graph, instead of CE's NaN.
             return logits.sum() * 0.0
