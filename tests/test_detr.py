@@ -82,11 +82,26 @@ def test_fine_attention_strategies_cost_in_table3_order() -> None:
 
 
 def test_deformable_detr_counts_beside_the_papers() -> None:
-    expected = {"deformable_detr_r50": 40.0, "deformable_detr_convnext_t": 42.0, "deformable_detr_cednet_next_t": 43.0}
+    """Params of MSCSA Table 2 / CEDNet Table 2(a); ConvNeXt-T as the released config trains it (module doc)."""
+    expected = {"deformable_detr_r50": 40.0, "deformable_detr_cednet_next_t": 43.0, "deformable_detr_convnext_t": 40.9}
     for name, published in expected.items():
         with torch.device("meta"):
             model = mf.create_model(name)
         assert abs(mf.count_params(model) / 1e6 / published - 1) < 0.01, name
+    with torch.device("meta"):
+        refined = mf.create_model("deformable_detr_convnext_t", two_stage=True, with_box_refine=True)
+    assert abs(mf.count_params(refined) / 42.0e6 - 1) < 0.01  # the printed 42 M
+
+
+def test_deformable_detr_macs_explain_the_published_figures() -> None:
+    """CEDNet-NeXt-T: 223 G at 800 x 1280 (mmcv). R50: DETR's protocol (~0.9 Mpx mean) puts 173 G between 800 x 1088
+    and 800 x 1152, well below 800 x 1280."""
+    with torch.device("meta"):
+        cednet = detr.DetrComplexity(mf.create_model("deformable_detr_cednet_next_t"))
+        r50 = detr.DetrComplexity(mf.create_model("deformable_detr_r50"))
+    assert abs(mf.count_macs(cednet, (1, 3, 800, 1280), rules="mmcv") / 223e9 - 1) < 0.01
+    small, large, full = (mf.count_macs(r50, (1, 3, 800, w)) for w in (1088, 1152, 1280))
+    assert small < 173e9 < large and full / 173e9 > 1.12
 
 
 def test_fine_off_adds_nothing_and_on_adds_only_fine_keys() -> None:
