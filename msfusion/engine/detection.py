@@ -64,12 +64,12 @@ __all__ = [
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def _train_dataset_cfg(data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+def _train_dataset_cfg(data: Mapping[str, Any], split: str, seed: int, types: str) -> dict[str, Any]:
     cfg = dict(data[split] or {})
     if not cfg:
         return {}
     if "type" not in cfg:
-        raise ValueError(f"data.{split} needs a 'type' (one of coco, voc, shapes)")
+        raise ValueError(f"data.{split} needs a 'type' (one of {types})")
     if split == "train":
         cfg.setdefault("transforms", {"kind": "train"})
         if cfg.get("aug_seed") is None:
@@ -83,6 +83,8 @@ class DetectionTask(Task):
 
     name = "detection"
     primary_metric = "bbox_AP"
+    dataset_example = "{type: coco, images: DIR, annotations: FILE}"
+    dataset_types = "coco, voc, shapes"
 
     def __init__(self, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> None:
         self.score_thresh = score_thresh
@@ -98,26 +100,13 @@ class DetectionTask(Task):
             raise ValueError("model.compose of a detection recipe needs an arch (faster_rcnn, mask_rcnn, ...)")
         return build_detector(kwargs.pop("arch"), **kwargs)
 
-    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+    def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+        return _train_dataset_cfg(data, split, seed, self.dataset_types)
+
+    def build_dataset(self, description: dict[str, Any]) -> Any:
         from msfusion.data.detection_build import build_detection_dataset
 
-        data, seed = cfg["data"], cfg["train"]["seed"]
-        if not data["train"]:
-            raise ValueError("the recipe has no data.train dataset (e.g. {type: coco, images: DIR, annotations: FILE})")
-        train = build_detection_dataset(_train_dataset_cfg(data, "train", seed))
-        val_cfg = _train_dataset_cfg(data, "val", seed)
-        val = build_detection_dataset(val_cfg) if val_cfg else None
-        if val is not None and list(val.classes) != list(train.classes):
-            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
-        return train, val
-
-    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
-        from msfusion.data.detection_build import build_detection_dataset
-
-        val_cfg = _train_dataset_cfg(cfg["data"], "val", cfg["train"]["seed"])
-        if not val_cfg:
-            raise ValueError("the recipe has no data.val dataset to evaluate on")
-        return build_detection_dataset(val_cfg)
+        return build_detection_dataset(description)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         from msfusion.data.detection import collate_detection

@@ -84,24 +84,13 @@ def build_panoptic_dataset(cfg: Mapping[str, Any]) -> Any:
     return types[kind](**kwargs)
 
 
-def _dataset_cfg(data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
-    cfg = dict(data[split] or {})
-    if not cfg:
-        return {}
-    if "type" not in cfg:
-        raise ValueError(f"data.{split} needs a 'type' (one of {', '.join(PANOPTIC_DATASET_TYPES)})")
-    if split == "train":
-        cfg.setdefault("transforms", {"kind": "train"})
-        if cfg.get("aug_seed") is None:
-            cfg["aug_seed"] = seed  # augmentation drawn from (seed, epoch, index): exact on resume
-    return cfg
-
-
 class PanopticTask(DetectionTask):
     """Panoptic segmentation with Panoptic FPN (module doc)."""
 
     name = "panoptic"
     primary_metric = "PQ"
+    dataset_example = "{type: coco_panoptic, images: DIR, annotations: FILE}"
+    dataset_types = ", ".join(PANOPTIC_DATASET_TYPES)
 
     @staticmethod
     def compose(**kwargs: Any) -> nn.Module:
@@ -113,23 +102,8 @@ class PanopticTask(DetectionTask):
             raise ValueError(f"a panoptic recipe composes Panoptic FPN (arch: panoptic_fpn), got arch {arch!r}")
         return build_panoptic_fpn(**kwargs)
 
-    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
-        data, seed = cfg["data"], cfg["train"]["seed"]
-        if not data["train"]:
-            raise ValueError("the recipe has no data.train dataset (e.g. {type: coco_panoptic, images: DIR, "
-                             "annotations: FILE})")  # fmt: skip
-        train = build_panoptic_dataset(_dataset_cfg(data, "train", seed))
-        val_cfg = _dataset_cfg(data, "val", seed)
-        val = build_panoptic_dataset(val_cfg) if val_cfg else None
-        if val is not None and list(val.classes) != list(train.classes):
-            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
-        return train, val
-
-    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
-        val_cfg = _dataset_cfg(cfg["data"], "val", cfg["train"]["seed"])
-        if not val_cfg:
-            raise ValueError("the recipe has no data.val dataset to evaluate on")
-        return build_panoptic_dataset(val_cfg)
+    def build_dataset(self, description: dict[str, Any]) -> Any:
+        return build_panoptic_dataset(description)
 
     def model_kwargs(self, dataset: Any) -> dict[str, Any]:
         return {"num_classes": dataset.num_classes, "num_stuff_classes": dataset.num_stuff_classes}

@@ -28,10 +28,35 @@ class Task(ABC):
 
     name = "task"
     primary_metric = "score"
+    #: A ``data.train`` value shown when a recipe has none.
+    dataset_example = "{type: folder, root: data/mine, split: train}"
 
     @abstractmethod
+    def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+        """The description of ``data.<split>`` with the recipe's defaults filled in ({} if there is none)."""
+
+    @abstractmethod
+    def build_dataset(self, description: dict[str, Any]) -> Any:
+        """The dataset a description from :meth:`dataset_config` names."""
+
     def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
         """The training set and the validation set (None if the recipe has none)."""
+        data, seed = cfg["data"], cfg["train"]["seed"]
+        if not data["train"]:
+            raise ValueError(f"the recipe has no data.train dataset (e.g. {self.dataset_example})")
+        train = self.build_dataset(self.dataset_config(data, "train", seed))
+        val_description = self.dataset_config(data, "val", seed)
+        val = self.build_dataset(val_description) if val_description else None
+        if val is not None and list(val.classes) != list(train.classes):
+            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
+        return train, val
+
+    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
+        """The validation set of a recipe (for ``msfusion eval``)."""
+        description = self.dataset_config(cfg["data"], "val", cfg["train"]["seed"])
+        if not description:
+            raise ValueError("the recipe has no data.val dataset to evaluate on")
+        return self.build_dataset(description)
 
     @abstractmethod
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ torchvision detector's loss dict summed; ``evaluate`` = COCO AP) and registers
 it in ``TASKS``; no second loop.
 
 Segmentation (as in the official SegNeXt configs, after mmsegmentation): cross-entropy with ignore index 255,
-averaged over labelled pixels, plus each auxiliary head's cross-entropy times
+averaged over labelled pixels (``train.avg_non_ignore``; the paper recipes divide by all pixels, as
+mmsegmentation's default and the official trainings do), plus each auxiliary head's cross-entropy times
 its weight (``model.auxiliary_weights``; SegNeXt has none).
 """
 
@@ -72,31 +73,19 @@ class SegmentationTask(Task):
     def setup(self, model: nn.Module) -> None:
         self.auxiliary_weights = tuple(getattr(model, "auxiliary_weights", ()) or ())
 
-    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+    def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+        return _dataset_kwargs(data, split, seed)
+
+    def build_dataset(self, description: dict[str, Any]) -> Any:
         from msfusion.data import build_dataset
 
-        data = cfg["data"]
-        if not data["train"]:
-            raise ValueError(
-                "the recipe has no data.train dataset (e.g. {type: folder, root: data/mine, split: train})"
-            )
-        train = build_dataset(_dataset_kwargs(data, "train", cfg["train"]["seed"]))
-        val_kwargs = _dataset_kwargs(data, "val", cfg["train"]["seed"])
-        val = build_dataset(val_kwargs) if val_kwargs else None
-        if val is not None and list(val.classes) != list(train.classes):
-            raise ValueError(f"train and val datasets have different classes: {train.classes} vs {val.classes}")
+        return build_dataset(description)
+
+    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+        train, val = super().build_datasets(cfg)
         self.ignore_index = getattr(train, "ignore_index", self.ignore_index)
         self.avg_non_ignore = bool(cfg["train"].get("avg_non_ignore", True))
         return train, val
-
-    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
-        """The validation set of a recipe (for ``msfusion eval``)."""
-        from msfusion.data import build_dataset
-
-        kwargs = _dataset_kwargs(cfg["data"], "val", cfg["train"]["seed"])
-        if not kwargs:
-            raise ValueError("the recipe has no data.val dataset to evaluate on")
-        return build_dataset(kwargs)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         from msfusion.data import collate_segmentation
