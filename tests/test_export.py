@@ -70,10 +70,9 @@ TWINS = {
     ),
     # FINE reshapes token grids to Python ints taken from the traced sizes: fixed shape only.
     "semantic_fpn_fine": (_create("test_semantic_fpn_fine"), ["semantic_fpn_r50_fine"], False),
-    # The segmentor pads small inputs to TopFormer's 64-pixel minimum with Python max() on sizes: fixed shape.
-    "topformer": (_create("topformer_t", num_classes=5), ["topformer_[tsb]"], False),
+    "topformer": (_create("topformer_t", num_classes=5), ["topformer_[tsb]"], True),
     "topformer_cls": (_create("topformer_t_cls", num_classes=5), ["topformer_[tsb]_cls"], True),
-    "topformer_mscsa": (_create("topformer_t_mscsa", num_classes=5), ["topformer_[tb]_mscsa"], False),
+    "topformer_mscsa": (_create("topformer_t_mscsa", num_classes=5), ["topformer_[tb]_mscsa"], True),
     "topformer_mscsa_cls": (_create("topformer_t_mscsa_cls", num_classes=5), ["topformer_[tb]_mscsa_cls"], True),
 }
 

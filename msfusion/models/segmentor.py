@@ -118,7 +118,9 @@ class Segmentor(nn.Module):
         images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
         if self.min_size > d:
             h, w = images.shape[-2], images.shape[-1]
-            images = F.pad(images, (0, max(self.min_size - w, 0), 0, max(self.min_size - h, 0)))
+            # max(x, 0) written as (x + |x|) // 2: arithmetic on sizes stays in a traced graph, a comparison would not.
+            short_w, short_h = self.min_size - w, self.min_size - h
+            images = F.pad(images, (0, (short_w + abs(short_w)) // 2, 0, (short_h + abs(short_h)) // 2))
         return images
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
