@@ -120,8 +120,13 @@ class MMSegSubject:
 
     # data pipeline
     def prepare_data(self, images: list, masks: list) -> None:
+        import cv2
+        import numpy as np
         from mmcv.transforms import Compose
 
+        # OpenCV's own thread pool gets the thread count torch gets (mmengine sets it to 1 in data workers).
+        cv2.setNumThreads(self.args.threads)
+        np.random.seed(0)  # mmcv's transforms draw from numpy's global generator
         # The config's train pipeline after loading (the images are given decoded, BGR as mmcv loads them).
         steps = [t for t in self.cfg.train_pipeline if t["type"] not in ("LoadImageFromFile", "LoadAnnotations")]
         self.pipeline = Compose(steps)

@@ -1,7 +1,10 @@
 """SegNeXt's data pipeline: joint image/mask transforms with an explicit RNG.
 
-The training recipe is the one of the official SegNeXt ADE20K configs
-(``local_configs/segnext/*/`` in the SegNeXt repo, which follow mmsegmentation):
+SegNeXt (Guo et al., "SegNeXt: Rethinking Convolutional Attention Design for
+Semantic Segmentation", arXiv:2209.08575, Sec. 4, implementation details)
+trains with random horizontal flipping, random scaling from 0.5 to 2 and
+random cropping on top of mmsegmentation. Its official ADE20K configs spell
+the pipeline out:
 
     RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)
     RandomCrop(crop_size=(512, 512), cat_max_ratio=0.75)
@@ -13,21 +16,36 @@ The training recipe is the one of the official SegNeXt ADE20K configs
 
 and the test pipeline resizes keep-ratio to the same scale, normalises and
 converts. Details follow mmsegmentation: the keep-ratio rule of
-``mmcv.rescale_size``, the 10 crop retries of ``RandomCrop``, the order and
-50 % probabilities of ``PhotoMetricDistortion`` (including its hue offset
-drawn from ``[-delta, delta)``), and padding after normalisation (so padded
-pixels are 0 in normalised space, as in mmseg's data pre-processor).
+``mmcv.rescale_size``, the 10 crop retries of ``RandomCrop``, the order
+(crop and flip first, colour jitter on the crop) and 50 % probabilities of
+``PhotoMetricDistortion`` (including its hue offset drawn from
+``[-delta, delta)``), and padding after normalisation (so padded pixels are
+0 in normalised space, as in mmseg's data pre-processor).
 
-Deviations: PIL does the resizing (bilinear for images, nearest for every
-label map) and the HSV conversion. PIL's bilinear filter antialiases when
-downscaling where OpenCV's does not, and its HSV hue has 256 steps per turn
-instead of 180, so the hue offset is rescaled by 256/180.
+Deviations, none of which changes a parameter range or a probability:
+
+- Images are resized by torch's bilinear filter on uint8 (through
+  ``torchvision.transforms.v2.functional.resize`` with ``antialias=True``):
+  it antialiases when downscaling, like PIL and unlike OpenCV, and is within
+  one grey level of PIL's ``BILINEAR``. Label maps are resized by
+  nearest-neighbour sampling at pixel centres (PIL's rule; OpenCV's
+  ``INTER_NEAREST`` samples at top-left corners, half a pixel off).
+- Saturation and hue are changed in continuous HSV computed from RGB
+  (OpenCV quantises hue to 180 steps and S, V to 8 bits in between), and
+  the two are applied in one HSV round trip when both are drawn; they are
+  adjacent in mmseg's order and commute, so only rounding differs.
+- Brightness and contrast are 256-entry lookup tables built with mmseg's
+  own float32 arithmetic (``clip(x * alpha + beta)`` truncated to uint8), so
+  they are exact; consecutive ones are merged into one table.
 
 Samples are dicts of numpy arrays until ``ToTensor``: ``"image"`` (H, W, 3)
 uint8 (float32 after ``Normalize``), ``"mask"`` (H, W) uint8 train ids, and
 optionally ``"instance_masks"`` (N, H, W) bool with ``"labels"`` (N,).
-Geometric transforms move every label map with the image, always with
-nearest-neighbour sampling, so no new label value can appear.
+Arrays may be views with any strides (a crop, or an ``(H, W, 3)`` view of
+channel-first memory after ``PhotoMetricDistortion`` and ``Normalize``, which
+``ToTensor`` then hands to torch without a copy). Geometric transforms move
+every label map with the image, always with nearest-neighbour sampling, so
+no new label value can appear.
 
 Reproducibility: every transform is called as ``transform(sample, rng)``
 with a ``numpy.random.Generator`` and draws all randomness from it. The
@@ -40,12 +58,14 @@ and DataLoader worker seeding make reproducible.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample, np.random.Generator], Sample]
@@ -54,6 +74,10 @@ IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 IGNORE_INDEX = 255
 _LABEL_KEYS = ("mask", "instance_masks")
+# Hue offsets of PhotoMetricDistortion are in OpenCV's uint8 hue unit (2 degrees); 30 make one sextant (60 degrees).
+_OPENCV_HUE_PER_SEXTANT = 30.0
+# Hue sextant at which each of R, G, B is the lowest channel (cyan, magenta, yellow).
+_LOWEST_HUE = torch.tensor([3.0, 5.0, 1.0]).view(3, 1, 1)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -63,23 +87,52 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of ``array`` (copied only if it has negative strides)."""
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Decoded images are often read-only buffers; the transforms never write into their inputs.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _to_channels_first(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` array -> ``(C, H, W)`` tensor view (channels-last strides, no copy)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return _as_tensor(image).permute(2, 0, 1)
+
+
 def _resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    height, width = size_hw
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    """Bilinear, antialiased resize of an ``(H, W, C)`` or ``(H, W)`` image.
+
+    torch's uint8 path works on the channels-last view directly (vectorised,
+    no float copy); the result comes back as an ``(H, W, C)`` array.
+    """
+    if tuple(image.shape[:2]) == tuple(size_hw):
+        return image
+    resized = TF.resize(
+        _to_channels_first(image), list(size_hw), interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
+    out = resized.permute(1, 2, 0).numpy()
+    return out[:, :, 0] if image.ndim == 2 else out
+
+
+def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of every output pixel, sampled at pixel centres."""
+    centres = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)
+    return np.minimum(centres.astype(np.intp), in_size - 1)
 
 
 def _resize_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of ``(H, W)`` or ``(N, H, W)`` label maps."""
+    """Nearest-neighbour resize of ``(H, W)`` or ``(N, H, W)`` label maps (any dtype)."""
     height, width = size_hw
-    if labels.ndim == 3:
-        out = np.zeros((labels.shape[0], height, width), dtype=labels.dtype)
-        for index, plane in enumerate(labels):
-            out[index] = _resize_labels(plane, size_hw)
-        return out
-    source = Image.fromarray(labels.astype(np.uint8))
-    resized = np.asarray(source.resize((width, height), Image.Resampling.NEAREST))
-    return resized.astype(labels.dtype)
+    if tuple(labels.shape[-2:]) == (height, width):
+        return labels
+    rows = _nearest_indices(labels.shape[-2], height)
+    cols = _nearest_indices(labels.shape[-1], width)
+    return labels.take(rows, axis=-2).take(cols, axis=-1)
 
 
 def rescale_size(size_hw: tuple[int, int], scale: Sequence[int]) -> tuple[int, int]:
@@ -111,7 +164,7 @@ def rescale_size(size_hw: tuple[int, int], scale: Sequence[int]) -> tuple[int, i
 
 
 def resize_sample(sample: Sample, size_hw: tuple[int, int], resize_labels: bool = True) -> Sample:
-    """Resize the image (bilinear) and, if asked, every label map (nearest)."""
+    """Resize the image (bilinear, antialiased) and, if asked, every label map (nearest)."""
     out = dict(sample)
     out["image"] = _resize_image(sample["image"], size_hw)
     if resize_labels:
@@ -223,8 +276,15 @@ class RandomCrop:
         return int(rng.integers(0, margin_h + 1)), int(rng.integers(0, margin_w + 1))
 
     def _balanced(self, mask: np.ndarray) -> bool:
-        labels, counts = np.unique(mask, return_counts=True)
-        counts = counts[labels != self.ignore_index]
+        if mask.dtype == np.uint8:
+            # A 256-bin histogram: one pass, where np.unique sorts the whole crop.
+            counts = np.bincount(mask.ravel(), minlength=256)
+            if 0 <= self.ignore_index < 256:
+                counts[self.ignore_index] = 0
+            counts = counts[counts > 0]
+        else:
+            labels, counts = np.unique(mask, return_counts=True)
+            counts = counts[labels != self.ignore_index]
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -257,7 +317,8 @@ class RandomFlip:
         if rng.random() >= self.prob:
             return sample
         out = dict(sample)
-        out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+        # torch copies an (H, W, 3) uint8 image flipped an order of magnitude faster than numpy.
+        out["image"] = _as_tensor(sample["image"]).flip(1).numpy()
         for key in _LABEL_KEYS:
             if key in sample:
                 out[key] = np.ascontiguousarray(sample[key][..., ::-1])
@@ -272,9 +333,15 @@ class PhotoMetricDistortion:
 
     In order, each step applied with probability 0.5: brightness (add
     ``U(-delta, delta)``), contrast (multiply by ``U(lower, upper)``) either
-    here or last (a coin flip), saturation (scale HSV S), hue (shift HSV H by
-    an integer from ``[-hue_delta, hue_delta)`` in OpenCV units of 2 degrees).
-    Values are clipped to 0..255 after every step, as mmseg's ``convert``.
+    here or last (a coin flip), saturation (scale HSV S by
+    ``U(lower, upper)``), hue (shift HSV H by an integer from
+    ``[-hue_delta, hue_delta)`` in OpenCV units of 2 degrees). Brightness and
+    contrast clip to 0..255 and truncate, as mmseg's ``convert``; they are
+    applied as lookup tables. Saturation and hue work in continuous HSV on
+    float32 (see the module docstring), V is kept and the result rounded.
+
+    Returns the image as an ``(H, W, 3)`` uint8 view of channel-first memory
+    when saturation or hue ran (``Normalize`` reads it without a transpose).
     """
 
     def __init__(
@@ -290,39 +357,39 @@ class PhotoMetricDistortion:
         self.hue_delta = hue_delta
 
     @staticmethod
-    def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-        return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-
-    def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.integers(2):
-            return self._convert(image, alpha=rng.uniform(*self.contrast_range))
-        return image
+    def _table(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        """mmseg's ``convert`` of every uint8 value, in its float32 arithmetic: a ``(256,)`` uint8 table."""
+        values = np.arange(256, dtype=np.float32)
+        return np.clip(values * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
 
     @staticmethod
-    def _hsv(image: np.ndarray, channel: int, change: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        hsv = np.array(Image.fromarray(image).convert("HSV"))
-        hsv[..., channel] = change(hsv[..., channel])
-        size = (hsv.shape[1], hsv.shape[0])
-        return np.asarray(Image.frombytes("HSV", size, hsv.tobytes()).convert("RGB"))
+    def _then(first: np.ndarray | None, second: np.ndarray) -> np.ndarray:
+        return second if first is None else second[first]
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        image = sample["image"]
+        # Every draw happens in mmseg's order first; the image work is then done with as few passes as possible.
+        table = None
         if rng.integers(2):
             delta = self.brightness_delta
-            image = self._convert(image, beta=rng.uniform(-delta, delta))
+            table = self._table(beta=rng.uniform(-delta, delta))
         contrast_last = rng.integers(2) == 0
-        if not contrast_last:
-            image = self._contrast(image, rng)
-        if rng.integers(2):
-            alpha = rng.uniform(*self.saturation_range)
-            image = self._hsv(image, 1, lambda s: self._convert(s, alpha=alpha))
-        if rng.integers(2):
-            # OpenCV stores hue in 180 steps per turn, PIL in 256.
-            shift = int(rng.integers(-self.hue_delta, self.hue_delta)) * 256 / 180
-            image = self._hsv(image, 0, lambda h: np.round(h.astype(np.float32) + shift).astype(np.int64) % 256)
-        if contrast_last:
-            image = self._contrast(image, rng)
-        return {**sample, "image": np.ascontiguousarray(image, dtype=np.uint8)}
+        if not contrast_last and rng.integers(2):
+            table = self._then(table, self._table(alpha=rng.uniform(*self.contrast_range)))
+        saturation = rng.uniform(*self.saturation_range) if rng.integers(2) else None
+        hue = int(rng.integers(-self.hue_delta, self.hue_delta)) if rng.integers(2) else None
+        last_table = None
+        if contrast_last and rng.integers(2):
+            last_table = self._table(alpha=rng.uniform(*self.contrast_range))
+        image = sample["image"]
+        if saturation is None and hue is None and last_table is not None:
+            table, last_table = self._then(table, last_table), None
+        if table is not None:
+            image = np.take(table, image)
+        if saturation is not None or hue is not None:
+            image = adjust_saturation_hue(image, saturation, None if hue is None else hue / _OPENCV_HUE_PER_SEXTANT)
+        if last_table is not None:
+            image = np.take(last_table, image)
+        return {**sample, "image": image}
 
     def __repr__(self) -> str:
         return (
@@ -330,6 +397,55 @@ class PhotoMetricDistortion:
             f"contrast_range={self.contrast_range}, saturation_range={self.saturation_range}, "
             f"hue_delta={self.hue_delta})"
         )
+
+
+def adjust_saturation_hue(image: np.ndarray, saturation: float | None = None, hue: float | None = None) -> np.ndarray:
+    """Scale HSV saturation and rotate HSV hue of a uint8 RGB image, keeping V (the channel maximum).
+
+    Computed in RGB with the hexcone model: chroma ``C = V - min`` becomes
+    ``min(saturation * C, V)`` (S scaled and clipped to 1, as mmseg clips it
+    to 255), and the hue sextant ``h`` in ``[0, 6)`` becomes ``h + hue``.
+    Channel ``n`` is then ``V - C * clamp(2 - d_n, 0, 1)``, ``d_n`` being the
+    circular distance of ``h`` from the hue where that channel is lowest
+    (cyan 3 for R, magenta 5 for G, yellow 1 for B). Grey pixels (``C = 0``)
+    stay grey.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        saturation: Factor on S, or None to keep it.
+        hue: Shift in sextants (60 degrees), or None to keep the hue.
+
+    Returns:
+        ``(H, W, 3)`` uint8 view of ``(3, H, W)`` memory.
+    """
+    # In-place float32 work throughout: a fresh buffer costs about as much as the arithmetic on it.
+    rgb = _to_channels_first(image).to(torch.float32, memory_format=torch.contiguous_format)
+    red, green, blue = rgb.unbind(0)
+    value = torch.maximum(red, green)
+    torch.maximum(value, blue, out=value)
+    chroma = torch.minimum(red, green)
+    torch.minimum(chroma, blue, out=chroma)
+    chroma.neg_().add_(value)
+    # value + 0.5 then truncation: rounds half up to uint8 (every result lies in [0, V]).
+    if hue is None:
+        # Hue kept: every channel moves away from V by the chroma's factor, min(saturation, V / C).
+        factor = torch.div(value, chroma.clamp_(min=0.5)).clamp_(max=saturation)
+        out = rgb.sub_(value).mul_(factor).add_(value.add_(0.5))
+    else:
+        # Sextant times chroma by the channel holding the maximum: 4C + R - G (blue), 2C + B - R (green),
+        # G - B (red), selected by exact 0/1 weights (channel - V + 1, clamped, on integer values). Ties
+        # between maxima give the same hue either way.
+        scaled = torch.sub(red, green).add_(chroma, alpha=4.0)
+        scaled.lerp_(torch.sub(blue, red).add_(chroma, alpha=2.0), torch.sub(green, value).add_(1.0).clamp_(min=0.0))
+        scaled.lerp_(torch.sub(green, blue), torch.sub(red, value).add_(1.0).clamp_(min=0.0))
+        sextant = scaled.div_(chroma.clamp(min=0.5)).add_(hue)
+        sextant.sub_(torch.floor(sextant * (1.0 / 6.0)).mul_(6.0))
+        if saturation is not None:
+            torch.minimum(chroma.mul_(saturation), value, out=chroma)
+        # 2 - circular distance to each channel's lowest hue, ||h - c| - 3| - 1, clamped to the ramp's 0..1.
+        ramp = torch.sub(sextant.unsqueeze(0), _LOWEST_HUE).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+        out = torch.addcmul(value.add_(0.5), chroma, ramp, value=-1.0)
+    return out.to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 class Normalize:
@@ -340,8 +456,10 @@ class Normalize:
         self.std = np.asarray(std, dtype=np.float32)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        image = (sample["image"].astype(np.float32) - self.mean) / self.std
-        return {**sample, "image": image}
+        # Channel-first float32 memory, returned as an (H, W, 3) view: ToTensor then needs no transpose copy.
+        image = _to_channels_first(sample["image"]).to(torch.float32, memory_format=torch.contiguous_format)
+        image.sub_(torch.from_numpy(self.mean).view(-1, 1, 1)).div_(torch.from_numpy(self.std).view(-1, 1, 1))
+        return {**sample, "image": image.permute(1, 2, 0).numpy()}
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
