@@ -123,7 +123,7 @@ def test_clear_errors(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_demo_report_folder(tmp_path):
+def test_demo_report_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--no-progress", "--set", "model.name=test_segnext",
             "--set", "data.train={type: shapes, split: train, num_images: 8, image_size: 48}",
@@ -139,3 +139,9 @@ def test_demo_report_folder(tmp_path):
     assert grid.size[1] >= 3 * 48  # three validation rows
     assert "mIoU" in (out / "README.txt").read_text()
     assert Path(out / "run" / "checkpoints" / "best.safetensors").exists()
+    # A second demo into the same folder keeps the first unless told to replace it.
+    before = (out / "run" / "checkpoints" / "best.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "earlier demo run; pass --overwrite" in capsys.readouterr().err
+    assert (out / "run" / "checkpoints" / "best.safetensors").read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0

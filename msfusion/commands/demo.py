@@ -22,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         metavar="KEY=VALUE",
         help="change the demo recipe",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier demo run in the report folder (else an error)"
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     p.set_defaults(func=run)
@@ -38,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "detection":
         from msfusion.engine.detection_demo import run_detection_demo
 
-        result = run_detection_demo(args.out or "msfusion_demo_detection", args.overrides, not args.no_progress)
+        result = run_detection_demo(
+            args.out or "msfusion_demo_detection", args.overrides, not args.no_progress, overwrite=args.overwrite
+        )
         print(result["table"])
         metrics = result["metrics"]
         print(
@@ -48,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"report: {result['out_dir']} (start with README.txt)")
         return 0
-    result = run_demo(args.out or "msfusion_demo", args.overrides, progress=not args.no_progress)
+    result = run_demo(
+        args.out or "msfusion_demo", args.overrides, progress=not args.no_progress, overwrite=args.overwrite
+    )
     print(result["table"])
     print(
         f"mIoU {100 * result['metrics']['mIoU']:.2f} % on {result['metrics']['num_images']} held-out images; "

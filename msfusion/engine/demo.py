@@ -91,19 +91,31 @@ What to look at:
 """
 
 
+def refuse_earlier_run(out_dir: Path, overwrite: bool) -> None:
+    """A demo writes into ``out_dir/run``: an earlier run there is replaced only when asked."""
+    from msfusion.engine.checkpointing import existing_checkpoints
+
+    if not overwrite and existing_checkpoints(out_dir / "run"):
+        raise ValueError(
+            f"{out_dir} holds an earlier demo run; pass --overwrite to replace it, or --out DIR for a new folder"
+        )
+
+
 def run_demo(
     out_dir: str | Path = "msfusion_demo",
     overrides: Iterable[str] = (),
     progress: bool = True,
     num_examples: int = 6,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and write the report folder; returns the final metrics and paths.
 
     Args:
-        out_dir: the report folder (created; an earlier run's files are replaced).
+        out_dir: the report folder (created).
         overrides: ``key=value`` changes to :data:`DEMO_RECIPE` (e.g. ``schedule.iters=100``).
         progress: show progress bars.
         num_examples: validation images in ``predictions.png``.
+        overwrite: replace an earlier demo run in ``out_dir``; without it that is an error.
     """
     from msfusion.data.transforms import denormalize
     from msfusion.engine.config import apply_overrides, validate_config
@@ -113,13 +125,14 @@ def run_demo(
     from msfusion.engine.visualize import plot_training_curve, prediction_grid
 
     out_dir = Path(out_dir)
+    refuse_earlier_run(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = copy.deepcopy(DEMO_RECIPE)
     recipe["train"]["work_dir"] = str(out_dir / "run")
     recipe["train"]["progress"] = progress
     cfg = validate_config(apply_overrides(recipe, overrides))
     start = time.perf_counter()
-    summary = train(cfg, overwrite=True)  # the demo's own folder: a rerun regenerates it
+    summary = train(cfg, overwrite=overwrite)  # an earlier run there is kept unless asked
     metrics = summary["metrics"]
     if metrics is None:
         raise ValueError("the demo recipe must evaluate at the last step (train.eval_interval > 0)")

@@ -79,31 +79,35 @@ def run_detection_demo(
     overrides: Iterable[str] = (),
     progress: bool = True,
     num_examples: int = 6,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and write the report folder; returns the metrics and paths.
 
     Args:
-        out_dir: the report folder (an earlier run's files there are replaced).
+        out_dir: the report folder (created).
         overrides: ``key=value`` changes to :data:`DETECTION_DEMO_RECIPE`.
         progress: show progress bars.
         num_examples: held-out images drawn in ``predictions.png``.
+        overwrite: replace an earlier demo run in ``out_dir``; without it that is an error.
     """
     from PIL import Image
 
     from msfusion.engine.config import apply_overrides, validate_config
+    from msfusion.engine.demo import refuse_earlier_run
     from msfusion.engine.detection import DetectionTask, draw_detections, format_detection_metrics
     from msfusion.engine.trainer import train
     from msfusion.engine.visualize import plot_training_curve
     from msfusion.registry import load_model
 
     out_dir = Path(out_dir)
+    refuse_earlier_run(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = copy.deepcopy(DETECTION_DEMO_RECIPE)
     recipe["train"]["work_dir"] = str(out_dir / "run")
     recipe["train"]["progress"] = progress
     cfg = validate_config(apply_overrides(recipe, overrides))
     start = time.perf_counter()
-    summary = train(cfg, overwrite=True)
+    summary = train(cfg, overwrite=overwrite)  # an earlier run there is kept unless asked
     task = DetectionTask()
     val = task.build_eval_dataset(cfg)
     last = Path(summary["last_checkpoint"]) if summary["last_checkpoint"] else None
