@@ -98,11 +98,43 @@ def test_building_a_yolo_leaves_pil_image_open_alone() -> None:
     assert PIL.Image.open is before
 
 
-def test_bad_variants_explain_the_fix() -> None:
+def test_bad_variants_explain_the_fix(monkeypatch) -> None:
     with pytest.raises(ValueError, match="yolo12s"):
         build_yolo("yolov12s")
     with pytest.raises(ValueError, match="provides"):
         build_yolo("yolov9s")
+    # A module where a variant name belongs: its type is named, not its whole repr.
+    with pytest.raises(ValueError, match="got a Conv2d") as err:
+        build_yolo(torch.nn.Conv2d(3, 8, 3))
+    assert "kernel_size" not in str(err.value)
+    # A variant whose YAML the installed ultralytics lacks (an older release without YOLO12, say).
+    from msfusion.models import yolo
+
+    monkeypatch.setitem(yolo.VARIANTS, "yolov99s", "yolov99s.yaml")
+    with pytest.raises(ValueError, match="installed ultralytics does not provide yolov99s.yaml"):
+        build_yolo("yolov99s")
+
+
+def test_registered_presets_match_fine_table1() -> None:
+    """create_model builds the Table 1 YOLOs (meta device); counts beside the paper's, FINE adds its modules."""
+    from msfusion.models.yolo import YoloComplexity, YoloDetector
+    from msfusion.registry import model_kind, paper_figures
+
+    counts, macs = {}, {}
+    for name in ("yolov8s", "yolov8s_fine", "yolov10s", "yolov10s_fine", "yolo12s", "yolo12s_fine"):
+        with torch.device("meta"):
+            model = mf.create_model(name)
+        assert model_kind(name) == "detector" and isinstance(model, YoloDetector)
+        assert model.num_classes == 81 and model.model_cfg["name"] == name
+        assert any(isinstance(m, FineConcat) for m in model.modules()) == name.endswith("_fine")
+        counts[name], macs[name] = mf.count_params(model), mf.count_macs(YoloComplexity(model), (1, 3, 640, 640))
+    for name in ("yolov8s", "yolov10s"):  # the same networks as the paper's: within 1%
+        paper = paper_figures(name)
+        assert abs(counts[name] / (paper.params_m * 1e6) - 1) < 0.01
+        assert abs(macs[name] / (paper.gmacs * 1e9) - 1) < 0.01
+    for name in ("yolov8s", "yolov10s", "yolo12s"):  # FINE: a few hundred K parameters, under 1 GFLOPs
+        assert 0.4e6 < counts[f"{name}_fine"] - counts[name] < 0.7e6
+        assert 0 < 2 * (macs[f"{name}_fine"] - macs[name]) < 1e9
 
 
 def test_engine_trains_resumes_evaluates_and_predicts_yolo(tmp_path) -> None:

@@ -300,3 +300,67 @@ def deformable_detr_cednet_next_t(**kwargs: Any) -> nn.Module:
     """Deformable DETR on CEDNet-NeXt-T's stride 8/16/32 outputs, plain variant (43.1 M; module doc)."""
     defaults = dict(backbone="cednet_next_t", backbone_kwargs=dict(drop_path_rate=0.2, layer_scale_init=1e-6))
     return _create("deformable_detr", defaults, kwargs)
+
+
+# ---- YOLO with FINE in the PAN (FINE Table 1; ultralytics, AGPL-3.0, imported only when built) ------------
+
+
+def _yolo_table1(params: float, gflops: float, what: str, notes: str = "") -> PaperFigures:
+    return PaperFigures(
+        params_m=params,
+        gmacs=round(gflops / 2, 2),
+        input_size=(3, 640, 640),
+        source="FINE paper (arXiv 2606.14005) Table 1",
+        notes=f"{what}; published as {gflops} GFLOPs = 2 FLOPs per multiply-add (network only, no NMS)"
+        + (f"; {notes}" if notes else ""),
+    )
+
+
+def _yolo(variant: str, fine: bool, kwargs: dict[str, Any]) -> nn.Module:
+    # ultralytics (AGPL-3.0, the msfusion[ultralytics] extra) is imported here, when a model is built.
+    from msfusion.models.yolo import build_yolo_detector
+
+    cfg = {"num_classes": COCO_CLASSES_WITH_BACKGROUND, "fine": fine, **kwargs}
+    return build_yolo_detector(variant, **cfg)
+
+
+_TURBO = (
+    "the paper's YOLOv12-S is YOLOv12-turbo from the authors' fork (9.1 M), which installs as a package named "
+    "'ultralytics'; this is PyPI ultralytics' YOLO12-S (9.28 M, 23.4 G)"
+)
+
+
+@register_model(kind="detector", paper=_yolo_table1(11.2, 28.6, "YOLOv8-S"))
+def yolov8s(**kwargs: Any) -> nn.Module:
+    """YOLOv8-S from ultralytics (AGPL-3.0 extra; FINE Table 1: 11.2 M, 28.6 GFLOPs, 45.0 AP)."""
+    return _yolo("yolov8s", False, kwargs)
+
+
+@register_model(kind="detector", paper=_yolo_table1(12.3, 29.6, "YOLOv8-S + FINE"))
+def yolov8s_fine(**kwargs: Any) -> nn.Module:
+    """YOLOv8-S with FINE at the PAN's two top-down fusions (Table 1: 12.3 M, 29.6 G, 45.8 AP)."""
+    return _yolo("yolov8s", True, kwargs)
+
+
+@register_model(kind="detector", paper=_yolo_table1(8.1, 24.8, "YOLOv10-S", "with the training-time one-to-many head"))
+def yolov10s(**kwargs: Any) -> nn.Module:
+    """YOLOv10-S from ultralytics (AGPL-3.0 extra; Table 1: 8.1 M, 24.8 GFLOPs, 46.2 AP)."""
+    return _yolo("yolov10s", False, kwargs)
+
+
+@register_model(kind="detector", paper=_yolo_table1(9.0, 25.7, "YOLOv10-S + FINE"))
+def yolov10s_fine(**kwargs: Any) -> nn.Module:
+    """YOLOv10-S with FINE at the PAN's two top-down fusions (Table 1: 9.0 M, 25.7 G, 46.7 AP)."""
+    return _yolo("yolov10s", True, kwargs)
+
+
+@register_model(kind="detector", paper=_yolo_table1(9.1, 19.4, "YOLOv12-S", _TURBO))
+def yolo12s(**kwargs: Any) -> nn.Module:
+    """ultralytics' YOLO12-S (AGPL-3.0 extra), the PyPI stand-in for the paper's YOLOv12-S (Table 1: 9.1 M, 19.4 G)."""
+    return _yolo("yolo12s", False, kwargs)
+
+
+@register_model(kind="detector", paper=_yolo_table1(10.5, 21.2, "YOLOv12-S + FINE", _TURBO))
+def yolo12s_fine(**kwargs: Any) -> nn.Module:
+    """YOLO12-S with FINE at the PAN's two top-down fusions (Table 1, YOLOv12-S + FINE: 10.5 M, 21.2 G, 48.2 AP)."""
+    return _yolo("yolo12s", True, kwargs)

@@ -47,6 +47,7 @@ from msfusion.models.necks.fine import FINE
 __all__ = [
     "VARIANTS",
     "FineConcat",
+    "YoloComplexity",
     "YoloDetector",
     "add_fine",
     "build_yolo",
@@ -184,10 +185,24 @@ def build_yolo(variant: str, *, num_classes: int = 80, fine: bool | dict[str, An
         num_classes: object classes (ultralytics' ``nc``: no background class).
         fine: FINE at the PAN's top-down fusions (True or FINE's kwargs).
     """
+    if not isinstance(variant, str):
+        raise ValueError(
+            f"the YOLO variant is named by a string (one of {list(VARIANTS)}), got a {type(variant).__name__}"
+        )
     if variant in _NOT_ON_PYPI:
         raise ValueError(f"{variant!r}: {_NOT_ON_PYPI[variant]}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown YOLO variant {variant!r}; the installed ultralytics provides {list(VARIANTS)}")
+    if torch.empty(0).device.type == "meta":
+        # ultralytics initialises the head's biases from the values of its strides, which meta tensors lack:
+        # build on the CPU, then move. The strides stay real numbers (eval mode builds the anchors from them).
+        with torch.device("cpu"):
+            model = build_yolo(variant, num_classes=num_classes, fine=fine)
+        head = model.model[-1]
+        stride = head.stride.clone()
+        model = model.to("meta")
+        head.stride = model.stride = stride
+        return model
     detection_model, _ = _import_ultralytics()
     try:
         model = detection_model(VARIANTS[variant], nc=num_classes, verbose=False)
@@ -300,6 +315,25 @@ class YoloDetector(nn.Module):
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[-2])
             results.append({"boxes": boxes, "scores": out[:, 4], "labels": out[:, 5].long() + 1})
         return results
+
+
+class YoloComplexity(nn.Module):
+    """A YOLO detector's network forward on a resized (B, 3, S, S) batch, for ``count_macs``.
+
+    FINE Table 1 and ultralytics count the network alone at 640 x 640 (box
+    decoding included, no NMS), as "GFLOPs" = 2 x multiply-adds.
+    """
+
+    def __init__(self, detector: YoloDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor):
+        return self.detector.yolo(images)
+
+
+# msfusion.analysis.report counts a detector through its complexity module.
+YoloDetector.complexity_module = YoloComplexity
 
 
 def build_yolo_detector(
