@@ -135,6 +135,17 @@ def test_registered_presets_match_fine_table1() -> None:
     for name in ("yolov8s", "yolov10s", "yolo12s"):  # FINE: a few hundred K parameters, under 1 GFLOPs
         assert 0.4e6 < counts[f"{name}_fine"] - counts[name] < 0.7e6
         assert 0 < 2 * (macs[f"{name}_fine"] - macs[name]) < 1e9
+    # The authors' earlier FINE reproduces YOLOv8-S + FINE (12.3 M, 29.6 GFLOPs); v8-S and v10-S gain the same.
+    earlier = {}
+    for name in ("yolov8s", "yolov10s"):
+        with torch.device("meta"):
+            model = mf.create_model(f"{name}_fine", fine={"preset": "earlier"})
+        earlier[name] = mf.count_params(model) - counts[name]
+        if name == "yolov8s":
+            assert abs(mf.count_params(model) / 12.3e6 - 1) < 0.01
+            assert abs(2 * mf.count_macs(YoloComplexity(model), (1, 3, 640, 640)) / 29.6e9 - 1) < 0.01
+    assert earlier["yolov8s"] == earlier["yolov10s"]
+    assert counts["yolov8s_fine"] - counts["yolov8s"] == counts["yolov10s_fine"] - counts["yolov10s"]
 
 
 def test_engine_trains_resumes_evaluates_and_predicts_yolo(tmp_path) -> None:

@@ -45,6 +45,9 @@ The detectors themselves are transformers' (Apache-2.0; the optional extra
   levels have the encoder's hidden size (256), so no channel projection is
   needed. The FINE modules live in ``model.encoder.fine`` (new keys only:
   the original RT-DETR keys are untouched); ``fine=False`` adds nothing.
+  Two modules of the paper's equations add 526,336 parameters (Table 1:
+  +1.0 M; the authors' earlier FINE, ``fine={"preset": "earlier"}``, adds
+  1.58 M, so neither reaches it).
 - **The torchvision detector interface** (``DetrDetector``), so the
   detection task trains, evaluates and predicts these models like the
   torchvision ones: ``model(images, targets)`` returns a dict of losses,
