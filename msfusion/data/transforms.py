@@ -336,12 +336,14 @@ class PhotoMetricDistortion:
     here or last (a coin flip), saturation (scale HSV S by
     ``U(lower, upper)``), hue (shift HSV H by an integer from
     ``[-hue_delta, hue_delta)`` in OpenCV units of 2 degrees). Brightness and
-    contrast clip to 0..255 and truncate, as mmseg's ``convert``; they are
-    applied as lookup tables. Saturation and hue work in continuous HSV on
-    float32 (see the module docstring), V is kept and the result rounded.
+    contrast clip to 0..255 and truncate, as mmseg's ``convert``, in its
+    float32 arithmetic. Saturation and hue work in continuous HSV (see
+    :func:`adjust_saturation_hue`), V is kept and the result rounded.
 
+    Without saturation and hue, brightness and contrast are one 256-entry
+    lookup table; with them, every step runs in place on one float32 copy.
     Returns the image as an ``(H, W, 3)`` uint8 view of channel-first memory
-    when saturation or hue ran (``Normalize`` reads it without a transpose).
+    in the second case (``Normalize`` reads it without a transpose).
     """
 
     def __init__(
@@ -356,39 +358,34 @@ class PhotoMetricDistortion:
         self.saturation_range = saturation_range
         self.hue_delta = hue_delta
 
-    @staticmethod
-    def _table(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-        """mmseg's ``convert`` of every uint8 value, in its float32 arithmetic: a ``(256,)`` uint8 table."""
-        values = np.arange(256, dtype=np.float32)
-        return np.clip(values * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
-
-    @staticmethod
-    def _then(first: np.ndarray | None, second: np.ndarray) -> np.ndarray:
-        return second if first is None else second[first]
-
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        # Every draw happens in mmseg's order first; the image work is then done with as few passes as possible.
-        table = None
+        # Every draw happens first, in mmseg's order; the image is then touched as few times as possible.
+        before: list[tuple[float, float]] = []  # (alpha, beta) of mmseg's convert
         if rng.integers(2):
             delta = self.brightness_delta
-            table = self._table(beta=rng.uniform(-delta, delta))
+            before.append((1.0, rng.uniform(-delta, delta)))
         contrast_last = rng.integers(2) == 0
         if not contrast_last and rng.integers(2):
-            table = self._then(table, self._table(alpha=rng.uniform(*self.contrast_range)))
+            before.append((rng.uniform(*self.contrast_range), 0.0))
         saturation = rng.uniform(*self.saturation_range) if rng.integers(2) else None
         hue = int(rng.integers(-self.hue_delta, self.hue_delta)) if rng.integers(2) else None
-        last_table = None
+        after: list[tuple[float, float]] = []
         if contrast_last and rng.integers(2):
-            last_table = self._table(alpha=rng.uniform(*self.contrast_range))
+            after.append((rng.uniform(*self.contrast_range), 0.0))
         image = sample["image"]
-        if saturation is None and hue is None and last_table is not None:
-            table, last_table = self._then(table, last_table), None
-        if table is not None:
-            image = np.take(table, image)
-        if saturation is not None or hue is not None:
-            image = adjust_saturation_hue(image, saturation, None if hue is None else hue / _OPENCV_HUE_PER_SEXTANT)
-        if last_table is not None:
-            image = np.take(last_table, image)
+        if saturation is None and hue is None:
+            if before or after:
+                image = np.take(_convert_table(before + after), image)
+        else:
+            rgb = _to_channels_first(image).to(torch.float32, memory_format=torch.contiguous_format)
+            for alpha, beta in before:
+                _convert_(rgb, alpha, beta)
+            rgb = _saturation_hue_(rgb, saturation, None if hue is None else hue / _OPENCV_HUE_PER_SEXTANT)
+            if after:
+                rgb.trunc_()  # the rounded uint8 value (rounding half up was folded in as +0.5)
+                for alpha, beta in after:
+                    _convert_(rgb, alpha, beta)
+            image = rgb.to(torch.uint8).permute(1, 2, 0).numpy()
         return {**sample, "image": image}
 
     def __repr__(self) -> str:
@@ -397,6 +394,24 @@ class PhotoMetricDistortion:
             f"contrast_range={self.contrast_range}, saturation_range={self.saturation_range}, "
             f"hue_delta={self.hue_delta})"
         )
+
+
+def _convert_table(steps: Sequence[tuple[float, float]]) -> np.ndarray:
+    """mmseg's ``convert`` steps composed over all uint8 values: a ``(256,)`` uint8 lookup table."""
+    values = np.arange(256, dtype=np.float32)
+    for alpha, beta in steps:
+        # float32 array times Python floats stays float32, as in mmseg's numpy code.
+        values = np.floor(np.clip(values * np.float32(alpha) + np.float32(beta), 0, 255))
+    return values.astype(np.uint8)
+
+
+def _convert_(rgb: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """mmseg's ``convert`` (``x * alpha + beta``, clipped to 0..255, truncated) on float32 data, in place."""
+    if alpha != 1.0:
+        rgb.mul_(alpha)
+    if beta != 0.0:
+        rgb.add_(beta)
+    return rgb.clamp_(0.0, 255.0).trunc_()
 
 
 def adjust_saturation_hue(image: np.ndarray, saturation: float | None = None, hue: float | None = None) -> np.ndarray:
@@ -408,7 +423,8 @@ def adjust_saturation_hue(image: np.ndarray, saturation: float | None = None, hu
     Channel ``n`` is then ``V - C * clamp(2 - d_n, 0, 1)``, ``d_n`` being the
     circular distance of ``h`` from the hue where that channel is lowest
     (cyan 3 for R, magenta 5 for G, yellow 1 for B). Grey pixels (``C = 0``)
-    stay grey.
+    stay grey. The result is within 0.5 of the exact continuous HSV
+    transform (``colorsys``), rounded.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -418,34 +434,49 @@ def adjust_saturation_hue(image: np.ndarray, saturation: float | None = None, hu
     Returns:
         ``(H, W, 3)`` uint8 view of ``(3, H, W)`` memory.
     """
-    # In-place float32 work throughout: a fresh buffer costs about as much as the arithmetic on it.
     rgb = _to_channels_first(image).to(torch.float32, memory_format=torch.contiguous_format)
+    if saturation is not None or hue is not None:
+        rgb = _saturation_hue_(rgb, saturation, hue)
+    return rgb.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _saturation_hue_(rgb: torch.Tensor, saturation: float | None, hue: float | None) -> torch.Tensor:
+    """:func:`adjust_saturation_hue` on ``(3, H, W)`` contiguous float32 holding integers 0..255.
+
+    Overwrites ``rgb`` and returns the result plus 0.5 (truncation then
+    rounds half up; every result lies in ``[0, V]``).
+    """
+    # In-place float32 work into few buffers: a fresh buffer costs about as much as the arithmetic on it.
     red, green, blue = rgb.unbind(0)
     value = torch.maximum(red, green)
     torch.maximum(value, blue, out=value)
     chroma = torch.minimum(red, green)
     torch.minimum(chroma, blue, out=chroma)
     chroma.neg_().add_(value)
-    # value + 0.5 then truncation: rounds half up to uint8 (every result lies in [0, V]).
     if hue is None:
         # Hue kept: every channel moves away from V by the chroma's factor, min(saturation, V / C).
-        factor = torch.div(value, chroma.clamp_(min=0.5)).clamp_(max=saturation)
-        out = rgb.sub_(value).mul_(factor).add_(value.add_(0.5))
-    else:
-        # Sextant times chroma by the channel holding the maximum: 4C + R - G (blue), 2C + B - R (green),
-        # G - B (red), selected by exact 0/1 weights (channel - V + 1, clamped, on integer values). Ties
-        # between maxima give the same hue either way.
-        scaled = torch.sub(red, green).add_(chroma, alpha=4.0)
-        scaled.lerp_(torch.sub(blue, red).add_(chroma, alpha=2.0), torch.sub(green, value).add_(1.0).clamp_(min=0.0))
-        scaled.lerp_(torch.sub(green, blue), torch.sub(red, value).add_(1.0).clamp_(min=0.0))
-        sextant = scaled.div_(chroma.clamp(min=0.5)).add_(hue)
-        sextant.sub_(torch.floor(sextant * (1.0 / 6.0)).mul_(6.0))
-        if saturation is not None:
-            torch.minimum(chroma.mul_(saturation), value, out=chroma)
-        # 2 - circular distance to each channel's lowest hue, ||h - c| - 3| - 1, clamped to the ramp's 0..1.
-        ramp = torch.sub(sextant.unsqueeze(0), _LOWEST_HUE).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
-        out = torch.addcmul(value.add_(0.5), chroma, ramp, value=-1.0)
-    return out.to(torch.uint8).permute(1, 2, 0).numpy()
+        factor = torch.div(value, chroma.clamp_(min=0.5), out=chroma).clamp_(max=saturation)
+        return rgb.sub_(value).mul_(factor).add_(value.add_(0.5))
+    # Sextant times chroma by the channel holding the maximum: 4C + R - G (blue), 2C + B - R (green),
+    # G - B (red), selected by exact 0/1 weights (channel - V + 1, clamped, on integer values). Ties
+    # between maxima give the same hue either way.
+    scaled = torch.sub(red, green).add_(chroma, alpha=4.0)
+    candidate = torch.sub(blue, red).add_(chroma, alpha=2.0)
+    weight = torch.sub(green, value).add_(1.0).clamp_(min=0.0)
+    scaled.lerp_(candidate, weight)
+    torch.sub(green, blue, out=candidate)
+    torch.sub(red, value, out=weight).add_(1.0).clamp_(min=0.0)
+    scaled.lerp_(candidate, weight)
+    sextant = scaled.div_(torch.clamp(chroma, min=0.5, out=weight)).add_(hue)  # in [-1 + hue, 5 + hue]
+    if abs(hue) > 1.0:
+        sextant.sub_(torch.floor(sextant * (1.0 / 6.0)).mul_(6.0))  # into [0, 6)
+    if saturation is not None:
+        torch.minimum(chroma.mul_(saturation), value, out=chroma)
+    # Ramp of each channel: 2 - circular distance d to its lowest hue, clamped to 0..1, with
+    # d = 3 - ||h - c| - 3|. Without the wrap |h - c| stays below 7, where the formula's d is -(true d)
+    # only for true d <= 1, both of which clamp to 1.
+    ramp = torch.sub(sextant.unsqueeze(0), _LOWEST_HUE, out=rgb).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    return torch.addcmul(value.add_(0.5), chroma, ramp, value=-1.0, out=rgb)
 
 
 class Normalize:
