@@ -7,7 +7,9 @@ import
 ``pip install "msfusion[detr]"``) only when called, so ``import msfusion``
 works without it. ``arch="yolo"`` with ``backbone`` a YOLO variant
 (``"yolov8s"``) builds ultralytics' model (AGPL-3.0, the optional extra
-``msfusion[ultralytics]``; ``msfusion.models.yolo``) for the same engine.
+``msfusion[ultralytics]``; ``msfusion.models.yolo``) for the same engine;
+the registered ``yolov8s``, ``yolov10s``, ``yolo12s`` and their ``_fine``
+versions are FINE Table 1's YOLO rows, ultralytics imported when one is built.
 ``num_classes`` counts the background (torchvision's convention): the
 detectors have ``num_classes - 1`` labels.
 
