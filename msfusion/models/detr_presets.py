@@ -1,9 +1,8 @@
-"""Registered DETR-family detectors of the papers (kind ``"detector"``), transformers imported lazily.
+"""Registered DETR-family and YOLO detectors of the papers (kind ``"detector"``), their libraries imported lazily.
 
 ``build_detector(arch, ...)`` with ``arch`` one of ``EXTERNAL_ARCHS`` lands
 here (``build_external_detector``): the DETR archs and the presets below
-import
-``msfusion.models.detr`` (Hugging Face transformers, the optional extra
+import ``msfusion.models.detr`` (Hugging Face transformers, the optional extra
 ``pip install "msfusion[detr]"``) only when called, so ``import msfusion``
 works without it. ``arch="yolo"`` with ``backbone`` a YOLO variant
 (``"yolov8s"``) builds ultralytics' model (AGPL-3.0, the optional extra
