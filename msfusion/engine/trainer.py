@@ -315,6 +315,9 @@ class Trainer:
             tcfg["seed"],
         )
         self.step = 0
+        # Seconds spent in train_step, and the part of it blocked waiting for the next batch.
+        self.step_time_s = 0.0
+        self.data_wait_s = 0.0
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
@@ -483,10 +486,14 @@ class Trainer:
 
     def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches; returns the logged values."""
+        step_start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for a in range(self.accum):
-            batch = self.task.to_device(next(batches), self.device)
+            wait_start = time.perf_counter()
+            batch = next(batches)
+            self.data_wait_s += time.perf_counter() - wait_start
+            batch = self.task.to_device(batch, self.device)
             sync = a == self.accum - 1 or not self.dist.distributed
             ctx = contextlib.nullcontext() if sync else self.forward.no_sync()
             with ctx:
@@ -505,6 +512,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self.step_time_s += time.perf_counter() - step_start
         return totals
 
     def evaluate(self) -> dict[str, Any] | None:
@@ -560,6 +568,7 @@ class Trainer:
         last_metrics: dict[str, Any] | None = None
         try:
             window: dict[str, list[float]] = {}
+            window_start = (self.step_time_s, self.data_wait_s)
             while self.step < iters:
                 logs = self.train_step(batches)
                 for key, value in logs.items():
@@ -568,7 +577,11 @@ class Trainer:
                     # Losses are averaged over the steps since the last record (a readable curve);
                     # lr and grad norm are the current values.
                     averaged = {k: sum(v) / len(v) for k, v in window.items() if k.startswith("loss")}
-                    window = {}
+                    # Seconds per step over the window: the whole step and its wait for data.
+                    steps = len(window["lr"])
+                    averaged["step_time"] = (self.step_time_s - window_start[0]) / steps
+                    averaged["data_time"] = (self.data_wait_s - window_start[1]) / steps
+                    window, window_start = {}, (self.step_time_s, self.data_wait_s)
                     record = {"step": self.step, "time": time.perf_counter() - start_time, **logs, **averaged}
                     record["peak_mem_mb"] = peak_memory_mb(self.device)
                     self.history.append(record)
@@ -578,7 +591,8 @@ class Trainer:
                                 self._writer.add_scalar(f"train/{k}", v, self.step)
                 if main and bar is None and self.history and self.history[-1]["step"] == self.step:
                     print(
-                        f"step {self.step}/{iters} loss {self.history[-1]['loss']:.4f} lr {logs['lr']:.2e}",
+                        f"step {self.step}/{iters} loss {self.history[-1]['loss']:.4f} lr {logs['lr']:.2e} "
+                        f"time {self.history[-1]['step_time']:.3f}s data {self.history[-1]['data_time']:.3f}s",
                         flush=True,
                     )
                 if bar is not None:
@@ -598,6 +612,13 @@ class Trainer:
                 bar.close()
             if self._writer is not None:
                 self._writer.close()
+        data_wait_share = self.data_wait_s / self.step_time_s if self.step_time_s > 0 else 0.0
+        if main and self.step_time_s > 0:
+            print(
+                f"waited for data {self.data_wait_s:.1f} s of {self.step_time_s:.1f} s in training steps "
+                f"({100 * data_wait_share:.1f} %; data.num_workers={cfg['data']['num_workers']})",
+                flush=True,
+            )
         return {
             "step": self.step,
             "best": dict(self.best),
@@ -605,6 +626,9 @@ class Trainer:
             "history": self.history,
             "evals": self.evals,
             "train_time_s": time.perf_counter() - start_time,
+            "step_time_s": self.step_time_s,
+            "data_wait_s": self.data_wait_s,
+            "data_wait_share": data_wait_share,
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "work_dir": str(self.work_dir),
         }
