@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["STRIP_KERNELS", "MSCA", "LargeKernelAttention", "SpatialAttention"]
 
 STRIP_KERNELS = (7, 11, 21)
+# Channels-last training on CPU runs the strip branches contiguous on maps of at least this many pixels per
+# channel (64 x 64); measured faster at 128x128 and 64x64, slower at 32x32 (torch 2.14, oneDNN).
+_CONTIGUOUS_STRIPS_MIN_PIXELS = 4096
 
 
 class MSCA(nn.Module):
@@ -57,12 +62,51 @@ class MSCA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         attn = self.conv0(x)
+        if (
+            attn.requires_grad
+            and attn.device.type == "cpu"
+            and _is_channels_last(attn)
+            and attn.shape[-2] * attn.shape[-1] >= _CONTIGUOUS_STRIPS_MIN_PIXELS
+        ):
+            return self._forward_strips_contiguous(x, attn)
         branches = attn
         for k in self.branch_kernels:
             i = STRIP_KERNELS.index(k)
             branches = branches + getattr(self, f"conv{i}_2")(getattr(self, f"conv{i}_1")(attn))
         attn = self.conv3(branches)
         return attn * x if self.attention else attn
+
+    def _forward_strips_contiguous(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Channels-last training on CPU: the strip branches run in the contiguous layout.
+
+        oneDNN's channels-last backward of depthwise 1xk convolutions is several times slower
+        than the contiguous one (1x21 at 2x64x128x128: about 270 vs 45 ms, torch 2.14), and a
+        convolution follows its weight's layout, so the strip weights are made contiguous too.
+        The same function; only the float summation order differs. SegNeXt-S's training step
+        (batch 2, 512x512, channels-last, one thread) is about 1.1x faster with it.
+        """
+        strips_in = attn.contiguous()
+        strips = None
+        for k in self.branch_kernels:
+            i = STRIP_KERNELS.index(k)
+            branch = _conv_contiguous(
+                getattr(self, f"conv{i}_2"), _conv_contiguous(getattr(self, f"conv{i}_1"), strips_in)
+            )
+            strips = branch if strips is None else strips + branch
+        branches = attn if strips is None else attn + strips.contiguous(memory_format=torch.channels_last)
+        attn = self.conv3(branches)
+        return attn * x if self.attention else attn
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _conv_contiguous(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    weight = conv.weight.clone(
+        memory_format=torch.contiguous_format
+    )  # size-1 dims: .contiguous() may keep NHWC strides
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class LargeKernelAttention(nn.Module):

@@ -1,0 +1,37 @@
+"""MSCA's channels-last training path (strip branches run contiguous) computes the same function and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from msfusion.layers import msca
+
+
+def test_channels_last_training_path_matches_the_default(monkeypatch):
+    torch.manual_seed(0)
+    module = msca.MSCA(8)
+    fast = copy.deepcopy(module).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 64, 64)
+    x_fast = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    taken = []
+    original = msca.MSCA._forward_strips_contiguous
+    monkeypatch.setattr(msca.MSCA, "_forward_strips_contiguous", lambda self, *a: taken.append(1) or original(self, *a))
+
+    out, out_fast = module(x), fast(x_fast)
+    assert taken, "the channels-last training path was not taken at 64x64"
+    assert out_fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_fast, out, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_fast.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), p_fast in zip(module.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(p_fast.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+    with torch.no_grad():  # inference keeps the default path
+        fast(x_fast)
+    fast(torch.randn(1, 8, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_())  # so do small maps
+    assert len(taken) == 1
