@@ -124,6 +124,11 @@ class Segmentor(nn.Module):
         return images
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
+        if logits.requires_grad and logits.device.type == "cpu" and not logits.is_contiguous():
+            # Channels-last training on CPU: the loss reads the full-size logits along the class axis, and
+            # cross-entropy plus the upsample's backward run about 1.8x faster on NCHW data (150 classes,
+            # 2x512x512, torch 2.14); the NCHW copy is made at 1/4 resolution, where it is small.
+            logits = logits.contiguous()
         logits = resize_to(logits, padded)
         return logits[..., : size[0], : size[1]]
 

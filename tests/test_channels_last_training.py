@@ -1,4 +1,7 @@
-"""MSCA's channels-last training path (strip branches run contiguous) computes the same function and gradients."""
+"""Channels-last training on CPU: the layout choices made for speed compute the same function and gradients.
+
+MSCA runs its strip branches contiguous on large maps; the segmentor upsamples contiguous logits for the loss.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import copy
 
 import torch
 
+import msfusion
 from msfusion.layers import msca
 
 
@@ -35,3 +39,16 @@ def test_channels_last_training_path_matches_the_default(monkeypatch):
         fast(x_fast)
     fast(torch.randn(1, 8, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_())  # so do small maps
     assert len(taken) == 1
+
+
+def test_channels_last_segmentor_trains_on_contiguous_logits():
+    torch.manual_seed(0)
+    model = msfusion.create_model("test_segnext", num_classes=4).train()
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    logits = model.forward_train(images)["logits"]
+    torch.manual_seed(1)
+    fast_logits = fast.forward_train(images.contiguous(memory_format=torch.channels_last))["logits"]
+    assert fast_logits.is_contiguous()  # NCHW for the loss
+    torch.testing.assert_close(fast_logits, logits, rtol=1e-4, atol=1e-5)
