@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import msfusion
 from msfusion.cli import main
 
 
@@ -45,3 +46,15 @@ def test_models_filters_by_kind(capsys):
     assert ["fpn", "neck"] in rows and all(kind == "neck" for _, kind in rows)
     assert main(["models", "*", "--kind", "head"]) == 0
     assert "built on another model's features" in capsys.readouterr().out
+
+
+def test_models_table_fits_100_columns_with_the_longest_cells():
+    from msfusion.commands.models import format_table
+
+    header = ("model", "kind", "input", "params M", "paper", "GMACs", "paper")
+    longest = max(msfusion.list_models("*"), key=len)
+    rows = [header, (longest, "classifier", "1333x800", "56.175", "55 (code 56.2)", "1000.66", "9.8 (code 9.66)")]
+    rows.append(("fpn", "neck"))
+    lines = format_table(rows)
+    assert max(map(len, lines)) <= 100, lines
+    assert lines[-1].split()[:2] == ["fpn", "neck"]

@@ -11,7 +11,7 @@ from msfusion.registry import KINDS
 # Necks, add-ons and heads are parts built on another model's features: no size of their own.
 _PART_KINDS = ("neck", "addon", "head")
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "format_table", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -32,6 +32,24 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="list the published weights (name, dataset, licence, URL) instead of sizes; pretrained=NAME loads one",
     )
     p.set_defaults(func=run)
+
+
+def format_table(table: list[tuple[str, ...]], wide: bool = False, max_width: int = 100) -> list[str]:
+    """Lines of the table; columns are two spaces apart, one if that keeps a line within ``max_width``.
+
+    A two-cell row (a part without a size) is printed across the size columns.
+    """
+    header = table[0]
+    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(header))]
+    gap = "  " if wide or sum(widths) + 2 * (len(widths) - 1) <= max_width else " "
+    lines = []
+    for i, row in enumerate(table):
+        if len(row) == 2:
+            row = (*row, "built on another model's features")
+        lines.append(gap.join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
+        if i == 0:
+            lines.append(gap.join("-" * w for w in widths))
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,15 +91,7 @@ def run(args: argparse.Namespace) -> int:
             _paper(r["paper_gmacs"], r.get("printed_gmacs")),
         )
         table.append(row + ((r["rules"], r["source"]) if args.wide else ()))
-    widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(header))]
-    for i, row in enumerate(table):
-        if len(row) == 2:
-            row = (*row, "built on another model's features")
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
-            continue
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print("\n".join(format_table(table, wide=args.wide)))
     print(
         "\nMACs: multiply-adds (the papers' 'GFLOPs'), counted on the meta device. 'paper': published;"
         "\n'55 (code 56.2)': the paper prints 55, its released code gives 56.2. --wide: rules and sources."
