@@ -277,8 +277,8 @@ class RandomCrop:
 
     def _balanced(self, mask: np.ndarray) -> bool:
         if mask.dtype == np.uint8:
-            # A 256-bin histogram: one pass, where np.unique sorts the whole crop.
-            counts = np.bincount(mask.ravel(), minlength=256)
+            # A 256-bin histogram: one pass, where np.unique sorts the whole crop (torch's is the faster one).
+            counts = torch.bincount(_as_tensor(mask).flatten(), minlength=256).numpy()
             if 0 <= self.ignore_index < 256:
                 counts[self.ignore_index] = 0
             counts = counts[counts > 0]
@@ -516,11 +516,17 @@ class Pad:
         if pad_h == 0 and pad_w == 0:
             return sample
         out = dict(sample)
-        image_pad = ((0, pad_h), (0, pad_w), (0, 0))
-        out["image"] = np.pad(sample["image"], image_pad, constant_values=self.pad_val)
-        out["mask"] = np.pad(sample["mask"], image_pad[:2], constant_values=self.seg_pad_val)
+        # Channel-first memory, as Normalize leaves it: ToTensor then needs no transpose copy.
+        image = _to_channels_first(sample["image"])
+        padded = image.new_full((image.shape[0], height + pad_h, width + pad_w), self.pad_val)
+        padded[:, :height, :width] = image
+        out["image"] = (
+            padded.permute(1, 2, 0).numpy().reshape(height + pad_h, width + pad_w, *sample["image"].shape[2:])
+        )
+        label_pad = ((0, pad_h), (0, pad_w))
+        out["mask"] = np.pad(sample["mask"], label_pad, constant_values=self.seg_pad_val)
         if "instance_masks" in sample:
-            out["instance_masks"] = np.pad(sample["instance_masks"], ((0, 0), *image_pad[:2]))
+            out["instance_masks"] = np.pad(sample["instance_masks"], ((0, 0), *label_pad))
         return out
 
     def __repr__(self) -> str:
