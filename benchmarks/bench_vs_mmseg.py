@@ -19,7 +19,15 @@ msfusion's fp32 eager output.
   backward, AdamW step with the official parameter groups (mmseg:
   ``EncoderDecoder.train_step`` without its data preprocessor; msfusion:
   ``Trainer.train_step``). The output check compares the first step's logits
-  and loss in train mode (DropPath and dropout off, same NMF bases).
+  and loss in train mode (DropPath and dropout off, same NMF bases);
+- data pipeline (``--tasks data``, model-independent): the ADE20K training
+  transforms over the same 8 decoded images (512x683 and 683x512) to 512x512
+  crops: mmseg's pipeline (ending in uint8 tensors), mmseg's pipeline plus its
+  model's data preprocessor (BGR to RGB, normalise, pad: the steps msfusion's
+  transforms end with), and msfusion's; also as images per CPU second, which
+  load from other processes disturbs less. ``--threads 1`` is the setting of
+  DataLoader workers (one torch thread each; mmengine's default environment
+  runs OpenCV without threads).
 
 The reference environment is built by ``benchmarks/make_refenv.sh`` (about
 2-6 minutes; mmcv-lite suffices, SegNeXt uses no compiled mmcv op)::
