@@ -34,9 +34,15 @@ Deviations, none of which changes a parameter range or a probability:
   (OpenCV quantises hue to 180 steps and S, V to 8 bits in between), and
   the two are applied in one HSV round trip when both are drawn; they are
   adjacent in mmseg's order and commute, so only rounding differs.
-- Brightness and contrast are 256-entry lookup tables built with mmseg's
-  own float32 arithmetic (``clip(x * alpha + beta)`` truncated to uint8), so
-  they are exact; consecutive ones are merged into one table.
+- None for brightness and contrast: they use mmseg's own float32 arithmetic
+  (``clip(x * alpha + beta)`` truncated to uint8) and are exact, as one
+  256-entry lookup table without saturation and hue, or in place on the
+  float32 copy that the HSV step works on.
+
+Speed (one thread, as in DataLoader workers): resizing runs on the
+channels-last view of the uint8 array without a float copy, colour jitter
+only on the crop, and ``Normalize`` and ``Pad`` write channel-first memory
+that ``ToTensor`` takes without a transpose.
 
 Samples are dicts of numpy arrays until ``ToTensor``: ``"image"`` (H, W, 3)
 uint8 (float32 after ``Normalize``), ``"mask"`` (H, W) uint8 train ids, and
