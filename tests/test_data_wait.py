@@ -6,19 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from msfusion.data import ShapesDataset
 from msfusion.engine.config import load_config
 from msfusion.engine.trainer import train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def test_data_wait_is_logged_per_interval_and_summarised(tmp_path: Path, monkeypatch, capsys) -> None:

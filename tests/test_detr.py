@@ -16,13 +16,7 @@ from msfusion.models.detector import build_detector
 detr = pytest.importorskip("msfusion.models.detr", reason="the msfusion[detr] extra (transformers) is not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (two threads on a busy 2-core machine spin-wait each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 # A 1-layer encoder, d_model 32 and 64x64 inputs on the 37 K-parameter test MSCAN.

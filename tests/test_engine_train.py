@@ -17,14 +17,7 @@ from msfusion.engine.config import load_config
 from msfusion.engine.tasks import SegmentationTask
 from msfusion.engine.trainer import NonFiniteLossError, StepBatches, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 threads on a busy 2-core machine spin-wait; one thread is faster and deterministic.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def tiny_config(work_dir: Path, *extra: str) -> dict:

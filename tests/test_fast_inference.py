@@ -19,13 +19,7 @@ from msfusion.models.backbones.mscan import MSCABlock
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 threads on a busy 2-core machine spin-wait; one thread is faster and deterministic.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _randomise_norms(model: nn.Module) -> nn.Module:

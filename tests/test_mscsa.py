@@ -17,13 +17,7 @@ SMALL = dict(squeeze_ratio=0.5, num_heads=2, head_dim=4, drop_path_rate=0.1)
 SIZES = [(64, 64), (33, 33), (97, 45), (100, 71), (17, 129)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: one thread avoids OpenMP contention when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _feats(h, w, info=INFO, batch=2):

@@ -23,13 +23,7 @@ from msfusion.engine.visualize import (
     plot_confusion_matrix,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def test_overlay_leaves_background_and_ignored_pixels_untouched():

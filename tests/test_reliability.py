@@ -40,12 +40,7 @@ train: {log_interval: 1, eval_interval: 2, ckpt_interval: 2, progress: false, te
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from msfusion.data.label_maps import InvalidSampleError
 from msfusion.engine.evaluator import segment
 from msfusion.engine.predictor import predict_array, predict_files
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _folder(root, masks: dict[str, np.ndarray], names=("background", "thing"), suffix=".png"):

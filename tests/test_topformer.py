@@ -32,13 +32,7 @@ SASE_TINY = dict(depth=1, num_heads=2, key_dim=4)
 MSCSA_TINY = dict(depth=1, num_heads=2, head_dim=4, mlp_ratio=2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: one thread avoids OpenMP contention when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _tiny(extractor="sase", **kwargs):

@@ -25,14 +25,7 @@ PIL.Image.open = _PIL_OPEN
 
 from msfusion.models.yolo import FineConcat, add_fine, build_yolo, fine_trainer, top_down_concats  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (two threads on a busy 2-core machine spin-wait each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _nano(fine: bool = True) -> torch.nn.Module:
