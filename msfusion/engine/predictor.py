@@ -82,7 +82,7 @@ def predict_array(
         ValueError: not an (H, W, 3) uint8 image, NaN or infinite values, a
             resize to a 0-pixel side, or bad test options.
     """
-    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, rescale_size
+    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, rescale_size, resize_sample
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -102,7 +102,8 @@ def predict_array(
     picture = image
     if resize:
         new_h, new_w = rescale_size((height, width), tuple(resize))
-        picture = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+        # The resize of the evaluation pipeline, so that predict and eval see the same pixels.
+        picture = resize_sample({"image": image}, (new_h, new_w), resize_labels=False)["image"]
     mean_t = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std or IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     tensor = (torch.from_numpy(np.array(picture, dtype=np.float32)).permute(2, 0, 1) - mean_t) / std_t
