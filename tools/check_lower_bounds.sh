@@ -8,7 +8,7 @@
 #          all at their lower bounds; the whole suite runs (the [detr] / [ultralytics] tests skip).
 # Stage 2: adds the [detr] and [ultralytics] extras at their lower bounds. These need newer versions of
 #          some stage-1 pins (transformers: huggingface_hub, safetensors; scipy: numpy); each such pin is
-#          raised to the lowest version the extras accept, and the tests that use the extras run.
+#          raised to the lowest version the extras accept, and the test files that name the extras run.
 #
 # PyPI's torch wheels for Linux x86_64 are CUDA builds (a few GB with the nvidia-* packages); they run on
 # the CPU. Environment variables: PYTHON (interpreter for the venv, default python3), PYTEST_ARGS (extra
@@ -18,7 +18,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${1:-/tmp/msfusion-lowenv}
 STAGES=${STAGES:-1 2}
 LATE_EXTRAS="detr ultralytics"
-STAGE2_TESTS="tests/test_detr.py tests/test_yolo.py tests/test_detr_yolo_lazy.py tests/test_detection.py"
+# The tests that use the late extras: every test file that names them.
+STAGE2_TESTS=$(cd "$ROOT" && grep -lE "detr|yolo|ultralytics|transformers" tests/test_*.py | tr "\n" " ")
 
 [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
 PY="$VENV/bin/python"
