@@ -59,6 +59,9 @@ def expand(reqs, seen):
             yield req
 
 
+if stage == "late-names":  # the late extras' packages, which stage 1 removes from a reused VENV
+    sys.exit(print(" ".join(Requirement(r).name for extra in late for r in extras[extra])))
+
 pins = {}
 for req in expand(project["dependencies"] + ["msfusion[test]"], set()):
     lower = [s.version for s in req.specifier if s.operator == ">="]
@@ -108,6 +111,8 @@ install() {  # $1: the stage; the rest: pins' flags
 cd "$ROOT"
 for stage in $STAGES; do
     if [ "$stage" = 1 ]; then
+        # shellcheck disable=SC2046  # names as separate words
+        "$PY" -m pip uninstall -q -y $(pins late-names) 2>/dev/null || true  # left by an earlier stage 2
         install 1
         # shellcheck disable=SC2086
         time "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
