@@ -11,6 +11,7 @@ from PIL import Image
 
 from msfusion.data import Normalize, Pad, PhotoMetricDistortion, RandomCrop, RandomFlip, ToTensor
 from msfusion.data.transforms import _resize_image, _resize_labels, adjust_saturation_hue, build_train_transforms
+from tests.test_data_transforms import ScriptedRng
 
 
 def _colorsys_reference(image: np.ndarray, saturation: float | None, hue: float | None) -> np.ndarray:
@@ -47,19 +48,6 @@ def test_identity_settings_leave_the_image_unchanged() -> None:
     np.testing.assert_array_equal(adjust_saturation_hue(image, 1.0, None), image)
     np.testing.assert_array_equal(adjust_saturation_hue(image, None, 0.0), image)
     np.testing.assert_array_equal(adjust_saturation_hue(image, None, 6.0), image)
-
-
-class ScriptedRng:
-    """Replays fixed draws for PhotoMetricDistortion's coins (integers) and factors (uniform)."""
-
-    def __init__(self, integers: list[int], uniforms: list[float]) -> None:
-        self._integers, self._uniforms = list(integers), list(uniforms)
-
-    def integers(self, low: int, high: int | None = None) -> int:
-        return self._integers.pop(0)
-
-    def uniform(self, low: float, high: float) -> float:
-        return self._uniforms.pop(0)
 
 
 def _mmseg_convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
