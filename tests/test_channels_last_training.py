@@ -1,6 +1,6 @@
 """Channels-last training on CPU: the layout choices made for speed compute the same function and gradients.
 
-MSCA runs its strip branches contiguous on large maps; the segmentor upsamples contiguous logits for the loss.
+MSCA runs its strip branches contiguous on large maps; the loss reads channels-last logits as rows of classes.
 """
 
 from __future__ import annotations
@@ -41,14 +41,31 @@ def test_channels_last_training_path_matches_the_default(monkeypatch):
     assert len(taken) == 1
 
 
-def test_channels_last_segmentor_trains_on_contiguous_logits():
+def test_channels_last_segmentor_loss_matches_the_default():
+    """A channels-last model's logits stay NHWC up to the loss, which reads them as rows of classes."""
+    from msfusion.engine.tasks import SegmentationTask
+
     torch.manual_seed(0)
     model = msfusion.create_model("test_segnext", num_classes=4).train()
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     images = torch.randn(2, 3, 64, 64)
-    torch.manual_seed(1)
-    logits = model.forward_train(images)["logits"]
-    torch.manual_seed(1)
-    fast_logits = fast.forward_train(images.contiguous(memory_format=torch.channels_last))["logits"]
-    assert fast_logits.is_contiguous()  # NCHW for the loss
-    torch.testing.assert_close(fast_logits, logits, rtol=1e-4, atol=1e-5)
+    batch = {"image": images, "mask": torch.randint(0, 4, (2, 64, 64))}
+    batch["mask"][:, ::3, ::5] = 255
+    fast_batch = {**batch, "image": images.contiguous(memory_format=torch.channels_last)}
+    for avg_non_ignore in (True, False):
+        task = SegmentationTask()
+        task.avg_non_ignore = avg_non_ignore
+        torch.manual_seed(1)
+        loss, _ = task.loss(model.forward_train, batch)
+        torch.manual_seed(1)
+        fast_logits = fast.forward_train(fast_batch["image"])["logits"]
+        assert fast_logits.is_contiguous(memory_format=torch.channels_last) and not fast_logits.is_contiguous()
+        torch.manual_seed(1)
+        fast_loss, _ = task.loss(fast.forward_train, fast_batch)
+        torch.testing.assert_close(fast_loss, loss, rtol=1e-5, atol=1e-6)
+        model.zero_grad()
+        fast.zero_grad()
+        loss.backward()
+        fast_loss.backward()
+        for (name, p), p_fast in zip(model.named_parameters(), fast.parameters(), strict=True):
+            torch.testing.assert_close(p_fast.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
