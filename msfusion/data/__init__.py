@@ -5,6 +5,7 @@ iSAID), all returning the sample contract of ``msfusion.data.base``."""
 from msfusion.data.ade20k import ADE20KDataset
 from msfusion.data.base import (
     FileSegmentationDataset,
+    PublicSegmentationDataset,
     RawSample,
     SamplePaths,
     SegmentationDataset,
@@ -58,6 +59,7 @@ __all__ = [
     "Pad",
     "PascalContextDataset",
     "PhotoMetricDistortion",
+    "PublicSegmentationDataset",
     "RandomCrop",
     "RandomFlip",
     "RandomResize",

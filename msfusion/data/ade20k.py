@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import ADE20K_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
 
 LAYOUT = DatasetLayout(
     "ADE20K",
@@ -26,25 +25,19 @@ _SPLITS = {"train": "training", "val": "validation", "training": "training",
            "validation": "validation"}  # fmt: skip
 
 
-class ADE20KDataset(FileSegmentationDataset):
+class ADE20KDataset(PublicSegmentationDataset):
     """ADE20K scene parsing, 150 classes, raw label 0 ignored.
 
-    Args:
-        root: ``ADEChallengeData2016`` or its parent folder.
-        split: ``"train"`` / ``"training"`` or ``"val"`` / ``"validation"``.
-        transforms: ``(sample, rng) -> sample``; None normalises only.
-        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
-        aug_seed: Seed for reproducible augmentation.
+    ``root`` is ``ADEChallengeData2016`` or its parent folder; ``split`` is
+    ``"train"`` / ``"training"`` or ``"val"`` / ``"validation"``. The other
+    arguments are :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transforms: Transform | None = None,
-        on_bad_file: BadFilePolicy = "raise",
-        aug_seed: int | None = None,
-    ) -> None:
+    CLASSES = ADE20K_CLASSES
+    PALETTE = pascal_colormap(len(ADE20K_CLASSES) + 1)[1:]
+
+    @classmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
         if split not in _SPLITS:
             raise ValueError(f"ADE20K split must be one of {sorted(_SPLITS)}, got {split!r}")
         folder = _SPLITS[split]
@@ -54,8 +47,4 @@ class ADE20KDataset(FileSegmentationDataset):
         labels = [label_dir / f"{image.stem}.png" for image in images]
         LAYOUT.require_files(labels)
         table = reduce_zero_label_table(len(ADE20K_CLASSES))
-        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
-        palette = pascal_colormap(len(ADE20K_CLASSES) + 1)[1:]
-        super().__init__(samples, ADE20K_CLASSES, palette, transforms, on_bad_file, aug_seed)
-        self.root = root
-        self.split = folder
+        return root, folder, [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]

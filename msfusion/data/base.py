@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -336,3 +336,47 @@ class FileSegmentationDataset(SegmentationDataset):
                 self._bad.add(candidate)
                 warnings.warn(f"skipping bad sample {candidate}: {error}", stacklevel=3)
         raise InvalidSampleError(f"every one of the {len(self)} samples is bad", "")
+
+
+class PublicSegmentationDataset(FileSegmentationDataset):
+    """A public benchmark in its published folder layout, built from ``root`` and ``split``.
+
+    Subclasses name the classes and colours and say where a split's samples are
+    (:meth:`find_samples`); reading, checking and augmentation are
+    :class:`FileSegmentationDataset`'s.
+
+    Args:
+        root: The dataset folder (the subclass documents its layout; the usual parent folders are searched).
+        split: A split of the dataset, e.g. ``"train"`` or ``"val"``.
+        transforms: ``(sample, rng) -> sample``; None normalises only.
+        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
+        aug_seed: Seed for reproducible augmentation.
+    """
+
+    CLASSES: ClassVar[Sequence[str]]
+    PALETTE: ClassVar[Sequence[Sequence[int]]]
+    # Colour table for RGB label images (iSAID's unconverted masks); None rejects them.
+    LABEL_COLORS: ClassVar[Sequence[Sequence[int]] | None] = None
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        on_bad_file: BadFilePolicy = "raise",
+        aug_seed: int | None = None,
+    ) -> None:
+        root, split, samples = self.find_samples(root, split)
+        super().__init__(
+            samples, self.CLASSES, self.PALETTE, transforms, on_bad_file, aug_seed, label_colors=self.LABEL_COLORS
+        )
+        self.root = root
+        self.split = split
+
+    @classmethod
+    @abstractmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
+        """The dataset folder found from ``root``, the split's own name and its samples, in dataset order.
+
+        Raises ``FileNotFoundError`` with the expected layout when a folder or file is missing.
+        """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_TO_TRAIN_ID,
@@ -21,7 +21,6 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
 
 LAYOUT = DatasetLayout(
     "Cityscapes",
@@ -40,25 +39,19 @@ LABEL_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(CITYSCAPES_CLASSES))
 
 
-class CityscapesDataset(FileSegmentationDataset):
+class CityscapesDataset(PublicSegmentationDataset):
     """Cityscapes ``gtFine``, label ids mapped to the 19 train ids.
 
-    Args:
-        root: Folder holding ``leftImg8bit/`` and ``gtFine/``.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        transforms: ``(sample, rng) -> sample``; None normalises only.
-        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
-        aug_seed: Seed for reproducible augmentation.
+    ``root`` holds ``leftImg8bit/`` and ``gtFine/``; ``split`` is ``"train"``,
+    ``"val"`` or ``"test"``. The other arguments are
+    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transforms: Transform | None = None,
-        on_bad_file: BadFilePolicy = "raise",
-        aug_seed: int | None = None,
-    ) -> None:
+    CLASSES = CITYSCAPES_CLASSES
+    PALETTE = CITYSCAPES_PALETTE
+
+    @classmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
         root = LAYOUT.find_root(root, "leftImg8bit", ["cityscapes"])
         images = LAYOUT.list_images(root / "leftImg8bit" / split, f"*{_IMAGE_SUFFIX}", recursive=True)
         label_root = LAYOUT.require_dir(root / "gtFine" / split)
@@ -74,6 +67,4 @@ class CityscapesDataset(FileSegmentationDataset):
                 samples.append(SamplePaths(image, label_ids, LABEL_ID_TABLE))
                 expected.append(label_ids)
         LAYOUT.require_files(expected)
-        super().__init__(samples, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms, on_bad_file, aug_seed)
-        self.root = root
-        self.split = split
+        return root, split, samples

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import (
     COCO_STUFF_CLASSES,
     COCO_STUFF_NUM_RAW_IDS,
@@ -20,7 +20,6 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
 
 LAYOUT = DatasetLayout(
     "COCO-Stuff 164k",
@@ -42,25 +41,19 @@ RAW_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(COCO_STUFF_CLASSES))
 
 
-class COCOStuffDataset(FileSegmentationDataset):
+class COCOStuffDataset(PublicSegmentationDataset):
     """COCO-Stuff 164k semantic segmentation, 171 classes.
 
-    Args:
-        root: Folder holding ``images/`` and ``annotations/``.
-        split: ``"train"`` / ``"train2017"`` or ``"val"`` / ``"val2017"``.
-        transforms: ``(sample, rng) -> sample``; None normalises only.
-        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
-        aug_seed: Seed for reproducible augmentation.
+    ``root`` holds ``images/`` and ``annotations/``; ``split`` is ``"train"`` /
+    ``"train2017"`` or ``"val"`` / ``"val2017"``. The other arguments are
+    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transforms: Transform | None = None,
-        on_bad_file: BadFilePolicy = "raise",
-        aug_seed: int | None = None,
-    ) -> None:
+    CLASSES = COCO_STUFF_CLASSES
+    PALETTE = pascal_colormap(len(COCO_STUFF_CLASSES) + 1)[1:]
+
+    @classmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
         if split not in _SPLITS:
             raise ValueError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got {split!r}")
         folder = _SPLITS[split]
@@ -77,7 +70,4 @@ class COCOStuffDataset(FileSegmentationDataset):
                 samples.append(SamplePaths(image, raw, RAW_ID_TABLE))
                 expected.append(raw)
         LAYOUT.require_files(expected)
-        palette = pascal_colormap(len(COCO_STUFF_CLASSES) + 1)[1:]
-        super().__init__(samples, COCO_STUFF_CLASSES, palette, transforms, on_bad_file, aug_seed)
-        self.root = root
-        self.split = folder
+        return root, folder, samples

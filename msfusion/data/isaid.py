@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import ISAID_CLASSES, ISAID_PALETTE
 from msfusion.data.label_maps import identity_table
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
 
 LAYOUT = DatasetLayout(
     "iSAID",
@@ -28,25 +27,20 @@ LAYOUT = DatasetLayout(
 _LABEL_SUFFIX = "_instance_color_RGB.png"
 
 
-class ISAIDDataset(FileSegmentationDataset):
+class ISAIDDataset(PublicSegmentationDataset):
     """iSAID patches in the mmseg layout.
 
-    Args:
-        root: Folder holding ``img_dir/`` and ``ann_dir/``.
-        split: ``"train"`` or ``"val"``.
-        transforms: ``(sample, rng) -> sample``; None normalises only.
-        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
-        aug_seed: Seed for reproducible augmentation.
+    ``root`` holds ``img_dir/`` and ``ann_dir/``; ``split`` is ``"train"`` or
+    ``"val"``. The other arguments are
+    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transforms: Transform | None = None,
-        on_bad_file: BadFilePolicy = "raise",
-        aug_seed: int | None = None,
-    ) -> None:
+    CLASSES = ISAID_CLASSES
+    PALETTE = ISAID_PALETTE
+    LABEL_COLORS = ISAID_PALETTE
+
+    @classmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
         root = LAYOUT.find_root(root, "img_dir", ["iSAID"])
         images = [
             p for p in LAYOUT.list_images(root / "img_dir" / split, "*.png") if not p.name.endswith(_LABEL_SUFFIX)
@@ -55,15 +49,4 @@ class ISAIDDataset(FileSegmentationDataset):
         labels = [label_dir / f"{image.stem}{_LABEL_SUFFIX}" for image in images]
         LAYOUT.require_files(labels)
         table = identity_table(len(ISAID_CLASSES))
-        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
-        super().__init__(
-            samples,
-            ISAID_CLASSES,
-            ISAID_PALETTE,
-            transforms,
-            on_bad_file,
-            aug_seed,
-            label_colors=ISAID_PALETTE,
-        )
-        self.root = root
-        self.split = split
+        return root, split, [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import PASCAL_CONTEXT_59_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
 
 LAYOUT = DatasetLayout(
     "Pascal Context",
@@ -26,25 +25,19 @@ LAYOUT = DatasetLayout(
 )
 
 
-class PascalContextDataset(FileSegmentationDataset):
+class PascalContextDataset(PublicSegmentationDataset):
     """Pascal Context 59 classes, background ignored.
 
-    Args:
-        root: ``VOC2010`` or one of its parents.
-        split: ``"train"`` or ``"val"`` (a file in ``ImageSets/SegmentationContext``).
-        transforms: ``(sample, rng) -> sample``; None normalises only.
-        on_bad_file: ``"raise"`` or ``"skip"`` bad samples.
-        aug_seed: Seed for reproducible augmentation.
+    ``root`` is ``VOC2010`` or one of its parents; ``split`` is ``"train"`` or
+    ``"val"`` (a file in ``ImageSets/SegmentationContext``). The other
+    arguments are :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transforms: Transform | None = None,
-        on_bad_file: BadFilePolicy = "raise",
-        aug_seed: int | None = None,
-    ) -> None:
+    CLASSES = PASCAL_CONTEXT_59_CLASSES
+    PALETTE = pascal_colormap(len(PASCAL_CONTEXT_59_CLASSES) + 1)[1:]
+
+    @classmethod
+    def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
         root = LAYOUT.find_root(root, "JPEGImages", ["VOC2010", "VOCdevkit/VOC2010"])
         ids = LAYOUT.read_split_file(root / "ImageSets" / "SegmentationContext" / f"{split}.txt")
         image_dir = LAYOUT.require_dir(root / "JPEGImages")
@@ -54,8 +47,4 @@ class PascalContextDataset(FileSegmentationDataset):
         LAYOUT.require_files(images, "image files")
         LAYOUT.require_files(labels)
         table = reduce_zero_label_table(len(PASCAL_CONTEXT_59_CLASSES))
-        samples = [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
-        palette = pascal_colormap(len(PASCAL_CONTEXT_59_CLASSES) + 1)[1:]
-        super().__init__(samples, PASCAL_CONTEXT_59_CLASSES, palette, transforms, on_bad_file, aug_seed)
-        self.root = root
-        self.split = split
+        return root, split, [SamplePaths(image, label, table) for image, label in zip(images, labels, strict=True)]
