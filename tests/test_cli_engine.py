@@ -140,3 +140,19 @@ def test_demo_report_folder(tmp_path, capsys):
     assert "earlier demo run; pass --overwrite" in capsys.readouterr().err
     assert (out / "run" / "checkpoints" / "best.safetensors").read_bytes() == before
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_detection_demo_report_folder(tmp_path, capsys):
+    out = tmp_path / "demo_det"
+    args = ["demo", "--task", "detection", "--out", str(out), "--no-progress",
+            "--set", "data.train={type: shapes, split: train, num_images: 4, image_size: 64, seed: 0, transforms: {kind: train}}",
+            "--set", "data.val={type: shapes, split: val, num_images: 2, image_size: 64, seed: 0}",
+            "--set", "model.kwargs.min_size=64", "--set", "model.kwargs.max_size=64", "--set", "data.batch_size=2",
+            "--set", "schedule.iters=2", "--set", "schedule.warmup_iters=1", "--set", "train.ckpt_interval=2"]  # fmt: skip
+    assert main(args) == 0
+    for name in ("metrics.json", "detections.json", "training_curve.png", "predictions.png", "README.txt"):
+        assert (out / name).stat().st_size > 0, name
+    assert Image.open(out / "predictions.png").size[1] == 2 * 64  # two held-out rows: truth | prediction
+    assert "Held-out COCO metrics" in (out / "README.txt").read_text()
+    assert main(args) == 2
+    assert "earlier demo run; pass --overwrite" in capsys.readouterr().err

@@ -101,6 +101,25 @@ def refuse_earlier_run(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+def train_demo_recipe(
+    recipe: dict[str, Any], out_dir: Path, overrides: Iterable[str], progress: bool, overwrite: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train a demo recipe (with ``overrides``) into ``out_dir/run``; returns the config and the training summary.
+
+    An earlier run in ``out_dir`` is an error unless ``overwrite``.
+    """
+    from msfusion.engine.config import apply_overrides, validate_config
+    from msfusion.engine.trainer import train
+
+    refuse_earlier_run(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = copy.deepcopy(recipe)
+    recipe["train"]["work_dir"] = str(out_dir / "run")
+    recipe["train"]["progress"] = progress
+    cfg = validate_config(apply_overrides(recipe, overrides))
+    return cfg, train(cfg, overwrite=overwrite)
+
+
 def run_demo(
     out_dir: str | Path = "msfusion_demo",
     overrides: Iterable[str] = (),
@@ -118,21 +137,13 @@ def run_demo(
         overwrite: replace an earlier demo run in ``out_dir``; without it that is an error.
     """
     from msfusion.data.transforms import denormalize
-    from msfusion.engine.config import apply_overrides, validate_config
     from msfusion.engine.evaluator import segment
     from msfusion.engine.metrics import format_metrics_table, save_metrics
-    from msfusion.engine.trainer import train
     from msfusion.engine.visualize import plot_training_curve, prediction_grid
 
     out_dir = Path(out_dir)
-    refuse_earlier_run(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = copy.deepcopy(DEMO_RECIPE)
-    recipe["train"]["work_dir"] = str(out_dir / "run")
-    recipe["train"]["progress"] = progress
-    cfg = validate_config(apply_overrides(recipe, overrides))
     start = time.perf_counter()
-    summary = train(cfg, overwrite=overwrite)  # an earlier run there is kept unless asked
+    cfg, summary = train_demo_recipe(DEMO_RECIPE, out_dir, overrides, progress, overwrite)
     metrics = summary["metrics"]
     if metrics is None:
         raise ValueError("the demo recipe must evaluate at the last step (train.eval_interval > 0)")

@@ -22,7 +22,6 @@ machine takes several times longer. The report folder holds:
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Iterable
@@ -92,22 +91,14 @@ def run_detection_demo(
     """
     from PIL import Image
 
-    from msfusion.engine.config import apply_overrides, validate_config
-    from msfusion.engine.demo import refuse_earlier_run
+    from msfusion.engine.demo import train_demo_recipe
     from msfusion.engine.detection import DetectionTask, draw_detections, format_detection_metrics
-    from msfusion.engine.trainer import train
     from msfusion.engine.visualize import plot_training_curve
     from msfusion.registry import load_model
 
     out_dir = Path(out_dir)
-    refuse_earlier_run(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = copy.deepcopy(DETECTION_DEMO_RECIPE)
-    recipe["train"]["work_dir"] = str(out_dir / "run")
-    recipe["train"]["progress"] = progress
-    cfg = validate_config(apply_overrides(recipe, overrides))
     start = time.perf_counter()
-    summary = train(cfg, overwrite=overwrite)  # an earlier run there is kept unless asked
+    cfg, summary = train_demo_recipe(DETECTION_DEMO_RECIPE, out_dir, overrides, progress, overwrite)
     task = DetectionTask()
     val = task.build_eval_dataset(cfg)
     last = Path(summary["last_checkpoint"]) if summary["last_checkpoint"] else None
