@@ -20,6 +20,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    from msfusion.commands import add_analysis_args
     from msfusion.commands.flops import parse_size
 
     p = subparsers.add_parser(
@@ -29,11 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "map of |d loss / d input| (PNG + .npy) and the area of the important region (pixels whose "
         "max-normalised gradient exceeds t) against t (PNG + JSON).",
     )
-    p.add_argument("model", help="registered model name (msfusion models)")
-    p.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    add_analysis_args(p, "registered model name (msfusion models)")
     p.add_argument(
         "--target",
         nargs="+",
@@ -72,14 +69,13 @@ def _load_target(path: Path, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    import msfusion as mf
     from msfusion.analysis.input_gradient import (
         important_region_area,
         input_gradient_map,
         save_area_curve,
         save_gradient_map_figure,
     )
-    from msfusion.checkpoint import read_metadata
+    from msfusion.commands import build_analysis_model
     from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if args.target is not None and len(args.target) != len(args.image):
@@ -90,17 +86,8 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"image not found: {path}")
 
-    # One of our checkpoints describes the model it was trained as (its JSON
-    # sidecar): build that variant, so e.g. a demo model's head options match.
-    saved = (read_metadata(args.checkpoint).get("model") or {}) if args.checkpoint is not None else {}
-    kwargs = dict(saved.get("kwargs", {})) if saved.get("name") == args.model else {}
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    model = mf.create_model(args.model, **kwargs)
-    if args.checkpoint is not None:
-        mf.load_checkpoint(model, args.checkpoint)
+    model = build_analysis_model(args)
     device = torch.device(args.device)
-    model.to(device)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     thresholds = np.linspace(0.0, 1.0, args.thresholds).round(6).tolist()

@@ -9,7 +9,6 @@ stage (default the l = 3 stage, F_low at stride 16). See
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -17,6 +16,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    from msfusion.commands import add_analysis_args
     from msfusion.commands.flops import parse_size
 
     p = subparsers.add_parser(
@@ -25,11 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         description="Run a model containing FINE on each image and draw, for one fusion stage, the channel-mean "
         "activations of F_high, F_low, the modulation map M and the aligned F_low over the image, as one PNG grid.",
     )
-    p.add_argument("model", help="registered model name containing FINE (e.g. semantic_fpn_r50_fine)")
-    p.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    add_analysis_args(p, "registered model name containing FINE (e.g. semantic_fpn_r50_fine)")
     p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--low-stride", type=int, default=None, help="FINE stage by its F_low stride (default 16)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
@@ -37,21 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import msfusion as mf
     from msfusion.analysis.heatmaps import capture_fine_maps, save_fine_heatmaps
-    from msfusion.checkpoint import read_metadata
+    from msfusion.commands import build_analysis_model
     from msfusion.commands.erf import load_normalised_image
 
-    # One of our checkpoints records the variant it was trained as: rebuild that one.
-    saved = (read_metadata(args.checkpoint).get("model") or {}) if args.checkpoint is not None else {}
-    kwargs = dict(saved.get("kwargs", {})) if saved.get("name") == args.model else {}
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    model = mf.create_model(args.model, **kwargs)
-    if args.checkpoint is not None:
-        mf.load_checkpoint(model, args.checkpoint)
+    model = build_analysis_model(args)
     device = torch.device(args.device)
-    model.to(device)
     images, maps = [], []
     for path in args.image:
         image, x = load_normalised_image(path, args.size)
