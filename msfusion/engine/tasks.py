@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo
 from msfusion.engine.task_base import Task
+from msfusion.layers import is_channels_last
 
 __all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
 
@@ -96,7 +97,7 @@ class SegmentationTask(Task):
         return {"num_classes": dataset.num_classes}
 
     def _ce(self, logits: Tensor, mask: Tensor) -> Tensor:
-        if logits.dim() == 4 and not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(logits):
             # Channels-last logits (a channels-last model): the classes are the innermost axis, so CE runs over
             # (pixel, class) rows without an NCHW copy; with the NHWC upsample's backward the loss costs 0.8 s
             # instead of 1.4 s per SegNeXt batch of 2x150x512x512 on one CPU thread. Same sum, same gradient.

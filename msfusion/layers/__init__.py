@@ -8,6 +8,7 @@ from msfusion.layers.features import (
     check_feature_info,
     check_image_batch,
     indices_for_strides,
+    is_channels_last,
     resize_to,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "FeatureInfo",
     "check_feature_info",
     "indices_for_strides",
+    "is_channels_last",
     "LayerNorm2d",
     "check_image_batch",
     "make_act",

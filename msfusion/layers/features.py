@@ -21,6 +21,7 @@ __all__ = [
     "check_feature_info",
     "check_image_batch",
     "indices_for_strides",
+    "is_channels_last",
     "resize_to",
     "select_features",
 ]
@@ -118,6 +119,11 @@ def check_image_batch(x: Tensor, in_chans: int = 3, dtype: torch.dtype | None = 
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}). "
             "Images must be channels-first (B, C, H, W)."
         )
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """A 4-D tensor in channels-last (NHWC) memory and not also NCHW-contiguous (e.g. one pixel, one channel)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def resize_to(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msfusion.layers.features import is_channels_last
+
 __all__ = ["STRIP_KERNELS", "MSCA", "LargeKernelAttention", "SpatialAttention"]
 
 STRIP_KERNELS = (7, 11, 21)
@@ -65,7 +67,7 @@ class MSCA(nn.Module):
         if (
             attn.requires_grad
             and attn.device.type == "cpu"
-            and _is_channels_last(attn)
+            and is_channels_last(attn)
             and attn.shape[-2] * attn.shape[-1] >= _CONTIGUOUS_STRIPS_MIN_PIXELS
         ):
             return self._forward_strips_contiguous(x, attn)
@@ -96,10 +98,6 @@ class MSCA(nn.Module):
         branches = attn if strips is None else attn + strips.contiguous(memory_format=torch.channels_last)
         attn = self.conv3(branches)
         return attn * x if self.attention else attn
-
-
-def _is_channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _conv_contiguous(conv: nn.Conv2d, x: Tensor) -> Tensor:
