@@ -15,9 +15,10 @@ Definitions used here:
   backbone does not take is zero-padded at the bottom and right to its
   ``size_divisor``; locations and token grids refer to the image itself.
 - Gaussian sigma (Eq. 12): ``g ~ a * exp(-|(u, v) - mu|^2 / (2 sigma^2))``,
-  fitted by least squares (L-BFGS on a, mu, log sigma) from the moment
-  estimate ``sigma^2 = sum g |p - mu|^2 / (2 sum g)``; sigma, in input pixels,
-  is the ERF size.
+  fitted by least squares (Levenberg-Marquardt on a, mu, log sigma, the map
+  scaled to a unit peak) from the moment estimate
+  ``sigma^2 = sum g |p - mu|^2 / (2 sum g)``; sigma, in input pixels, is the
+  ERF size.
 - Per-stage sigma (App. F): sigma at the central location of the last map of
   each backbone stage, averaged over images (E[sigma]); the ratio
   E[sigma_high] / E[sigma_low] between adjacent stages approximates their

@@ -296,7 +296,6 @@ def _fine_shorthand(
     if align_kwargs:
         raise ValueError(f"{owner}: fine={dict(fine)} already gives FINE's arguments; drop align_kwargs")
     return spec, dict(fine)
-    raise ValueError(f"{owner}: fine must be True, False or a dict of FINE's arguments, got {fine!r}")
 
 
 def _init_weights(m: nn.Module) -> None:
