@@ -296,7 +296,9 @@ def build_detector(
             backbone's (or add-on's) maps straight to the heads (CEDNet's
             built-in pyramids). A named neck gets the arch's defaults (module
             doc) unless ``neck_kwargs`` overrides them.
-        fine: FINE in every fusion step of a named neck (``True`` or FINE's kwargs).
+        fine: FINE in a named neck's top-down fusions whose finer map has
+            stride 8 or 16 (FINE's stages l = 2 and 3, Sec. 3-4; a C2-C5 FPN's
+            stride-4 fusion stays plain); ``True`` or FINE's kwargs.
         backbone_kwargs, addon_kwargs, neck_kwargs: arguments of named parts.
         frozen_bn: freeze the backbone's BatchNorm as torchvision does with
             pretrained weights (``FrozenBatchNorm2d``).
