@@ -13,10 +13,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info, check_image_batch
+from msfusion.models.chain import FeatureChain
 from msfusion.models.segmentor import build_part
 from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
@@ -48,7 +48,7 @@ class ClassifierHead(nn.Module):
         return self.fc(self.drop(self.norm(x.mean(dim=(-2, -1)))))
 
 
-class Classifier(nn.Module):
+class Classifier(FeatureChain):
     """Backbone -> [add-on] -> ``ClassifierHead`` on the coarsest map.
 
     ``forward(images)`` with images (B, C, H, W) float returns (B, num_classes).
@@ -69,38 +69,19 @@ class Classifier(nn.Module):
         head_norm: str | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         if int(num_classes) < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-        if addon is not None:
-            info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
-        self.backbone = backbone
-        self.addon = addon
-        self.head = ClassifierHead(info[-1]["chs"], num_classes, norm=head_norm, dropout=dropout)
+        # Only backbones that need it (window attention) declare a divisor; the chain pads to it.
+        super().__init__(backbone, addon)
+        self.head = ClassifierHead(self.feature_info[-1]["chs"], num_classes, norm=head_norm, dropout=dropout)
         self.num_classes = num_classes
-        self.in_chans = getattr(backbone, "in_chans", 3)
-        self.size_divisor = int(getattr(backbone, "size_divisor", 1) or 1)
-        self.feature_info = info
-
-    def forward_features(self, images: Tensor) -> list[Tensor]:
-        """(B, C, H, W) -> the maps fed to the head (fine to coarse)."""
-        feats = self.backbone(images)
-        if self.addon is not None:
-            feats = self.addon(feats)
-        return list(feats)
 
     def forward_head(self, feats: list[Tensor]) -> Tensor:
         return self.head(feats[-1])
 
     def forward(self, images: Tensor) -> Tensor:
         check_image_batch(images, self.in_chans)
-        d = self.size_divisor
-        if d > 1:
-            # Only backbones that need it (window attention) declare a divisor; pad as the segmentor does.
-            h, w = images.shape[-2:]
-            images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
-        return self.forward_head(self.forward_features(images))
+        return self.forward_head(self.forward_features(self.pad(images)))
 
 
 def build_classifier(

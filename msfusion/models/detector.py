@@ -63,6 +63,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
+from msfusion.models.chain import FeatureChain
 from msfusion.models.segmentor import build_part
 from msfusion.registry import create_model, find_builders, recordable, register_builder
 
@@ -91,7 +92,7 @@ def _level_name(stride: int) -> str:
     return f"p{int(level)}" if level.is_integer() else f"s{stride}"
 
 
-class DetectorBackbone(nn.Module):
+class DetectorBackbone(FeatureChain):
     """``backbone -> [add-on] -> [neck]`` as a torchvision detection backbone.
 
     ``forward(images)`` with images (B, 3, H, W) returns an ``OrderedDict``
@@ -107,15 +108,7 @@ class DetectorBackbone(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, addon: nn.Module | None = None, neck: nn.Module | None = None) -> None:
-        super().__init__()
-        for producer, role in ((backbone, "backbone"), (addon, "add-on"), (neck, "neck")):
-            if producer is not None:
-                check_feature_info(getattr(producer, "feature_info", None), f"the {role} {type(producer).__name__}")
-        self.backbone = backbone
-        self.addon = addon
-        self.neck = neck
-        last = neck if neck is not None else addon if addon is not None else backbone
-        self.feature_info = check_feature_info(last.feature_info, f"the last producer {type(last).__name__}")
+        super().__init__(backbone, addon, neck)
         chs = sorted({f["chs"] for f in self.feature_info})
         if len(chs) != 1:
             raise ValueError(
@@ -127,16 +120,6 @@ class DetectorBackbone(nn.Module):
         self.out_channels = chs[0]
         self.names = [_level_name(f["reduction"]) for f in self.feature_info]
         self.strides = [f["reduction"] for f in self.feature_info]
-        self.size_divisor = int(getattr(backbone, "size_divisor", 1) or 1)
-
-    def forward_features(self, images: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) -> the last producer's maps, fine to coarse."""
-        feats = self.backbone(images)
-        if self.addon is not None:
-            feats = self.addon(feats)
-        if self.neck is not None:
-            feats = self.neck(feats)
-        return list(feats)
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         return OrderedDict(zip(self.names, self.forward_features(images), strict=True))

@@ -20,16 +20,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info, check_image_batch, resize_to
+from msfusion.models.chain import FeatureChain
 from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
 __all__ = ["Segmentor", "build_segmentor", "build_part", "feature_producer"]
 
 
-class Segmentor(nn.Module):
+class Segmentor(FeatureChain):
     """Backbone, optional add-on and neck, a decode head and optional auxiliary heads.
 
     ``forward(images)`` with images (B, 3, H, W), float and normalised, returns
@@ -65,63 +65,26 @@ class Segmentor(nn.Module):
         size_divisor: int = 32,
         in_chans: int = 3,
     ) -> None:
-        super().__init__()
         if len(auxiliary_heads) != len(auxiliary_weights):
             raise ValueError("give one loss weight per auxiliary head")
         auxiliary_inputs = tuple(auxiliary_inputs or ("features",) * len(auxiliary_heads))
         if len(auxiliary_inputs) != len(auxiliary_heads):
             raise ValueError("give one input ('features' or 'extra:<k>') per auxiliary head")
-        for producer, role in ((backbone, "backbone"), (addon, "add-on"), (neck, "neck")):
-            if producer is not None:
-                check_feature_info(getattr(producer, "feature_info", None), f"the {role} {type(producer).__name__}")
-        self.backbone = backbone
-        self.addon = addon
-        self.neck = neck
+        super().__init__(backbone, addon, neck, size_divisor=size_divisor)
         self.decode_head = decode_head
         self.auxiliary_head = nn.ModuleList(auxiliary_heads) if auxiliary_heads else None
         self.auxiliary_weights = tuple(auxiliary_weights)
         self.auxiliary_inputs = auxiliary_inputs
         self.num_classes = num_classes
-        self.size_divisor = math.lcm(int(size_divisor), int(getattr(backbone, "size_divisor", 1) or 1))
-        self.min_size = int(getattr(backbone, "min_size", 0) or 0)
         self.in_chans = in_chans
-
-    @property
-    def feature_info(self) -> list[dict]:
-        """The ``feature_info`` of the maps the decode head reads (the last producer's)."""
-        return feature_producer(self.backbone, self.addon, self.neck).feature_info
 
     def weight_dtype(self) -> torch.dtype | None:
         """The weights' floating dtype (that of the first floating parameter), which inputs must match."""
         return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
 
-    def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        if getattr(self.backbone, "extra_feature_info", None):
-            feats, extras = self.backbone.forward_with_extras(images)
-        else:
-            feats, extras = self.backbone(images), []
-        if self.addon is not None:
-            feats = self.addon(feats)
-        if self.neck is not None:
-            feats = self.neck(feats)
-        return list(feats), list(extras)
-
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """(B, C, H, W) padded images -> the maps the decode head reads, fine to coarse."""
-        return self._features(images)[0]
-
-    def _pad(self, images: Tensor) -> Tensor:
-        # Integer shape arithmetic and an unconditional pad keep this a traced expression,
-        # so an exported graph (ONNX, dynamic H and W) pads correctly at every size.
-        h, w = images.shape[-2], images.shape[-1]
-        d = self.size_divisor
-        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
-        if self.min_size > d:
-            h, w = images.shape[-2], images.shape[-1]
-            # max(x, 0) written as (x + |x|) // 2: arithmetic on sizes stays in a traced graph, a comparison would not.
-            short_w, short_h = self.min_size - w, self.min_size - h
-            images = F.pad(images, (0, (short_w + abs(short_w)) // 2, 0, (short_h + abs(short_h)) // 2))
-        return images
+        return self.forward_features(images)
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
         # A channels-last model's logits stay channels-last: the bilinear upsample runs 1.7x faster forward
@@ -134,8 +97,8 @@ class Segmentor(nn.Module):
         """Logits of the decode head and of each auxiliary head, all at (H, W)."""
         check_image_batch(images, self.in_chans, self.weight_dtype())
         size = tuple(images.shape[-2:])
-        padded = self._pad(images)
-        feats, extras = self._features(padded)
+        padded = self.pad(images)
+        feats, extras = self.forward_with_extras(padded)
         out: dict[str, Tensor | list[Tensor]] = {
             "logits": self._to_input_size(self.decode_head(feats), padded.shape[-2:], size)
         }
@@ -150,7 +113,7 @@ class Segmentor(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         check_image_batch(images, self.in_chans, self.weight_dtype())
         size = tuple(images.shape[-2:])
-        padded = self._pad(images)
+        padded = self.pad(images)
         logits = self.decode_head(self.extract_features(padded))
         return self._to_input_size(logits, padded.shape[-2:], size)
 
