@@ -112,6 +112,52 @@ def test_window_covering_the_map_is_dense_attention_on_upsampled_high():
     torch.testing.assert_close(fused, window(low, high), rtol=1e-5, atol=1e-5)
 
 
+def _window_projecting_after_upsampling(fine: FINE, low, high):
+    """Window attention as first written: F_high upsampled to F_low's size, then W_K and W_V on every pixel."""
+    B, C, H, W = low.shape
+    M = fine.window_size
+    up = _upsample_to(high, fine.scale, (H, W), "nearest")
+    pad = (0, -W % M, 0, -H % M)
+    low, up = torch.nn.functional.pad(low, pad), torch.nn.functional.pad(up, pad)
+    valid = torch.nn.functional.pad(torch.ones(H, W, dtype=torch.bool), pad)
+    nh, nw = low.shape[-2] // M, low.shape[-1] // M
+
+    def windows(x):  # (..., C', Hp, Wp) -> (..., nW, M*M, C')
+        x = x.unflatten(-2, (nh, M)).unflatten(-1, (nw, M))  # (..., C', nh, M, nw, M)
+        return x.movedim(-5, -1).transpose(-4, -3).flatten(-5, -4).flatten(-3, -2)
+
+    q, k, v = fine._heads(fine.q(windows(low))), fine._heads(fine.k(windows(up))), fine._heads(fine.v(windows(up)))
+    attn = (q @ k.transpose(-2, -1)) * fine.head_dim**-0.5
+    attn = attn.masked_fill(~windows(valid[None])[..., 0][:, None, None, :], float("-inf")).softmax(-1)
+    out = fine.proj(fine._merge(attn @ v))  # (B, nW, M*M, C)
+    out = out.reshape(B, nh, nw, M, M, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, nh * M, nw * M)
+    return out[..., :H, :W]
+
+
+@pytest.mark.parametrize("size,window", [((23, 31), 7), ((14, 21), 7), ((13, 11), 4)])
+def test_window_projects_keys_before_upsampling(size, window):
+    """K and V projected on F_high, then upsampled: the same result as projecting the upsampled map."""
+    torch.manual_seed(0)
+    fine = FINE(C, 8, 16, attention="window", window_size=window, modulation="replace", head_dim=8).double()
+    low, high = (x.double() for x in _maps(*size))
+    torch.testing.assert_close(fine(low, high), _window_projecting_after_upsampling(fine, low, high), rtol=0, atol=1e-6)
+
+
+def test_window_projection_macs():
+    """W_K, W_V run on the h x w pixels of F_high, W_Q, W_O on the H x W of F_low (Table 3, M = 7)."""
+    chs, (H, W), (h, w), M = 64, (28, 35), (14, 18), 7
+    with torch.device("meta"):
+        fine = FINE(chs, 8, 16, attention="window", modulation="replace")
+        low, high = torch.zeros(1, chs, H, W), torch.zeros(1, chs, h, w)
+    fine.fused_attention = False  # the explicit softmax path: one scale multiply per query element
+    counter = MacCounter()
+    with torch.no_grad(), counter:
+        fine(low, high)
+    projections = 2 * H * W * chs * chs + 2 * h * w * chs * chs  # W_Q, W_O on F_low; W_K, W_V on F_high
+    attention = 2 * H * W * M * M * chs  # Q K^T and A V within each 7 x 7 window (28 x 35 needs no padding)
+    assert counter.total == projections + attention + H * W * chs
+
+
 def test_area_with_one_area_is_vanilla():
     torch.manual_seed(0)
     area = FINE(C, 8, 16, attention="area", num_areas=1, head_dim=8)

@@ -35,7 +35,9 @@ What is implemented, and where it comes from:
 - **Options** (Sec. 5.3): ``attention`` "aats" (default) | "vanilla" (dense
   softmax attention between all pixels of F_low and F_high) | "window" (Swin
   windows of M x M = 7 x 7 F_low pixels attending to the co-located F_high
-  pixels after the fusion's nearest upsampling) | "area" (YOLOv12 area
+  pixels after the fusion's nearest upsampling; W_K and W_V project F_high
+  before that upsampling, which gives the same keys at a quarter of their
+  cost) | "area" (YOLOv12 area
   attention: F_low and F_high cut into A = 4 horizontal strips covering the
   same image rows, attention within a strip) | "linear" (SimA softmax-free
   attention: Q and K L1-normalised over the tokens, ``Q (K^T V)``), Table 3;
@@ -458,12 +460,17 @@ class FINE(nn.Module):
         """Window attention (Table 3, M x M windows): F_low pixels attend to co-located F_high pixels."""
         B, C, H, W = low.shape
         M = self.window_size
-        # F_high at F_low's resolution, by the fusion's own nearest upsampling, so windows co-locate.
-        high = _upsample_to(high, self.scale, (H, W), "nearest")
+        # K and V of F_high at F_low's resolution, by the fusion's own nearest upsampling, so windows co-locate.
+        # W_K and W_V act on each pixel alone and nearest upsampling only copies pixels, so projecting before
+        # the upsampling gives the same keys and values with 1/scale^2 of the projection's multiply-adds.
+        high = high.permute(0, 2, 3, 1)  # (B, h, w, C)
+        key, value = (
+            _upsample_to(proj(high).permute(0, 3, 1, 2), self.scale, (H, W), "nearest") for proj in (self.k, self.v)
+        )
         pad_h, pad_w = -H % M, -W % M
         valid = torch.ones(1, 1, H, W, dtype=torch.bool, device=low.device)
         if pad_h or pad_w:
-            low, high = F.pad(low, (0, pad_w, 0, pad_h)), F.pad(high, (0, pad_w, 0, pad_h))
+            low, key, value = (F.pad(x, (0, pad_w, 0, pad_h)) for x in (low, key, value))
             valid = F.pad(valid, (0, pad_w, 0, pad_h), value=False)
         Hp, Wp = H + pad_h, W + pad_w
 
@@ -471,8 +478,7 @@ class FINE(nn.Module):
             x = x.reshape(x.shape[0], x.shape[1], Hp // M, M, Wp // M, M)
             return x.permute(0, 2, 4, 3, 5, 1).reshape(x.shape[0], (Hp // M) * (Wp // M), M * M, x.shape[1])
 
-        lw, hw = windows(low), windows(high)
-        q, k, v = self._heads(self.q(lw)), self._heads(self.k(hw)), self._heads(self.v(hw))
+        q, k, v = self._heads(self.q(windows(low))), self._heads(windows(key)), self._heads(windows(value))
         # Padded keys are never attended; padded queries are cropped below.
         mask = windows(valid)[0][:, None, None, :, 0] if (pad_h or pad_w) else None  # (nW, 1, 1, M*M)
         out = self.proj(self._merge(self._softmax_attention(q, k, v, mask)))  # (B, nW, M*M, C)
