@@ -63,14 +63,20 @@ What is implemented, and where it comes from:
 
 Overhead, measured with ``msfusion.count_params`` / ``count_macs`` on the
 FPN of ResNet-50 with FINE at the l = 2, 3 steps: +0.526 M parameters (2 x
-263,168) and +1.69 G multiply-adds at 800x1333 on the FPNs of Faster R-CNN,
-RetinaNet and FCOS (Table 1 reports +1.0 M each and +1.1 / +1.4 / +1.4
-GFLOPs: the published equations, W_Q, W_K, W_V, W_O, account for about half
-the parameters; on a typical COCO image of 800x1067 the MACs are +1.19 G); on
-Semantic FPN at 512x1024 +0.526 M and +0.54 G, where Table 7's +1.6 M / +0.8 G
-are those of the earlier version (+1.580 M, +0.83 G). Against dense
-("vanilla") attention on the same neck at 640x640, AATS needs 94.5% fewer
-multiply-adds (Table 3: 93.3%) and 98.3% less peak memory (99.9%).
+263,168) and +0.73 G multiply-adds at 800x800 on the FPNs of Faster R-CNN,
+RetinaNet and FCOS alike. 800x800 is the size at which the same count
+reproduces Table 1's baselines (torchvision's published 134.4 / 151.5 /
+128.2 G); Table 1 reports +1.0 M each and +1.1 / +1.4 / +1.4 GFLOPs. The
+published equations, W_Q, W_K, W_V, W_O, account for about half the
+parameters, and no single module fits Table 1's totals: RetinaNet's (34.015
+M -> 35.0 M) need an increase below 1.035 M, RT-DETR R50's (42.891 M -> 44.0
+M) one of at least 1.059 M, and Faster R-CNN's +1.1 G against RetinaNet's
++1.4 G differ by more than rounding although FINE sees the same maps in
+both. On Semantic FPN at 512x1024 FINE adds +0.526 M and +0.54 G, where
+Table 7's +1.6 M / +0.8 G are those of the earlier version (+1.580 M, +0.83
+G). Against dense ("vanilla") attention on the same neck at 640x640, AATS
+needs 94.5% fewer multiply-adds (Table 3: 93.3%) and 98.3% less peak memory
+(99.9%).
 
 Sizes that the pooling does not divide: windows are taken with ``ceil_mode``
 (the last row and column of tokens average over the pixels that exist), and
