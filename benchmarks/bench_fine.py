@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         a, v = res["aats"], res["vanilla"]
         print(
             f"AATS vs vanilla: {100 * (a['macs'] / v['macs'] - 1):+.1f}% added compute, "
-            f"{100 * (a['added_mb'] / v['added_mb'] - 1):+.1f}% added whole-model memory, "
+            f"{a['added_mb']:+.2f} MB whole-model peak memory (vanilla {v['added_mb']:+.2f} MB), "
             f"{100 * (a['fine_mb'] / v['fine_mb'] - 1):+.1f}% FINE's own memory "
             "(paper: -93.3% compute, -99.9% memory)"
         )

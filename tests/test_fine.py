@@ -309,6 +309,55 @@ def test_semantic_fpn_r50_counts():
     assert [(a.low_stride, a.kernel) for a in fine.neck.aligns[1:]] == [(8, 2), (16, 1)]
 
 
+def _bench_fine():
+    """benchmarks/bench_fine.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fine.py"
+    spec = importlib.util.spec_from_file_location("bench_fine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _OneFusion(torch.nn.Module):
+    """A whole 'model' around one FINE step: F_low in, the aligned map out (F_high fixed)."""
+
+    def __init__(self, fine, high):
+        super().__init__()
+        self.fine, self.high = fine, high
+
+    def forward(self, low):
+        return self.fine(low, self.high).relu() + 1
+
+
+def test_bench_fine_peak_memory_whole_model_and_fine_own():
+    """Table 3's Mem column: vanilla's materialised attention (4 heads x 256 x 64 floats) shows in both peaks."""
+    bench = _bench_fine()
+    low, high = _maps(16, 16, batch=1)
+    peaks = {}
+    for attention in ("vanilla", "aats"):
+        torch.manual_seed(0)
+        fine = FINE(C, 8, 16, attention=attention, head_dim=8).eval()
+        fine.fused_attention = False
+        peaks[attention] = bench.peak_memory(_OneFusion(fine, high), low)
+    attention_bytes = 4 * 256 * 64 * 4
+    assert peaks["vanilla"]["fine_mb"] * 2**20 >= attention_bytes
+    assert peaks["vanilla"]["model_mb"] >= peaks["vanilla"]["fine_mb"] > 4 * peaks["aats"]["fine_mb"] > 0
+
+
+def test_bench_fine_alternates_and_reports_ratio_spread():
+    bench = _bench_fine()
+    calls = []
+    stats = bench.alternating_ratios(
+        lambda: calls.append("base"), lambda: calls.append("fine"), runs=4, warmup=1, device=torch.device("cpu")
+    )
+    # Warm-up, then pairs whose order flips: base first, fine first, ...
+    assert calls == ["base", "fine"] + ["base", "fine", "fine", "base"] * 2
+    assert stats["ratio_min"] <= stats["ratio_q1"] <= stats["ratio"] <= stats["ratio_q3"] <= stats["ratio_max"]
+
+
 def test_tiny_segmentor_with_fine_odd_input():
     torch.manual_seed(0)
     model = mf.create_model("test_semantic_fpn_fine")
