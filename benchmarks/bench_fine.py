@@ -1,30 +1,39 @@
-"""FINE's efficiency claim (arXiv 2606.14005, Table 3 and Sec. 5.3.1), measured on CPU in one run.
+"""FINE's Table 3 (arXiv 2606.14005, Sec. 5.3.1) measured on a whole detector, per attention strategy.
 
-Part 1, attention strategies on the same neck and input: an FPN (256 channels)
-on ResNet-50 feature shapes at ``--size`` (default 640x640, Table 3's RT-DETR
-input) with FINE at the l = 2 and l = 3 fusion steps (F_low at strides 8 and
-16), once per attention option: aats, vanilla, window (M = 7), area (A = 4),
-linear. For each it prints the multiply-adds FINE adds to the FPN (meta
-device), FINE's own latency over both fusion steps (median and min of
-``--runs``) and its peak memory (the largest total of live tensors created
-during its call, tracked per ATen operator, the larger of the two steps), each
-also as a ratio to vanilla. The paper: AATS costs 93.3% less compute and 99.9%
-less memory than vanilla (+1.2 G vs +18.0 G, +1.17
-MB vs +1223.48 MB on RT-DETR R18). Softmax attention runs unfused here (the
-attention matrix is materialised, as the paper's memory column implies);
-``--fused`` uses ``scaled_dot_product_attention`` instead, whose CPU kernel
-never holds the whole matrix.
+Table 3 puts FINE with each attention strategy (vanilla, window M = 7, area
+A = 4, linear, AATS) into RT-DETR R18 at 640x640 and reports, against the
+model without FINE: +params, +FLOPs, "Mem (MB)" (how much the whole model's
+peak memory grows: +1223.48 MB for vanilla, +1.17 MB for AATS), FPS and
+latency. This script measures the same on ``--model`` (default
+``rt_detr_r18``, the ``msfusion[detr]`` extra; ``faster_rcnn_r50_fpn`` needs
+torchvision only) at ``--size``, batch 1, on the network alone (the
+``complexity_module`` forward: an already resized, normalised batch, no
+post-processing), for each option of ``--options``:
 
-Part 2, the latency FINE adds to a whole detector: torchvision Faster R-CNN
-with our ResNet-50 + FPN (``msfusion.models.detector.build_detector``) at
-``--detector-size`` (default 800x1333), with and without FINE at the two
-fusion steps, timed interleaved (``--detector-runs`` each) in eval mode. The
-target: at most +5% on CPU; the paper: 80 -> 78 FPS (+3.4% latency) on a Jetson
-with TensorRT. When the detector module is not available the FPN neck alone is
-timed instead, and the output says so.
+- **+params, +GFLOPs** of the whole model (``count_params``, 2 x
+  ``count_macs`` on the meta device).
+- **Peak memory of one forward**, without and with FINE, and its increase
+  (the paper's Mem column): the largest total of live tensors created during
+  the forward, tracked per ATen operator (on CUDA also the allocator's
+  ``max_memory_allocated`` above what was allocated before the call). Beside
+  it, **FINE's own tensors**: the peak, above what was live when FINE was
+  called, of the tensors created inside a FINE module (the larger of its two
+  fusion steps), from the same forward.
+- **Latency as a ratio of alternating runs**: the baseline and the +FINE
+  model (the same weights apart from FINE's) run turn by turn, the order
+  flipping every pair, and each pair gives one ratio +FINE / baseline. The
+  median ratio and its spread (quartiles, min-max) are printed, with the
+  median milliseconds and FPS of each; load from other processes on a shared
+  machine hits both models of a pair alike.
 
-    python benchmarks/bench_fine.py
-    python benchmarks/bench_fine.py --size 512 --runs 5 --detector-runs 3 --threads 2
+Softmax attention runs unfused by default (the attention matrix is
+materialised, as the paper's memory column implies); ``--fused`` uses
+``scaled_dot_product_attention``, whose CPU kernel never holds the whole
+matrix.
+
+    python benchmarks/bench_fine.py                                   # Table 3's setting: RT-DETR R18, 640x640
+    python benchmarks/bench_fine.py --size 320 --runs 7 --threads 1   # a quick CPU check
+    python benchmarks/bench_fine.py --model faster_rcnn_r50_fpn --size 800 --options aats
 """
 
 from __future__ import annotations
@@ -34,30 +43,47 @@ import json
 import statistics
 import time
 import weakref
+from collections.abc import Callable
 
 import torch
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import msfusion as mf
-from msfusion.analysis.benchmark import time_call
-from msfusion.analysis.complexity import MacCounter
+from msfusion.models.detector import DetectorComplexity
 from msfusion.models.necks.fine import FINE
-from msfusion.models.necks.fpn import FPN
 
-R50 = [(256, 4), (512, 8), (1024, 16), (2048, 32)]
-FINE_AT = (8, 16)  # F_low strides of the l = 2 and l = 3 fusion steps
 OPTIONS = ("aats", "vanilla", "window", "area", "linear")
+# Table 3 (RT-DETR R18, 640x640, baseline 12.81 ms): +GFLOPs, +Mem MB, latency in ms.
+PAPER = {
+    "vanilla": (18.0, 1223.48, 17.74),
+    "window": (8.9, 65.11, 15.05),
+    "area": (10.0, 65.67, 14.71),
+    "linear": (7.0, 18.42, 16.05),
+    "aats": (1.2, 1.17, 13.24),
+}
+PAPER_BASE_MS = 12.81
 
 
 class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of live tensors created inside the mode (views share their base's storage)."""
+    """Peak bytes of live tensors created inside the mode (views share their base's storage).
+
+    ``mark()`` opens a window: ``window_peak()`` is then the peak since the mark, above what was live at it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        self._mark = self._mark_peak = 0
         self._refs: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors on it]
+
+    def mark(self) -> None:
+        self._mark = self._mark_peak = self.live
+
+    def window_peak(self) -> int:
+        return self._mark_peak - self._mark
 
     def _release(self, ptr: int) -> None:
         entry = self._refs.get(ptr)
@@ -84,223 +110,209 @@ class PeakTensorMemory(TorchDispatchMode):
                 self._refs[ptr] = [nbytes, 1]
                 self.live += nbytes
                 self.peak = max(self.peak, self.live)
+                self._mark_peak = max(self._mark_peak, self.live)
             weakref.finalize(t, self._release, ptr)
         return out
 
 
-def _info() -> list[dict]:
-    return [dict(chs=c, reduction=s, module=f"layer{i + 1}") for i, (c, s) in enumerate(R50)]
+def _network(model: nn.Module) -> nn.Module:
+    """The detector's network alone on a resized, normalised batch (the papers' counting forward)."""
+    return getattr(model, "complexity_module", DetectorComplexity)(model)
 
 
-def _shapes(size: tuple[int, int]) -> dict[int, tuple[int, int]]:
-    """ResNet-50 map sizes by stride: conv1 and the max-pool round up, then each stage halves rounding up."""
-    h, w = (size[0] + 1) // 2, (size[1] + 1) // 2
-    out = {}
-    for _, stride in R50:
-        h, w = (h + 1) // 2, (w + 1) // 2
-        out[stride] = (h, w)
-    return out
-
-
-def _features(size: tuple[int, int], device: str = "cpu") -> list[torch.Tensor]:
-    shapes = _shapes(size)
-    if device == "meta":
-        return [torch.zeros(1, chs, *shapes[s], device="meta") for chs, s in R50]
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(1, chs, *shapes[s], generator=g).to(device) for chs, s in R50]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _neck(attention: str | None, fused: bool) -> FPN:
+def _create(name: str, attention: str | None) -> nn.Module:
     torch.manual_seed(0)
-    align = {s: {"type": "fine", "attention": attention} for s in FINE_AT} if attention else None
-    neck = FPN(_info(), extra_levels=1, extra_type="maxpool", align=align).eval()
-    for m in neck.modules():
-        if isinstance(m, FINE):
-            m.fused_attention = fused
-    return neck
+    return mf.create_model(name, fine={"attention": attention} if attention else False)
 
 
-def _macs(attention: str | None, size: tuple[int, int]) -> int:
+def counts(name: str, attention: str | None, size: tuple[int, int]) -> tuple[int, int]:
+    """(parameters, multiply-adds) of the whole model, on the meta device."""
     with torch.device("meta"):
-        neck = _neck(attention, True)
-        feats = _features(size, "meta")
-    counter = MacCounter()
-    with torch.no_grad(), counter:
-        neck(feats)
-    return counter.total
+        model = _create(name, attention)
+    return mf.count_params(model), mf.count_macs(_network(model), (1, 3, *size))
 
 
-def _fine_modules(attention: str, size: tuple[int, int], fused: bool, device: torch.device):
-    """FINE at the two fusion steps with inputs of the lateral shapes: [(module, low, high), ...]."""
-    shapes = _shapes(size)
-    out = []
-    for low_stride in FINE_AT:
-        torch.manual_seed(0)
-        fine = FINE(256, low_stride, 2 * low_stride, attention=attention).to(device).eval()
-        fine.fused_attention = fused
-        low = torch.randn(1, 256, *shapes[low_stride], device=device)
-        high = torch.randn(1, 256, *shapes[2 * low_stride], device=device)
-        out.append((fine, low, high))
-    return out
+def build_pair(name: str, attention: str, fused: bool, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(baseline, +FINE) networks in eval mode with the same weights apart from FINE's."""
+    base = _create(name, None).eval()
+    fine = _create(name, attention).eval()
+    missing = fine.load_state_dict(base.state_dict(), strict=False).missing_keys
+    fines = [m for m in fine.modules() if isinstance(m, FINE)]
+    if not fines or not all(".fine." in k or ".aligns." in k for k in missing):
+        raise RuntimeError(f"{name} with FINE differs from {name} in more than FINE: {missing[:5]}")
+    for m in fines:
+        m.fused_attention = fused
+    return _network(base).to(device), _network(fine).to(device)
 
 
-def _fine_peak(modules) -> int:
-    """Peak bytes of the tensors FINE creates during one call, the larger of its two fusion steps."""
-    peak = 0
-    for fine, low, high in modules:
-        tracker = PeakTensorMemory()
-        with torch.no_grad(), tracker:
-            out = fine(low, high)
-        del out
-        peak = max(peak, tracker.peak)
-    return peak
+def peak_memory(network: nn.Module, x: Tensor) -> dict[str, float]:
+    """Peak MB of one forward (tensors created in it), FINE's own peak MB, and on CUDA the allocator's peak MB."""
+    tracker = PeakTensorMemory()
+    fine_peak = [0]
 
+    def enter(module, args) -> None:
+        tracker.mark()
 
-def bench_attention(
-    size: tuple[int, int], runs: int, warmup: int, fused: bool, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Per option: FINE's own latency (both fusion steps), the MACs it adds to the FPN, FINE's peak memory."""
-    feats = _features(size, device)
-    neck = _neck(None, fused).to(device)
-    with torch.no_grad():
-        times = time_call(lambda: neck(feats), runs, warmup, device)
-    results = {"fpn": dict(ms=1e3 * statistics.median(times), min_ms=1e3 * min(times), gmacs=_macs(None, size) / 1e9)}
-    for attention in OPTIONS:
-        modules = _fine_modules(attention, size, fused, device)
+    def leave(module, args, out) -> None:
+        fine_peak[0] = max(fine_peak[0], tracker.window_peak())
 
-        def call(modules=modules) -> None:
-            for fine, low, high in modules:
-                fine(low, high)
-
-        with torch.no_grad():
-            times = time_call(call, runs, warmup, device)
-        results[attention] = dict(
-            ms=1e3 * statistics.median(times),
-            min_ms=1e3 * min(times),
-            gmacs=_macs(attention, size) / 1e9 - results["fpn"]["gmacs"],
-            mb=_fine_peak(modules) / 2**20,
-        )
-    return results
-
-
-def _detector_pair(size: tuple[int, int], device: torch.device):
-    """(baseline, with FINE, description) whole detectors, or FPN necks when the detector is unavailable."""
+    hooks = []
+    for m in network.modules():
+        if isinstance(m, FINE):
+            hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
     try:
-        from msfusion.models.detector import build_detector
-    except ImportError:
-        build_detector = None
-    if build_detector is not None:
-        torch.manual_seed(0)
-        base = build_detector("faster_rcnn", backbone="resnet50", num_classes=91).eval()
-        torch.manual_seed(0)
-        align = {s: "fine" for s in FINE_AT}
-        fine = build_detector("faster_rcnn", backbone="resnet50", num_classes=91, neck_kwargs={"align": align}).eval()
-        missing = fine.load_state_dict(base.state_dict(), strict=False).missing_keys
-        assert all(".aligns." in k for k in missing), missing  # only FINE's weights differ
-        base, fine = base.to(device), fine.to(device)
-        image = [torch.rand(3, *size, generator=torch.Generator().manual_seed(0)).to(device)]
-        desc = f"torchvision Faster R-CNN, ResNet-50 + our FPN, 91 classes, one {size[0]}x{size[1]} image"
-        return (lambda: base(image)), (lambda: fine(image)), desc, base
-    feats = _features(size, device)
-    base, fine = _neck(None, True).to(device), _neck("aats", True).to(device)
-    desc = f"the FPN neck alone (no detector module available), ResNet-50 shapes at {size[0]}x{size[1]}"
-    return (lambda: base(feats)), (lambda: fine(feats)), desc, base
+        with torch.no_grad(), tracker:
+            out = network(x)
+        del out
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {"model_mb": tracker.peak / 2**20, "fine_mb": fine_peak[0] / 2**20}
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        with torch.no_grad():
+            out = network(x)
+        torch.cuda.synchronize(x.device)
+        result["cuda_mb"] = (torch.cuda.max_memory_allocated(x.device) - before) / 2**20
+        del out
+    return result
 
 
-def bench_detector(size: tuple[int, int], runs: int, warmup: int, device: torch.device) -> dict[str, object]:
-    run_base, run_fine, desc, _ = _detector_pair(size, device)
-    times: dict[str, list[float]] = {"base": [], "fine": []}
+def alternating_ratios(
+    run_base: Callable[[], object], run_fine: Callable[[], object], runs: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Latency of +FINE over the baseline from ``runs`` alternating pairs (order flipped every pair)."""
+
+    def timed(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
     with torch.no_grad():
-        for fn in (run_base, run_fine):
-            for _ in range(warmup):
-                fn()
-        for _ in range(runs):  # interleaved, so drift of a shared machine hits both alike
-            for key, fn in (("base", run_base), ("fine", run_fine)):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[key].append(time.perf_counter() - start)
-    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    low = {k: 1e3 * min(v) for k, v in times.items()}
+        for _ in range(warmup):
+            run_base(), run_fine()
+        base, fine = [], []
+        for i in range(runs):
+            if i % 2:
+                fine.append(timed(run_fine))
+                base.append(timed(run_base))
+            else:
+                base.append(timed(run_base))
+                fine.append(timed(run_fine))
+    ratios = [f / b for f, b in zip(fine, base, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if runs > 1 else (ratios[0],) * 3
     return dict(
-        what=desc,
-        base_ms=med["base"],
-        fine_ms=med["fine"],
-        added=med["fine"] / med["base"] - 1,
-        base_min_ms=low["base"],
-        fine_min_ms=low["fine"],
-        added_min=low["fine"] / low["base"] - 1,
+        base_ms=1e3 * statistics.median(base),
+        fine_ms=1e3 * statistics.median(fine),
+        ratio=statistics.median(ratios),
+        ratio_q1=q1,
+        ratio_q3=q3,
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
     )
+
+
+def bench(
+    name: str, size: tuple[int, int], options: list[str], runs: int, warmup: int, fused: bool, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Per option: +params, +MACs, peak memory (whole model and FINE's own), alternating latency ratios."""
+    base_params, base_macs = counts(name, None, size)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    results: dict[str, dict[str, float]] = {"baseline": dict(params=base_params, macs=base_macs)}
+    for attention in options:
+        params, macs = counts(name, attention, size)
+        base, fine = build_pair(name, attention, fused, device)
+        if "model_mb" not in results["baseline"]:
+            results["baseline"].update(peak_memory(base, x))
+        mem = peak_memory(fine, x)
+        results[attention] = dict(
+            params=params - base_params,
+            macs=macs - base_macs,
+            **mem,
+            added_mb=mem["model_mb"] - results["baseline"]["model_mb"],
+            **alternating_ratios(lambda b=base: b(x), lambda f=fine: f(x), runs, warmup, device),
+        )
+        if "cuda_mb" in mem:
+            results[attention]["added_cuda_mb"] = mem["cuda_mb"] - results["baseline"]["cuda_mb"]
+        del base, fine
+    return results
 
 
 def _parse_size(text: str) -> tuple[int, int]:
     parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) not in (1, 2) or min(parts) < 32:
+        raise argparse.ArgumentTypeError(f"--size takes N or HxW with sides of at least 32, got {text!r}")
     return (parts[0], parts[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=_parse_size, default=(640, 640), help="HxW of part 1 (default 640x640)")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--model", default="rt_detr_r18", help="a registered detector that takes fine= (default rt_detr_r18)"
+    )
+    parser.add_argument("--size", type=_parse_size, default=(640, 640), help="HxW or N (default 640, Table 3's)")
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=OPTIONS)
+    parser.add_argument("--runs", type=int, default=20, help="alternating pairs per option (default 20)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--fused", action="store_true", help="scaled_dot_product_attention in part 1")
-    parser.add_argument("--detector-size", type=_parse_size, default=(800, 1333))
-    parser.add_argument("--detector-runs", type=int, default=5)
-    parser.add_argument("--skip-detector", action="store_true")
+    parser.add_argument("--fused", action="store_true", help="scaled_dot_product_attention in FINE")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"msfusion {mf.__version__}, torch {torch.__version__}, {where}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     h, w = args.size
+    print(f"msfusion {mf.__version__}, torch {torch.__version__}, {where}")
     print(
-        f"\n1) FINE attention strategies, FPN (256 ch) on ResNet-50 shapes at {h}x{w}, FINE at F_low strides "
-        f"{FINE_AT}, {'fused' if args.fused else 'unfused (materialised)'} softmax attention"
+        f"{args.model} at {h}x{w}, batch 1, the network alone; FINE at the two top-down fusions, "
+        f"{'fused' if args.fused else 'unfused (materialised)'} softmax attention; {args.runs} alternating pairs"
     )
-    res = bench_attention(args.size, args.runs, args.warmup, args.fused, device)
-    fpn = res["fpn"]
-    print(f"   plain FPN: {fpn['ms']:.1f} ms (min {fpn['min_ms']:.1f}), {fpn['gmacs']:.2f} GMACs")
-    print("   FINE at both steps: its own latency (median, min), the MACs it adds to the FPN, its peak memory")
+    res = bench(args.model, args.size, args.options, args.runs, args.warmup, args.fused, device)
+    base = res["baseline"]
+    cuda = "cuda_mb" in base
     print(
-        f"   {'attention':<10}{'ms':>9}{'min ms':>9}{'+GMACs':>9}{'MB':>10}   vs vanilla:{'time':>7}{'MACs':>8}{'memory':>8}"
+        f"baseline: {base['params'] / 1e6:.3f} M params, {2 * base['macs'] / 1e9:.2f} GFLOPs, "
+        f"peak {base['model_mb']:.1f} MB of tensors" + (f", {base['cuda_mb']:.1f} MB allocated" if cuda else "")
     )
-    van = res["vanilla"]
-    for name in OPTIONS:
+    print(
+        f"{'option':<9}{'+M':>7}{'+GFLOPs':>9}{'peak MB':>9}{'+MB':>9}{'FINE MB':>9}"
+        + (f"{'+MB cuda':>10}" if cuda else "")
+        + f"{'base ms':>9}{'FINE ms':>9}{'ratio':>7}{'quartiles':>14}{'min-max':>13}   paper: +GFLOPs +MB ratio"
+    )
+    for name in args.options:
         r = res[name]
+        paper = PAPER[name]
+        quartiles, spread = f"{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f}", f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
         print(
-            f"   {name:<10}{r['ms']:>9.2f}{r['min_ms']:>9.2f}{r['gmacs']:>9.3f}{r['mb']:>10.2f}   {' ' * 11}"
-            f"{r['min_ms'] / van['min_ms']:>7.3f}{r['gmacs'] / van['gmacs']:>8.3f}{r['mb'] / van['mb']:>8.4f}"
+            f"{name:<9}{r['params'] / 1e6:>7.3f}{2 * r['macs'] / 1e9:>9.2f}{r['model_mb']:>9.1f}{r['added_mb']:>9.2f}"
+            f"{r['fine_mb']:>9.2f}"
+            + (f"{r['added_cuda_mb']:>10.2f}" if cuda else "")
+            + f"{r['base_ms']:>9.1f}{r['fine_ms']:>9.1f}{r['ratio']:>7.3f}"
+            f"{quartiles:>14}{spread:>13}"
+            f"   {paper[0]:>6.1f} {paper[1]:>8.2f} {paper[2] / PAPER_BASE_MS:.3f}"
         )
-    a = res["aats"]
-    print(
-        f"   AATS vs vanilla: {100 * (a['gmacs'] / van['gmacs'] - 1):+.1f}% compute, "
-        f"{100 * (a['mb'] / van['mb'] - 1):+.2f}% memory, {100 * (a['min_ms'] / van['min_ms'] - 1):+.1f}% time "
-        "(paper: -93.3% compute, -99.9% memory)"
-    )
-    out = {"attention": res}
-    if not args.skip_detector:
-        dh, dw = args.detector_size
-        print(f"\n2) latency FINE adds to a whole detector ({dh}x{dw}, median of {args.detector_runs}, interleaved)")
-        det = bench_detector(args.detector_size, args.detector_runs, 1, device)
-        print(f"   {det['what']}")
+    if "aats" in res and "vanilla" in res:
+        a, v = res["aats"], res["vanilla"]
         print(
-            f"   without FINE {det['base_ms']:.0f} ms, with FINE {det['fine_ms']:.0f} ms: "
-            f"{100 * det['added']:+.1f}% (target <= +5%; paper 80 -> 78 FPS, +3.4%)"
+            f"AATS vs vanilla: {100 * (a['macs'] / v['macs'] - 1):+.1f}% added compute, "
+            f"{a['added_mb']:+.2f} MB whole-model peak memory (vanilla {v['added_mb']:+.2f} MB), "
+            f"{100 * (a['fine_mb'] / v['fine_mb'] - 1):+.1f}% FINE's own memory "
+            "(paper: -93.3% compute, -99.9% memory)"
         )
-        out["detector"] = det
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump({"model": args.model, "size": [h, w], "device": where, "results": res}, f, indent=2)
+    return res
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ detectors have ``num_classes - 1`` labels.
   0.5%). ``two_stage=True, with_box_refine=True`` reaches the printed 42.0 M
   but only 204.5 G. The preset is that variant, the one whose parameter
   count matches the table; ``two_stage=False, with_box_refine=False`` gives
-  the released configuration. Neither explains the printed 231 G.
+  the released configuration. Neither explains the printed 231 G. The
+  surplus is outside the backbone: the ConvNeXt-S row (317 G) lies 86 G above
+  ConvNeXt-T as ours does (86.3 G), and both ConvNeXt rows exceed this count
+  by the same 26.3 G. An FPN on C3-C5 in place of the input projections
+  (Table 2's caption names FPN as the default fusion "for methods except
+  CEDNet") adds 12.1 G of it.
 """
 
 from __future__ import annotations
@@ -335,8 +340,10 @@ def _yolo(variant: str, fine: bool, kwargs: dict[str, Any]) -> nn.Module:
 
 
 _TURBO = (
-    "the paper's YOLOv12-S is YOLOv12-turbo from the authors' fork (9.1 M), which installs as a package named "
-    "'ultralytics'; this is PyPI ultralytics' YOLO12-S (9.28 M, 23.4 G)"
+    "the paper's YOLOv12-S is YOLOv12-turbo from the authors' fork (9.1 M: grouped stem convolutions, 5x5 "
+    "positional convolution), which installs as a package named 'ultralytics', counted without the attention "
+    "products (that turbo counts 19.5 G so, 21.5 G with them); this is PyPI ultralytics' YOLO12-S (9.28 M, "
+    "23.4 G, as ultralytics' own model.info() prints)"
 )
 
 

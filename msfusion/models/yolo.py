@@ -34,6 +34,14 @@ of the authors' fork (sunsmarterjie/yolov12, 9,127,424 parameters), which
 is published as a package named ``ultralytics`` itself and cannot be
 installed next to it; ``yolo12s`` is the closest model on PyPI.
 
+Counts (GFLOPs = 2 x multiply-adds at 640): ``yolo12s`` counts 23.4 here,
+as ultralytics' own ``model.info()`` does (23.3 fused). The turbo network
+differs in three places (stride-2 stem convolutions grouped in 2 and 4,
+area attention's positional convolution 5x5 instead of 7x7); rebuilt from
+ultralytics' modules it has the fork's 9,127,424 parameters and counts 21.5,
+or 19.5 with convolutions and linear layers only (no attention products), as
+the fork's older counter did: Table 1's 19.4.
+
 Training keeps FINE: ultralytics' trainer rebuilds the network from its
 YAML (``DetectionTrainer.get_model``), so ``fine_trainer(options)`` returns a
 trainer class whose ``get_model`` builds from the YAML, adds FINE, then loads

@@ -35,7 +35,9 @@ What is implemented, and where it comes from:
 - **Options** (Sec. 5.3): ``attention`` "aats" (default) | "vanilla" (dense
   softmax attention between all pixels of F_low and F_high) | "window" (Swin
   windows of M x M = 7 x 7 F_low pixels attending to the co-located F_high
-  pixels after the fusion's nearest upsampling) | "area" (YOLOv12 area
+  pixels after the fusion's nearest upsampling; W_K and W_V project F_high
+  before that upsampling, which gives the same keys at a quarter of their
+  cost) | "area" (YOLOv12 area
   attention: F_low and F_high cut into A = 4 horizontal strips covering the
   same image rows, attention within a strip) | "linear" (SimA softmax-free
   attention: Q and K L1-normalised over the tokens, ``Q (K^T V)``), Table 3;
@@ -61,14 +63,21 @@ What is implemented, and where it comes from:
 
 Overhead, measured with ``msfusion.count_params`` / ``count_macs`` on the
 FPN of ResNet-50 with FINE at the l = 2, 3 steps: +0.526 M parameters (2 x
-263,168) and +1.69 G multiply-adds at 800x1333 on the FPNs of Faster R-CNN,
-RetinaNet and FCOS (Table 1 reports +1.0 M each and +1.1 / +1.4 / +1.4
-GFLOPs: the published equations, W_Q, W_K, W_V, W_O, account for about half
-the parameters; on a typical COCO image of 800x1067 the MACs are +1.19 G); on
-Semantic FPN at 512x1024 +0.526 M and +0.54 G, where Table 7's +1.6 M / +0.8 G
-are those of the earlier version (+1.580 M, +0.83 G). Against dense
-("vanilla") attention on the same neck at 640x640, AATS needs 94.5% fewer
-multiply-adds (Table 3: 93.3%) and 98.3% less peak memory (99.9%).
+263,168) and +0.73 G multiply-adds at 800x800 on the FPNs of Faster R-CNN,
+RetinaNet and FCOS alike. 800x800 is the size at which the same count
+reproduces Table 1's baselines (torchvision's published 134.4 / 151.5 /
+128.2 G); Table 1 reports +1.0 M each and +1.1 / +1.4 / +1.4 GFLOPs. The
+published equations, W_Q, W_K, W_V, W_O, account for about half the
+parameters, and no single module fits Table 1's totals: RetinaNet's (34.015
+M -> 35.0 M) need an increase below 1.035 M, RT-DETR R50's (42.891 M -> 44.0
+M) one of at least 1.059 M, and Faster R-CNN's +1.1 G against RetinaNet's
++1.4 G differ by more than rounding although FINE sees the same maps in
+both. On Semantic FPN at 512x1024 FINE adds +0.526 M and +0.54 G, where
+Table 7's +1.6 M / +0.8 G are those of the earlier version (+1.580 M, +0.83
+G). Against dense ("vanilla") attention in RT-DETR R18 at 640x640, AATS adds
+94.5% fewer multiply-adds (Table 3: 93.3%); at 320x320 its own tensors peak
+94.3% lower, and it leaves the whole model's peak memory unchanged where
+vanilla raises it by 61.5 MB (Table 3 at 640: 99.9% less memory).
 
 Sizes that the pooling does not divide: windows are taken with ``ceil_mode``
 (the last row and column of tokens average over the pixels that exist), and
@@ -458,12 +467,17 @@ class FINE(nn.Module):
         """Window attention (Table 3, M x M windows): F_low pixels attend to co-located F_high pixels."""
         B, C, H, W = low.shape
         M = self.window_size
-        # F_high at F_low's resolution, by the fusion's own nearest upsampling, so windows co-locate.
-        high = _upsample_to(high, self.scale, (H, W), "nearest")
+        # K and V of F_high at F_low's resolution, by the fusion's own nearest upsampling, so windows co-locate.
+        # W_K and W_V act on each pixel alone and nearest upsampling only copies pixels, so projecting before
+        # the upsampling gives the same keys and values with 1/scale^2 of the projection's multiply-adds.
+        high = high.permute(0, 2, 3, 1)  # (B, h, w, C)
+        key, value = (
+            _upsample_to(proj(high).permute(0, 3, 1, 2), self.scale, (H, W), "nearest") for proj in (self.k, self.v)
+        )
         pad_h, pad_w = -H % M, -W % M
         valid = torch.ones(1, 1, H, W, dtype=torch.bool, device=low.device)
         if pad_h or pad_w:
-            low, high = F.pad(low, (0, pad_w, 0, pad_h)), F.pad(high, (0, pad_w, 0, pad_h))
+            low, key, value = (F.pad(x, (0, pad_w, 0, pad_h)) for x in (low, key, value))
             valid = F.pad(valid, (0, pad_w, 0, pad_h), value=False)
         Hp, Wp = H + pad_h, W + pad_w
 
@@ -471,8 +485,7 @@ class FINE(nn.Module):
             x = x.reshape(x.shape[0], x.shape[1], Hp // M, M, Wp // M, M)
             return x.permute(0, 2, 4, 3, 5, 1).reshape(x.shape[0], (Hp // M) * (Wp // M), M * M, x.shape[1])
 
-        lw, hw = windows(low), windows(high)
-        q, k, v = self._heads(self.q(lw)), self._heads(self.k(hw)), self._heads(self.v(hw))
+        q, k, v = self._heads(self.q(windows(low))), self._heads(windows(key)), self._heads(windows(value))
         # Padded keys are never attended; padded queries are cropped below.
         mask = windows(valid)[0][:, None, None, :, 0] if (pad_h or pad_w) else None  # (nW, 1, 1, M*M)
         out = self.proj(self._merge(self._softmax_attention(q, k, v, mask)))  # (B, nW, M*M, C)
