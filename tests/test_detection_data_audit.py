@@ -188,7 +188,7 @@ CASES: dict[str, tuple[Callable[[Path], dict], str, str]] = {
         lambda r: _coco(r, _set("annotations", [])), "error", r"instances\.json: 'annotations' is empty.*Point"),
     "coco_annotations_null": (
         lambda r: _coco(r, _set("annotations", None)), "error",
-        r"instances\.json: an instances JSON needs a 'annotations' list, got None"),
+        r"instances\.json: an instances JSON needs the 'annotations' list, got None"),
     "coco_boxes_in_0_1_units": (
         lambda r: _coco(r, _scale_boxes), "error",
         r"image 11 \(a\.png\), annotation 1: every box .* 0-1 units.*Multiply x and width by the image width"),

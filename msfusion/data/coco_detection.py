@@ -72,8 +72,8 @@ class BadAnnotationError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    """A JSON number (bool is a subclass of int in Python, but not a coordinate)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number: ``json`` gives exactly int or float (bool, an int subclass, is not a coordinate)."""
+    return type(value) in (int, float)
 
 
 def _is_integer(value: Any) -> bool:
@@ -115,44 +115,44 @@ def rle_run_lengths(counts: str) -> list[int]:
     return runs
 
 
-def _check_segmentation(segm: Any, height: int, width: int, where: str) -> str | None:
+def _check_segmentation(segm: Any, height: int, width: int) -> str | None:
     """What is wrong with a polygon list or RLE on a ``height x width`` image, or None."""
     if segm is None or segm == []:
         return None  # box-only: the box is the mask
     if isinstance(segm, list):
         for polygon in segm:
-            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
-                return f"{where}: a polygon must be a list of JSON numbers [x0, y0, x1, y1, ...], got {polygon!r:.80}"
+            if not isinstance(polygon, list) or not set(map(type, polygon)) <= {int, float}:
+                return f"a polygon must be a list of JSON numbers [x0, y0, x1, y1, ...], got {polygon!r:.80}"
             if len(polygon) < 6 or len(polygon) % 2:
-                return f"{where}: a polygon needs at least three (x, y) points, got {len(polygon)} numbers"
-            if not all(math.isfinite(v) for v in polygon):
-                return f"{where}: a polygon holds a non-finite coordinate"
+                return f"a polygon needs at least three (x, y) points, got {len(polygon)} numbers"
+            if not math.isfinite(sum(polygon)):  # NaN or infinity anywhere makes the sum non-finite
+                return "a polygon holds a non-finite coordinate"
             xs, ys = polygon[0::2], polygon[1::2]
             if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
-                return f"{where}: a polygon lies entirely outside the {width}x{height} image, so its mask is empty"
+                return f"a polygon lies entirely outside the {width}x{height} image, so its mask is empty"
         return None
     if not isinstance(segm, Mapping) or "counts" not in segm or "size" not in segm:
-        return f"{where}: segmentation must be a list of polygons or an RLE {{'size': [h, w], 'counts': ...}}"
-    if list(segm["size"]) != [height, width]:
+        return "segmentation must be a list of polygons or an RLE {'size': [h, w], 'counts': ...}"
+    if segm["size"] != [height, width]:
         return (
-            f"{where}: the RLE's size {segm['size']} is not the image's [height, width] = {[height, width]}; "
+            f"the RLE's size {segm['size']} is not the image's [height, width] = {[height, width]}; "
             "the mask was encoded for another image size"
         )
     counts = segm["counts"]
     if isinstance(counts, list):
         if not all(_is_integer(c) and c >= 0 for c in counts):
-            return f"{where}: uncompressed RLE counts must be non-negative integers"
+            return "uncompressed RLE counts must be non-negative integers"
         runs = [int(c) for c in counts]
     elif isinstance(counts, str):
         try:
             runs = rle_run_lengths(counts)
         except ValueError as err:
-            return f"{where}: the RLE counts string is not valid compressed RLE ({err})"
+            return f"the RLE counts string is not valid compressed RLE ({err})"
     else:
-        return f"{where}: RLE counts must be a list of run lengths or a compressed string, got {type(counts).__name__}"
+        return f"RLE counts must be a list of run lengths or a compressed string, got {type(counts).__name__}"
     if any(r < 0 for r in runs) or sum(runs) != height * width:
         return (
-            f"{where}: the RLE's runs cover {sum(runs)} pixels, not the image's {height}x{width} = {height * width} "
+            f"the RLE's runs cover {sum(runs)} pixels, not the image's {height}x{width} = {height * width} "
             "(a corrupted or truncated RLE); re-encode the mask with pycocotools.mask.encode"
         )
     return None
@@ -203,7 +203,7 @@ class COCODetection(DetectionDataset):
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
                 raise ValueError(
-                    f"{self.annotation_file}: an instances JSON needs a {key!r} list, got "
+                    f"{self.annotation_file}: an instances JSON needs the {key!r} list, got "
                     f"{'nothing' if key not in data else repr(data[key])[:40]}"
                 )
         if not data["annotations"]:
@@ -233,7 +233,7 @@ class COCODetection(DetectionDataset):
                 annotation_ids[int(ann["id"])] = ann["image_id"]
                 kept[int(ann["image_id"])].append(ann)
             else:
-                self._bad(problem)
+                self._bad(f"{self._where(ann, images_by_id)}: {problem}")
         self._check_units(kept, images_by_id)
         ids = []
         for image_id, image in images_by_id.items():
@@ -318,7 +318,9 @@ class COCODetection(DetectionDataset):
             by_id[int(image_id)] = dict(image)
         return by_id
 
-    def _where(self, ann: Mapping[str, Any], images: Mapping[int, Any]) -> str:
+    def _where(self, ann: Any, images: Mapping[int, Any]) -> str:
+        if not isinstance(ann, Mapping):
+            return f"{self.annotation_file.name}: annotation {ann!r:.60}"
         image_id = ann.get("image_id", -1)
         image = images.get(int(image_id), {}) if _is_integer(image_id) else {}
         name = f" ({image['file_name']})" if "file_name" in image else ""
@@ -335,46 +337,46 @@ class COCODetection(DetectionDataset):
     def _check(
         self, ann: Mapping[str, Any], images: Mapping[int, Any], annotation_ids: Mapping[int, Any]
     ) -> str | None:
+        """What is wrong with an annotation, or None (the caller names the annotation)."""
         if not isinstance(ann, Mapping):
-            return f"{self.annotation_file.name}: annotation {ann!r} is not an object"
-        where = self._where(ann, images)
+            return "the annotation is not an object"
         if "id" not in ann:
-            return f"{where}: the annotation has no 'id' (the COCO evaluation needs a unique integer id per annotation)"
+            return "the annotation has no 'id' (the COCO evaluation needs a unique integer id per annotation)"
         if not _is_integer(ann["id"]):
-            return f"{where}: annotation id {ann['id']!r} is not an integer"
+            return f"annotation id {ann['id']!r} is not an integer"
         if int(ann["id"]) in annotation_ids:
             return (
-                f"{where}: annotation id {ann['id']} is used twice (also on image {annotation_ids[int(ann['id'])]}); "
+                f"annotation id {ann['id']} is used twice (also on image {annotation_ids[int(ann['id'])]}); "
                 "the COCO evaluation would keep only one of them. Number the annotations uniquely"
             )
         if not _is_integer(ann.get("image_id")):
-            return f"{where}: image_id {ann.get('image_id')!r} is not an integer (write it as a JSON number)"
+            return f"image_id {ann.get('image_id')!r} is not an integer (write it as a JSON number)"
         if int(ann["image_id"]) not in images:
-            return f"{where}: the annotation refers to an image id that is not in 'images'"
+            return "the annotation refers to an image id that is not in 'images'"
         if not _is_integer(ann.get("category_id")) or int(ann["category_id"]) not in self.category_to_label:
             return (
-                f"{where}: category id {ann.get('category_id')!r} is not in the JSON's categories "
+                f"category id {ann.get('category_id')!r} is not in the JSON's categories "
                 f"{sorted(self.category_to_label)}"
             )
         if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd", 0), str):
-            return f"{where}: iscrowd must be the number 0 or 1, got {ann['iscrowd']!r}"
+            return f"iscrowd must be the number 0 or 1, got {ann['iscrowd']!r}"
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            return f"{where}: bbox must be [x, y, width, height], got {bbox!r}"
+            return f"bbox must be [x, y, width, height], got {bbox!r}"
         if not all(_is_number(v) for v in bbox):
-            return f"{where}: bbox {bbox!r} must hold four JSON numbers (not strings)"
+            return f"bbox {bbox!r} must hold four JSON numbers (not strings)"
         if not all(math.isfinite(v) for v in bbox):
-            return f"{where}: bbox {bbox!r} is not finite"
+            return f"bbox {bbox!r} is not finite"
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            return f"{where}: box [x, y, w, h] = {list(bbox)} has zero or negative size"
+            return f"box [x, y, w, h] = {list(bbox)} has zero or negative size"
         image = images[int(ann["image_id"])]
         width, height = int(image["width"]), int(image["height"])
         tol = _OUTSIDE_TOLERANCE
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-            return f"{where}: box [x, y, w, h] = {list(bbox)} lies outside the {width}x{height} image"
+            return f"box [x, y, w, h] = {list(bbox)} lies outside the {width}x{height} image"
         if self.with_masks:
-            return _check_segmentation(ann.get("segmentation"), height, width, where)
+            return _check_segmentation(ann.get("segmentation"), height, width)
         return None
 
     def _check_units(self, kept: Mapping[int, list[dict]], images: Mapping[int, Any]) -> None:
