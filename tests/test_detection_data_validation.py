@@ -42,6 +42,12 @@ def test_coco_skip_drops_and_counts_each_bad_annotation(tmp_path: Path) -> None:
         data = COCODetection(tmp_path / "images", tmp_path / spec["dataset"]["annotations"], on_bad_annotation="skip")
     assert len(data.skipped) == 4 and data.annotations == {11: [], 12: COCO_ANNOTATIONS[2:]}
     assert [a["id"] for a in data.coco_gt().dataset["annotations"]] == [3, 4]
+    # Skipping every annotation would leave nothing to train on: refused.
+    _coco(tmp_path / "all_bad", lambda d: [a.update(iscrowd="0") for a in d["annotations"]])
+    with pytest.raises(ValueError, match=r"every one of the 4 annotations is bad.*first: .*annotation 1: iscrowd"):
+        COCODetection(
+            tmp_path / "all_bad" / "images", tmp_path / "all_bad" / "instances.json", on_bad_annotation="skip"
+        )
 
 
 def test_coco_checks_masks_only_when_it_decodes_them(tmp_path: Path) -> None:

@@ -234,6 +234,11 @@ class COCODetection(DetectionDataset):
                 kept[int(ann["image_id"])].append(ann)
             else:
                 self._bad(f"{self._where(ann, images_by_id)}: {problem}")
+        if not annotation_ids:
+            raise BadAnnotationError(
+                f"{self.annotation_file}: every one of the {len(data['annotations'])} annotations is bad, so "
+                f"on_bad_annotation='skip' would leave nothing to train on; first: {self.skipped[0]}"
+            )
         self._check_units(kept, images_by_id)
         ids = []
         for image_id, image in images_by_id.items():

@@ -84,6 +84,11 @@ class VOCDetection(DetectionDataset):
         self.skipped: list[str] = []
         records = [self._parse(i, name) for i, name in enumerate(self.names)]
         self.records = [r for r in records if r is not None]
+        if self.names and not self.records:
+            raise BadAnnotationError(
+                f"{list_file}: every one of the {len(self.names)} annotation files is unreadable, so "
+                f"on_bad_annotation='skip' would leave no image; first: {self.skipped[0]}"
+            )
         if self.skipped:
             warnings.warn(
                 f"{list_file}: skipped {len(self.skipped)} bad objects or files; first: {self.skipped[0]}",
