@@ -87,6 +87,9 @@ def test_voc_skip_drops_unreadable_files_and_keeps_image_ids(tmp_path: Path) -> 
     with pytest.warns(UserWarning, match=r"skipped 1 bad objects or files; first: VOC image 000001"):
         data = VOCDetection(tmp_path, "val", on_bad_annotation="skip")
     assert len(data) == 1 and data.load(0).image_id == 2 and data.load(0).labels.tolist() == [12]
+    (tmp_path / "Annotations" / "000002.xml").write_text(VOC_XML[:70])
+    with pytest.raises(ValueError, match=r"every one of the 2 annotation files is unreadable"):
+        VOCDetection(tmp_path, "val", on_bad_annotation="skip")
 
 
 def test_visdrone_skip_drops_boxes_outside_the_image(tmp_path: Path) -> None:
