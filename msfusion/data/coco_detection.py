@@ -13,14 +13,35 @@ Crowd annotations (``iscrowd=1``) are left out of the training targets and
 kept in the ground truth, where the COCO evaluation ignores detections that
 match them.
 
-Every annotation is checked when the dataset is built. A box of zero or
-negative size, a box reaching more than 1 pixel outside its image, a
-category id missing from ``categories``, a polygon with fewer than three
-points, an annotation of an unknown image, and an image listed in the JSON
-but missing on disk are errors naming the image and annotation ids; with
-``on_bad_annotation="skip"`` such annotations (and missing images) are
-dropped and counted in ``self.skipped``. Boxes less than 1 pixel outside the
-image are clipped to it.
+Everything is checked when the dataset is built, before the first step, and
+each error names the file, the image id and the annotation id, and says how
+to fix it:
+
+- the JSON's structure: ``images``, ``annotations`` and ``categories`` must
+  be lists, ``annotations`` not empty (an empty list trains on nothing and
+  scores AP 0.00); every image needs an integer ``id``, a ``file_name`` and
+  positive integer ``width`` and ``height``; image ids and category ids must
+  be unique (two files under one id would train boxes on the wrong picture;
+  two categories under one id would rename a class). These are errors
+  whatever ``on_bad_annotation`` says.
+- each annotation: a unique integer ``id`` (the COCO evaluation matches by
+  it: pycocotools keeps one of two equal ids), an integer ``image_id`` of a
+  listed image (a string id never matches a detection), a known
+  ``category_id``, ``iscrowd`` 0 or 1 (the string ``"0"`` would read as a
+  crowd), a ``bbox`` of four finite JSON numbers (strings such as ``"42"``
+  and NaN are refused) of positive size reaching at most 1 pixel outside
+  the image; with masks, polygons of at least three points that are not
+  entirely outside the image, and RLE whose ``size`` is the image's
+  ``[height, width]`` and whose runs cover exactly its pixels (pycocotools
+  would otherwise decode garbage or fail mid-training).
+- the coordinate system: boxes (or polygons) whose every coordinate is at
+  most 1 on images larger than 16 pixels are in 0-1 units (a YOLO export),
+  not COCO's pixels; refused with the fix (multiply x and width by the
+  image width, y and height by its height).
+
+With ``on_bad_annotation="skip"`` bad annotations (and images missing on
+disk) are dropped, counted in ``self.skipped`` and reported in one warning.
+Boxes less than 1 pixel outside the image are clipped to it.
 """
 
 from __future__ import annotations
@@ -28,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +61,7 @@ from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import read_image
 
-__all__ = ["COCODetection", "BadAnnotationError"]
+__all__ = ["COCODetection", "BadAnnotationError", "rle_run_lengths"]
 
 POLICIES = ("raise", "skip")
 _OUTSIDE_TOLERANCE = 1.0  # pixels a box may reach outside the image (rounding in the annotation tools)
@@ -49,6 +71,93 @@ class BadAnnotationError(ValueError):
     """An annotation that cannot be used; the message names the image and annotation ids."""
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number: ``json`` gives exactly int or float (bool, an int subclass, is not a coordinate)."""
+    return type(value) in (int, float)
+
+
+def _is_integer(value: Any) -> bool:
+    """A JSON integer (``3`` or ``3.0``), not a string or a bool."""
+    return _is_number(value) and math.isfinite(value) and float(value).is_integer()
+
+
+def rle_run_lengths(counts: str) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString`` format).
+
+    Each run is a little-endian sequence of 5-bit groups, one character per
+    group (``chr(48 + bits)``, bit 0x20 set while more groups follow, bit 0x10
+    of the last group the sign); from the third run on, a run is stored as its
+    difference to the run two places before. pycocotools decodes a string
+    whose runs do not add up to ``height * width`` without complaint (into
+    memory it does not own), so the runs are summed here first.
+
+    Raises:
+        ValueError: a character outside the format's range, or a string ending mid-run.
+    """
+    runs: list[int] = []
+    value = shift = 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64:
+            raise ValueError(f"character {char!r} is not part of the compressed RLE alphabet ('0'..'o')")
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:
+            continue
+        if code & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value = shift = 0
+    if shift:
+        raise ValueError("the string ends in the middle of a run")
+    return runs
+
+
+def _check_segmentation(segm: Any, height: int, width: int) -> str | None:
+    """What is wrong with a polygon list or RLE on a ``height x width`` image, or None."""
+    if segm is None or segm == []:
+        return None  # box-only: the box is the mask
+    if isinstance(segm, list):
+        for polygon in segm:
+            if not isinstance(polygon, list) or not set(map(type, polygon)) <= {int, float}:
+                return f"a polygon must be a list of JSON numbers [x0, y0, x1, y1, ...], got {polygon!r:.80}"
+            if len(polygon) < 6 or len(polygon) % 2:
+                return f"a polygon needs at least three (x, y) points, got {len(polygon)} numbers"
+            if not math.isfinite(sum(polygon)):  # NaN or infinity anywhere makes the sum non-finite
+                return "a polygon holds a non-finite coordinate"
+            xs, ys = polygon[0::2], polygon[1::2]
+            if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+                return f"a polygon lies entirely outside the {width}x{height} image, so its mask is empty"
+        return None
+    if not isinstance(segm, Mapping) or "counts" not in segm or "size" not in segm:
+        return "segmentation must be a list of polygons or an RLE {'size': [h, w], 'counts': ...}"
+    if segm["size"] != [height, width]:
+        return (
+            f"the RLE's size {segm['size']} is not the image's [height, width] = {[height, width]}; "
+            "the mask was encoded for another image size"
+        )
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        if not all(_is_integer(c) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        runs = [int(c) for c in counts]
+    elif isinstance(counts, str):
+        try:
+            runs = rle_run_lengths(counts)
+        except ValueError as err:
+            return f"the RLE counts string is not valid compressed RLE ({err})"
+    else:
+        return f"RLE counts must be a list of run lengths or a compressed string, got {type(counts).__name__}"
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        return (
+            f"the RLE's runs cover {sum(runs)} pixels, not the image's {height}x{width} = {height * width} "
+            "(a corrupted or truncated RLE); re-encode the mask with pycocotools.mask.encode"
+        )
+    return None
+
+
 class COCODetection(DetectionDataset):
     """COCO-format detection dataset.
 
@@ -56,7 +165,9 @@ class COCODetection(DetectionDataset):
         images: folder holding the ``file_name`` of every image.
         annotations: the instances JSON.
         transforms, copy_paste, aug_seed: as ``DetectionDataset``.
-        with_masks: decode instance masks (Mask R-CNN); False keeps boxes only.
+        with_masks: decode (and check) instance masks, for detectors that
+            predict masks (Mask R-CNN); False keeps boxes only. A recipe's
+            dataset follows its model's arch unless it sets this.
         on_bad_annotation: ``"raise"`` or ``"skip"`` (module doc).
         drop_empty: leave out images without any usable annotation (training).
     """
@@ -84,13 +195,27 @@ class COCODetection(DetectionDataset):
             data = json.loads(self.annotation_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{self.annotation_file}: not valid JSON ({err})") from err
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{self.annotation_file}: an instances JSON is an object with 'images', 'annotations' "
+                "and 'categories' lists"
+            )
         for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{self.annotation_file}: an instances JSON needs a {key!r} list")
+            if not isinstance(data.get(key), list):
+                raise ValueError(
+                    f"{self.annotation_file}: an instances JSON needs the {key!r} list, got "
+                    f"{'nothing' if key not in data else repr(data[key])[:40]}"
+                )
+        if not data["annotations"]:
+            raise ValueError(
+                f"{self.annotation_file}: 'annotations' is empty, so there is nothing to train on and every AP would "
+                "be 0. Point data.*.annotations at the instances JSON that holds the boxes (an image-info JSON "
+                "such as image_info_test2017.json has none)."
+            )
         self.with_masks = with_masks
         self.on_bad_annotation = on_bad_annotation
         self.skipped: list[str] = []
-        categories = sorted(data["categories"], key=lambda c: c["id"])
+        categories = self._check_categories(data["categories"])
         self.category_to_label = {int(c["id"]): i + 1 for i, c in enumerate(categories)}
         super().__init__(
             ["background"] + [str(c["name"]) for c in categories],
@@ -99,14 +224,22 @@ class COCODetection(DetectionDataset):
             copy_paste,
             aug_seed,
         )
-        images_by_id = {int(im["id"]): im for im in data["images"]}
+        images_by_id = self._check_images(data["images"])
         kept: dict[int, list[dict]] = {image_id: [] for image_id in images_by_id}
+        annotation_ids: dict[int, Any] = {}
         for ann in data["annotations"]:
-            problem = self._check(ann, images_by_id)
+            problem = self._check(ann, images_by_id, annotation_ids)
             if problem is None:
+                annotation_ids[int(ann["id"])] = ann["image_id"]
                 kept[int(ann["image_id"])].append(ann)
             else:
-                self._bad(problem)
+                self._bad(f"{self._where(ann, images_by_id)}: {problem}")
+        if not annotation_ids:
+            raise BadAnnotationError(
+                f"{self.annotation_file}: every one of the {len(data['annotations'])} annotations is bad, so "
+                f"on_bad_annotation='skip' would leave nothing to train on; first: {self.skipped[0]}"
+            )
+        self._check_units(kept, images_by_id)
         ids = []
         for image_id, image in images_by_id.items():
             if not (self.images_dir / image["file_name"]).is_file():
@@ -129,6 +262,7 @@ class COCODetection(DetectionDataset):
         self.image_info = images_by_id
         self.annotations = kept
         gt = dict(data)
+        gt["categories"] = categories
         gt["images"] = [images_by_id[i] for i in images_by_id if i in kept]
         # pycocotools' evaluation reads 'area' and 'iscrowd'; hand-made JSONs often leave them out.
         gt["annotations"] = [
@@ -136,10 +270,66 @@ class COCODetection(DetectionDataset):
         ]
         self._gt_data = gt
 
-    def _where(self, ann: Mapping[str, Any], images: Mapping[int, Any]) -> str:
-        image = images.get(int(ann.get("image_id", -1)), {})
+    def _check_categories(self, categories: list[Any]) -> list[dict]:
+        """The categories sorted by id, after checking that ids are unique integers and every one has a name."""
+        seen: dict[int, str] = {}
+        for k, cat in enumerate(categories):
+            where = f"{self.annotation_file}: categories[{k}]"
+            if not isinstance(cat, Mapping) or not _is_integer(cat.get("id")) or "name" not in cat:
+                raise BadAnnotationError(
+                    f"{where} = {cat!r}: a category needs an integer 'id' and a 'name' "
+                    '(e.g. {"id": 1, "name": "person"})'
+                )
+            cid = int(cat["id"])
+            if cid in seen:
+                raise BadAnnotationError(
+                    f"{where}: category id {cid} is used twice ({seen[cid]!r} and {cat['name']!r}); one id would name "
+                    "two classes. Give each category its own id (and its annotations that id)."
+                )
+            seen[cid] = str(cat["name"])
+        return sorted(categories, key=lambda c: int(c["id"]))
+
+    def _check_images(self, images: list[Any]) -> dict[int, dict]:
+        """``{image id: image}`` after checking ids (unique integers), file names and sizes."""
+        by_id: dict[int, dict] = {}
+        for k, image in enumerate(images):
+            where = f"{self.annotation_file}: images[{k}]"
+            if not isinstance(image, Mapping):
+                raise BadAnnotationError(f"{where} = {image!r} is not an object with id, file_name, width, height")
+            image_id = image.get("id")
+            if not _is_integer(image_id):
+                raise BadAnnotationError(
+                    f"{where} ({image.get('file_name')}): image id {image_id!r} is not an integer. Write ids as JSON "
+                    "numbers (the COCO evaluation matches detections to images by integer id)."
+                )
+            where = f"{where}, image {image_id}"
+            for key in ("file_name", "width", "height"):
+                if key not in image:
+                    raise BadAnnotationError(
+                        f"{where}: no {key!r}. Every image needs file_name, width and height (the image's size in "
+                        "pixels, as PIL's Image.open(path).size gives it)."
+                    )
+            if not all(_is_integer(image[key]) and int(image[key]) > 0 for key in ("width", "height")):
+                raise BadAnnotationError(
+                    f"{where} ({image['file_name']}): width {image['width']!r} and height {image['height']!r} must be "
+                    "positive integers (pixels)"
+                )
+            if int(image_id) in by_id:
+                raise BadAnnotationError(
+                    f"{where}: image id {image_id} is used twice ({by_id[int(image_id)]['file_name']} and "
+                    f"{image['file_name']}); the boxes of one would be trained on the other. Give each image its own "
+                    "id and each annotation the id of its image."
+                )
+            by_id[int(image_id)] = dict(image)
+        return by_id
+
+    def _where(self, ann: Any, images: Mapping[int, Any]) -> str:
+        if not isinstance(ann, Mapping):
+            return f"{self.annotation_file.name}: annotation {ann!r:.60}"
+        image_id = ann.get("image_id", -1)
+        image = images.get(int(image_id), {}) if _is_integer(image_id) else {}
         name = f" ({image['file_name']})" if "file_name" in image else ""
-        return f"{self.annotation_file.name}: image {ann.get('image_id')}{name}, annotation {ann.get('id')}"
+        return f"{self.annotation_file.name}: image {ann.get('image_id')!r}{name}, annotation {ann.get('id')!r}"
 
     def _bad(self, message: str) -> None:
         if self.on_bad_annotation == "raise":
@@ -149,34 +339,69 @@ class COCODetection(DetectionDataset):
             )
         self.skipped.append(message)
 
-    def _check(self, ann: Mapping[str, Any], images: Mapping[int, Any]) -> str | None:
-        where = self._where(ann, images)
-        if int(ann.get("image_id", -1)) not in images:
-            return f"{where}: the annotation refers to an image id that is not in 'images'"
-        if int(ann.get("category_id", -1)) not in self.category_to_label:
+    def _check(
+        self, ann: Mapping[str, Any], images: Mapping[int, Any], annotation_ids: Mapping[int, Any]
+    ) -> str | None:
+        """What is wrong with an annotation, or None (the caller names the annotation)."""
+        if not isinstance(ann, Mapping):
+            return "the annotation is not an object"
+        if "id" not in ann:
+            return "the annotation has no 'id' (the COCO evaluation needs a unique integer id per annotation)"
+        if not _is_integer(ann["id"]):
+            return f"annotation id {ann['id']!r} is not an integer"
+        if int(ann["id"]) in annotation_ids:
             return (
-                f"{where}: category id {ann.get('category_id')} is not in the JSON's categories "
+                f"annotation id {ann['id']} is used twice (also on image {annotation_ids[int(ann['id'])]}); "
+                "the COCO evaluation would keep only one of them. Number the annotations uniquely"
+            )
+        if not _is_integer(ann.get("image_id")):
+            return f"image_id {ann.get('image_id')!r} is not an integer (write it as a JSON number)"
+        if int(ann["image_id"]) not in images:
+            return "the annotation refers to an image id that is not in 'images'"
+        if not _is_integer(ann.get("category_id")) or int(ann["category_id"]) not in self.category_to_label:
+            return (
+                f"category id {ann.get('category_id')!r} is not in the JSON's categories "
                 f"{sorted(self.category_to_label)}"
             )
+        if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd", 0), str):
+            return f"iscrowd must be the number 0 or 1, got {ann['iscrowd']!r}"
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            return f"{where}: bbox must be [x, y, width, height], got {bbox!r}"
+            return f"bbox must be [x, y, width, height], got {bbox!r}"
+        if not all(_is_number(v) for v in bbox):
+            return f"bbox {bbox!r} must hold four JSON numbers (not strings)"
+        if not all(math.isfinite(v) for v in bbox):
+            return f"bbox {bbox!r} is not finite"
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            return f"{where}: box [x, y, w, h] = {list(bbox)} has zero or negative size"
+            return f"box [x, y, w, h] = {list(bbox)} has zero or negative size"
         image = images[int(ann["image_id"])]
-        width, height = float(image["width"]), float(image["height"])
+        width, height = int(image["width"]), int(image["height"])
         tol = _OUTSIDE_TOLERANCE
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-            return f"{where}: box [x, y, w, h] = {list(bbox)} lies outside the {int(width)}x{int(height)} image"
-        segm = ann.get("segmentation")
-        if self.with_masks and isinstance(segm, list):
-            if not segm:
-                return f"{where}: empty polygon list"
-            for polygon in segm:
-                if len(polygon) < 6 or len(polygon) % 2:
-                    return f"{where}: a polygon needs at least three (x, y) points, got {len(polygon)} numbers"
+            return f"box [x, y, w, h] = {list(bbox)} lies outside the {width}x{height} image"
+        if self.with_masks:
+            return _check_segmentation(ann.get("segmentation"), height, width)
         return None
+
+    def _check_units(self, kept: Mapping[int, list[dict]], images: Mapping[int, Any]) -> None:
+        """Refuse boxes or polygons in 0-1 units: every coordinate at most 1 on images larger than 16 pixels."""
+        anns = [a for image_anns in kept.values() for a in image_anns]
+        if not anns or max(max(int(im["width"]), int(im["height"])) for im in images.values()) <= 16:
+            return
+        first = self._where(anns[0], images)
+        if max(max(float(v) for v in a["bbox"]) for a in anns) <= 1.0:
+            raise BadAnnotationError(
+                f"{first}: every box of the {len(anns)} annotations has coordinates of at most 1 (e.g. "
+                f"{anns[0]['bbox']}), i.e. boxes in 0-1 units, but COCO boxes are [x, y, width, height] in pixels. "
+                "Multiply x and width by the image width and y and height by the image height."
+            )
+        polygons = [p for a in anns if isinstance(a.get("segmentation"), list) for p in a["segmentation"]]
+        if self.with_masks and polygons and max(max(p) for p in polygons) <= 1.0:
+            raise BadAnnotationError(
+                f"{first}: every polygon point of the {len(polygons)} polygons is at most 1, i.e. polygons in 0-1 "
+                "units, but COCO polygons are in pixels. Multiply each x by the image width and each y by its height."
+            )
 
     def __len__(self) -> int:
         return len(self.ids)

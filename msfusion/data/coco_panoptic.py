@@ -21,9 +21,15 @@ pixel (crowd regions included), k in 1..S for stuff class k, 255 for void;
 the geometric transforms move it with the image, padding is void.
 ``load_panoptic(index)`` gives the untransformed ground truth for PQ.
 
-Checked when read: a PNG segment id missing from ``segments_info``, a segment
-listed twice, a category id not in ``categories``, a PNG whose size differs
-from its image; each error names the file.
+Checked when ``COCOPanoptic`` is built (the JSON): an annotation naming an
+image missing from ``images``, an image annotated twice (it would be trained
+and scored twice), a category id not in ``categories``, a segment listed
+twice or with a JSON ``area`` of 0. Checked for every PNG by
+``check_labels()`` (which training runs before the first step) and again
+when an image is read: a PNG segment id missing from ``segments_info``, a
+segment of ``segments_info`` with no pixel in the PNG (it would be ignored in
+training and in PQ), an all-void PNG whose JSON lists segments, a PNG whose
+size differs from its image. Each error names the file and the entry.
 """
 
 from __future__ import annotations
@@ -263,39 +269,101 @@ class COCOPanoptic(PanopticDataset):
         self.category_to_label = {int(c["id"]): i + 1 for i, c in enumerate(ordered)}
         self.image_info = {int(im["id"]): im for im in data["images"]}
         self.records = []
+        annotated: dict[int, str] = {}
         for ann in data["annotations"]:
             image_id = int(ann["image_id"])
             if image_id not in self.image_info:
                 raise ValueError(f"{self.annotation_file.name}: annotation {ann['file_name']} names image {image_id}, "
                                  "which is not in 'images'")  # fmt: skip
+            if image_id in annotated:
+                raise ValueError(
+                    f"{self.annotation_file.name}: image {image_id} ({self.image_info[image_id]['file_name']}) is "
+                    f"annotated twice ({annotated[image_id]} and {ann['file_name']}); it would be trained and scored "
+                    "twice. Keep one annotation per image."
+                )
+            annotated[image_id] = ann["file_name"]
+            seen: set[int] = set()
             for seg in ann["segments_info"]:
+                where = f"{self.annotation_file.name}: {ann['file_name']} (image {image_id}), segment {seg['id']}"
                 if int(seg["category_id"]) not in self.category_to_label:
                     raise ValueError(
-                        f"{self.annotation_file.name}: {ann['file_name']}, segment {seg['id']}: category id "
-                        f"{seg['category_id']} is not in the JSON's categories {sorted(self.category_to_label)}"
+                        f"{where}: category id {seg['category_id']} is not in the JSON's categories "
+                        f"{sorted(self.category_to_label)}"
+                    )
+                if int(seg["id"]) in seen:
+                    raise ValueError(f"{where}: the segment id is listed twice in segments_info")
+                seen.add(int(seg["id"]))
+                if "area" in seg and seg["area"] == 0:
+                    raise ValueError(
+                        f"{where}: the JSON gives the segment an area of 0 pixels; a segment without pixels is ignored "
+                        "in training and in PQ. Remove it from segments_info"
                     )
             self.records.append(ann)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_panoptic(self, index: int) -> PanopticSample:
+    def check_labels(self, split: str = "this split") -> dict[str, int]:
+        """Read every panoptic PNG and check it against its JSON entry (module doc), before training.
+
+        Args:
+            split: how to name the split in messages, e.g. ``"data.train"``.
+
+        Returns:
+            ``{"files": PNGs read, "segments": segments listed}``.
+
+        Raises:
+            ValueError: the first bad PNG, naming ``split``, the file and the segments.
+        """
+        segments = 0
+        for index, ann in enumerate(self.records):
+            info = self.image_info[int(ann["image_id"])]
+            with Image.open(self.images_dir / info["file_name"]) as image:
+                width, height = image.size
+            try:
+                self._read_ids(index, (height, width))
+            except ValueError as err:
+                raise ValueError(f"{split}: {err}") from err
+            segments += len(ann["segments_info"])
+        return {"files": len(self.records), "segments": segments}
+
+    def _read_ids(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        """(H, W) segment ids of the PNG of record ``index``, checked against its segments and image size."""
         ann = self.records[index]
         info = self.image_info[int(ann["image_id"])]
-        image_path = self.images_dir / info["file_name"]
         png_path = self.panoptic_dir / ann["file_name"]
-        image = read_image(image_path)
         try:
             with Image.open(png_path) as png:
                 ids = rgb_to_id(np.asarray(png.convert("RGB")))
         except OSError as err:
             raise ValueError(f"{png_path}: cannot read the panoptic PNG ({err})") from err
-        if ids.shape != image.shape[:2]:
+        if ids.shape != tuple(image_size):
             raise ValueError(
-                f"{png_path}: the panoptic PNG is {ids.shape[1]}x{ids.shape[0]} but its image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]}"
+                f"{png_path}: the panoptic PNG is {ids.shape[1]}x{ids.shape[0]} but its image {info['file_name']} is "
+                f"{image_size[1]}x{image_size[0]}"
             )
-        check_panoptic_segments(ids, ann["segments_info"], str(png_path))
+        listed = check_panoptic_segments(ids, ann["segments_info"], str(png_path))
+        absent = sorted(set(listed) - set(np.unique(ids).tolist()))
+        if absent and len(absent) == len(listed):
+            raise ValueError(
+                f"{png_path} (image {ann['image_id']}): the PNG has no segment pixel (all void) but segments_info "
+                f"lists {len(listed)} segments; the PNG is blank, or its colours do not encode the segment ids as "
+                "R + 256 G + 256^2 B. Re-export the PNG"
+            )
+        if absent:
+            raise ValueError(
+                f"{png_path} (image {ann['image_id']}): segments {absent[:10]} of segments_info have no pixel in the "
+                "PNG; they would be ignored in training and in PQ. Remove them from segments_info, or re-export the "
+                "PNG with them"
+            )
+        return ids
+
+    def load_panoptic(self, index: int) -> PanopticSample:
+        ann = self.records[index]
+        info = self.image_info[int(ann["image_id"])]
+        image_path = self.images_dir / info["file_name"]
+        image = read_image(image_path)
+        ids = self._read_ids(index, image.shape[:2])
         segments = [
             {"id": int(s["id"]), "label": self.category_to_label[int(s["category_id"])],
              "iscrowd": int(s.get("iscrowd", 0))}

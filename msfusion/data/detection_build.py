@@ -27,13 +27,22 @@ def _types() -> dict[str, type[DetectionDataset]]:
 DETECTION_DATASET_TYPES = ("shapes", "coco", "voc", "visdrone")
 
 
-def build_detection_dataset(cfg: Mapping[str, Any]) -> DetectionDataset:
-    """A detection dataset from ``{"type": "coco" | "voc" | "shapes", **constructor kwargs}``.
+def build_detection_dataset(cfg: Mapping[str, Any], model_predicts_masks: bool | None = None) -> DetectionDataset:
+    """A detection dataset from ``{"type": "coco" | "voc" | "visdrone" | "shapes", **constructor kwargs}``.
 
     Example: ``{"type": "coco", "images": "coco/val2017", "annotations":
     "coco/annotations/instances_val2017.json"}``.
+
+    Args:
+        cfg: the description.
+        model_predicts_masks: whether the model trained or evaluated on the
+            data predicts masks; a COCO dataset whose description does not set
+            ``with_masks`` follows it, so that box-only detectors neither
+            decode masks nor stop on a bad mask. None: the reader's default.
     """
     kwargs = copy.deepcopy(dict(cfg))
+    if kwargs.get("type") == "coco" and "with_masks" not in kwargs and model_predicts_masks is not None:
+        kwargs["with_masks"] = bool(model_predicts_masks)
     kind = kwargs.pop("type", None)
     types = _types()
     if kind not in types:

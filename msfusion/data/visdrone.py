@@ -27,10 +27,16 @@ others. How the benchmark's toolkit treats them, and so this reader:
 - truncation and occlusion are kept in ``self.attributes`` (per image,
   (N, 2) int) but not used.
 
-A line that does not have 8 comma-separated fields (a trailing comma is
-allowed, as some files have), a category outside 0..11 or a non-number is an
-error naming the file and line. Boxes of zero width or height exist in the
-released annotations; they are dropped and counted in ``self.skipped``.
+Every annotation file is read and checked when the dataset is built. A line
+that does not have 8 comma-separated fields (a trailing comma is allowed, as
+some files have), a category outside 0..11 or a non-number is an error
+naming the file and line. So is a box that lies entirely outside its image
+(read from the image file's header): clipped to the image it would become a
+zero-size ground-truth box, never detectable but scored as a miss; with
+``on_bad_annotation="skip"`` such lines are dropped and counted in
+``self.skipped``. Boxes partly outside are clipped to the image. Boxes of
+zero width or height exist in the released annotations; they are dropped,
+counted in ``self.skipped`` and reported in one warning.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from msfusion.data.coco_detection import POLICIES, BadAnnotationError
 from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import IMAGE_SUFFIXES, read_image
@@ -63,8 +71,12 @@ def parse_visdrone_annotation(path: str | Path) -> np.ndarray:
         ValueError: a line with the wrong number of fields, a value that is not
             a number, or a category outside 0..11, naming the file and line.
     """
-    path = Path(path)
-    rows = []
+    return _parse_lines(Path(path))[0]
+
+
+def _parse_lines(path: Path) -> tuple[np.ndarray, list[int]]:
+    """``parse_visdrone_annotation`` and the 1-based line number of each row."""
+    rows, numbers = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
         if not line:
@@ -84,7 +96,8 @@ def parse_visdrone_annotation(path: str | Path) -> np.ndarray:
         if values[5] not in range(IGNORED_REGION, OTHERS + 1):
             raise ValueError(f"{path}, line {number}: category {fields[5]} is not one of 0..11 in {line!r}")
         rows.append(values)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, NUM_FIELDS)
+        numbers.append(number)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, NUM_FIELDS), numbers
 
 
 class VisDroneDetection(DetectionDataset):
@@ -94,6 +107,7 @@ class VisDroneDetection(DetectionDataset):
         root: the split folder holding ``images/`` and ``annotations/``.
         transforms, aug_seed: as ``DetectionDataset``.
         images, annotations: override the two sub-folders.
+        on_bad_annotation: ``"raise"`` or ``"skip"`` a box entirely outside its image (module doc).
     """
 
     def __init__(
@@ -103,7 +117,10 @@ class VisDroneDetection(DetectionDataset):
         aug_seed: int | None = None,
         images: str | Path | None = None,
         annotations: str | Path | None = None,
+        on_bad_annotation: str = "raise",
     ) -> None:
+        if on_bad_annotation not in POLICIES:
+            raise ValueError(f"on_bad_annotation must be one of {POLICIES}, got {on_bad_annotation!r}")
         super().__init__(VISDRONE_CLASSES, range(len(VISDRONE_CLASSES)), transforms, False, aug_seed)
         self.root = Path(root)
         self.images_dir = Path(images) if images is not None else self.root / "images"
@@ -120,23 +137,42 @@ class VisDroneDetection(DetectionDataset):
                 f"{len(missing)} images have no annotation file in {self.annotations_dir}, e.g. {missing[0]} "
                 f"(expected {Path(missing[0]).stem}.txt)"
             )
-        self.skipped: set[str] = set()
-        self.attributes: dict[int, np.ndarray] = {}
+        self.on_bad_annotation = on_bad_annotation
+        self.skipped: list[str] = []
+        self.records = [self._parse(path) for path in self.files]
+        self.attributes = {i: rec["attributes"] for i, rec in enumerate(self.records)}
+        zero = sum(s.startswith("zero-size") for s in self.skipped)
+        if self.skipped:
+            warnings.warn(
+                f"{self.annotations_dir}: dropped {zero} zero-size boxes and {len(self.skipped) - zero} boxes "
+                f"outside their image; first: {self.skipped[0]}",
+                stacklevel=2,
+            )
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> DetectionSample:
-        path = self.files[index]
-        image = read_image(path)
-        height, width = image.shape[:2]
+    def _parse(self, path: Path) -> dict[str, Any]:
+        """The boxes of one image, checked against the image's size."""
         ann_path = self.annotations_dir / f"{path.stem}.txt"
-        rows = parse_visdrone_annotation(ann_path)
-        empty = (rows[:, 2] <= 0) | (rows[:, 3] <= 0)
-        if empty.any():
-            self.skipped.update(f"{ann_path.name}: zero-size box {row[:4].tolist()}" for row in rows[empty])
-            warnings.warn(f"{ann_path}: dropped {int(empty.sum())} zero-size boxes", stacklevel=2)
-        rows = rows[~empty]
+        rows, numbers = _parse_lines(ann_path)
+        with Image.open(path) as image:
+            width, height = image.size
+        keep = np.ones(len(rows), dtype=bool)
+        for k, (row, number) in enumerate(zip(rows, numbers, strict=True)):
+            x, y, w, h = row[:4]
+            if w <= 0 or h <= 0:
+                keep[k] = False
+                self.skipped.append(f"zero-size box {row[:4].tolist()} in {ann_path.name}, line {number}")
+            elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                keep[k] = False
+                message = (
+                    f"{ann_path}, line {number}: box (left, top, width, height) = {row[:4].tolist()} lies entirely "
+                    f"outside the {width}x{height} image {path.name}; it would be a zero-size ground truth, scored "
+                    "but never detectable. Fix the line (or the image), or pass on_bad_annotation='skip' to drop "
+                    "such boxes"
+                )
+                if self.on_bad_annotation == "raise":
+                    raise BadAnnotationError(message)
+                self.skipped.append(message)
+        rows = rows[keep]
         category = rows[:, 5].astype(np.int64)
         region = (category == IGNORED_REGION) | (category == OTHERS)
         objects = rows[~region]
@@ -149,8 +185,25 @@ class VisDroneDetection(DetectionDataset):
         xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], axis=1)
         xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, width)
         xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, height)
-        self.attributes[index] = objects[:, 6:8].astype(np.int64)
+        return {
+            "boxes": xyxy.astype(np.float32),
+            "labels": labels.astype(np.int64),
+            "ignore": ignore,
+            "size": (height, width),
+            "attributes": objects[:, 6:8].astype(np.int64),
+        }
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> DetectionSample:
+        path, rec = self.files[index], self.records[index]
+        image = read_image(path)
+        if image.shape[:2] != rec["size"]:
+            raise BadAnnotationError(
+                f"{path}: the image is {image.shape[1]}x{image.shape[0]} but was "
+                f"{rec['size'][1]}x{rec['size'][0]} when the dataset was built; the file changed since"
+            )
         return DetectionSample(
-            image, xyxy.astype(np.float32), labels.astype(np.int64), None, image_id=index + 1, path=str(path),
-            ignore=ignore,
+            image, rec["boxes"], rec["labels"], None, image_id=index + 1, path=str(path), ignore=rec["ignore"]
         )  # fmt: skip

@@ -11,10 +11,22 @@ pixel-edge XYXY ``(xmin - 1, ymin - 1, xmax, ymax)``. The 20 classes get labels
 ground truth, so the COCO evaluation neither rewards nor penalises
 detections of them (as the VOC protocol ignores them).
 
-Bad annotations (a box of zero or negative size, a box more than 1 pixel
-outside the image, an unknown class name, an XML without a size) are
-errors naming the image id and object index; ``on_bad_annotation="skip"``
-drops them instead.
+Every XML file is read and checked when the dataset is built, and each
+error names the file (and the object index):
+
+- per file: XML that does not parse (a truncated file), entity declarations
+  (``<!DOCTYPE ... <!ENTITY``: "billion laughs" bombs and external
+  entities are refused before parsing, whatever the installed expat would
+  do), no ``<size>``, or a size that differs from the image file's (the
+  boxes were drawn on another image);
+- per object: no ``<bndbox>`` or a coordinate that is not a number, a box of
+  zero or negative size, a box more than 1 pixel outside the image, an
+  unknown class name.
+
+``on_bad_annotation="skip"`` drops bad objects (and unreadable files with
+their image) instead, counts them in ``self.skipped`` and reports them in
+one warning. Files without any object are valid but train on nothing: one
+warning says how many there are.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from msfusion.data.coco_detection import POLICIES, BadAnnotationError
 from msfusion.data.detection import DetectionDataset, DetectionSample
@@ -69,50 +82,105 @@ class VOCDetection(DetectionDataset):
         self.names = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         self.on_bad_annotation = on_bad_annotation
         self.skipped: list[str] = []
-        self.records = [self._parse(i, name) for i, name in enumerate(self.names)]
+        records = [self._parse(i, name) for i, name in enumerate(self.names)]
+        self.records = [r for r in records if r is not None]
+        if self.names and not self.records:
+            raise BadAnnotationError(
+                f"{list_file}: every one of the {len(self.names)} annotation files is unreadable, so "
+                f"on_bad_annotation='skip' would leave no image; first: {self.skipped[0]}"
+            )
         if self.skipped:
             warnings.warn(
-                f"{list_file}: skipped {len(self.skipped)} bad objects; first: {self.skipped[0]}", stacklevel=2
+                f"{list_file}: skipped {len(self.skipped)} bad objects or files; first: {self.skipped[0]}",
+                stacklevel=2,
+            )
+        empty = [r["path"].stem for r in self.records if r["num_objects"] == 0]
+        if empty:
+            warnings.warn(
+                f"{list_file}: {len(empty)} of {len(self.records)} annotation files have no <object> (e.g. "
+                f"{empty[0]}.xml); their images train on nothing but background. Check that the XML files are "
+                "the annotated ones",
+                stacklevel=2,
             )
 
     def _bad(self, message: str) -> None:
         if self.on_bad_annotation == "raise":
-            raise BadAnnotationError(f"{message}. Fix it, or pass on_bad_annotation='skip' to drop such objects.")
+            raise BadAnnotationError(
+                f"{message}. Fix it, or pass on_bad_annotation='skip' to drop such objects (and unreadable files)."
+            )
         self.skipped.append(message)
 
-    def _parse(self, index: int, name: str) -> dict[str, Any]:
+    def _read_xml(self, xml_path: Path) -> ET.Element:
+        text = xml_path.read_bytes()
+        if b"<!ENTITY" in text or b"<!DOCTYPE" in text:
+            # Entity expansion is how XML "billion laughs" bombs and external-file reads work; VOC never uses it.
+            raise ValueError(
+                "it declares a DOCTYPE or entities, which VOC annotations never need and which are refused for "
+                "safety (entity bombs, external entities); remove the <!DOCTYPE ...> block"
+            )
+        try:
+            return ET.fromstring(text)
+        except ET.ParseError as err:
+            raise ValueError(f"it is not well-formed XML ({err}; a truncated or corrupted file?)") from err
+
+    def _parse(self, index: int, name: str) -> dict[str, Any] | None:
         xml_path = self.root / "Annotations" / f"{name}.xml"
         image_path = self.root / "JPEGImages" / f"{name}.jpg"
         if not xml_path.is_file():
             raise FileNotFoundError(f"VOC image {name}: annotation {xml_path} is missing")
         if not image_path.is_file():
             raise FileNotFoundError(f"VOC image {name} is listed in the split but {image_path} is missing on disk")
-        tree = ET.parse(xml_path).getroot()
+        where = f"VOC image {name} (id {index + 1}, {xml_path})"
+        try:
+            tree = self._read_xml(xml_path)
+        except ValueError as err:
+            self._bad(f"{where}: {err}")
+            return None
         size = tree.find("size")
-        if size is None:
-            raise BadAnnotationError(f"{xml_path}: no <size> element")
-        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        try:
+            width, height = (int(float(size.findtext(k))) for k in ("width", "height"))  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            self._bad(f"{where}: no <size> with numeric <width> and <height>")
+            return None
+        with Image.open(image_path) as image:
+            actual = image.size
+        if actual != (width, height):
+            self._bad(
+                f"{where}: <size> says {width}x{height} but {image_path.name} is {actual[0]}x{actual[1]}; the boxes "
+                "were drawn on another image. Pair each XML with its own image"
+            )
+            return None
         boxes, labels, difficult = [], [], []
-        for j, obj in enumerate(tree.findall("object")):
-            where = f"VOC image {name} (id {index + 1}), object {j}"
+        objects = tree.findall("object")
+        for j, obj in enumerate(objects):
+            where_object = f"{where}, object {j}"
             cls = (obj.findtext("name") or "").strip()
             if cls not in VOC_DETECTION_CLASSES:
-                self._bad(f"{where}: class {cls!r} is not one of the 20 VOC classes")
+                self._bad(f"{where_object}: class {cls!r} is not one of the 20 VOC classes")
                 continue
             bb = obj.find("bndbox")
-            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            if bb is None:
+                self._bad(f"{where_object}: no <bndbox> (a VOC object needs xmin, ymin, xmax, ymax)")
+                continue
+            try:
+                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                self._bad(f"{where_object}: <bndbox> needs numeric xmin, ymin, xmax and ymax")
+                continue
             x0, y0 = x0 - 1, y0 - 1
             if x1 <= x0 or y1 <= y0:
-                self._bad(f"{where}: box (xmin, ymin, xmax, ymax) = {(x0 + 1, y0 + 1, x1, y1)} has no area")
+                self._bad(f"{where_object}: box (xmin, ymin, xmax, ymax) = {(x0 + 1, y0 + 1, x1, y1)} has no area")
                 continue
             if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
-                self._bad(f"{where}: box {(x0 + 1, y0 + 1, x1, y1)} lies outside the {width}x{height} image")
+                self._bad(f"{where_object}: box {(x0 + 1, y0 + 1, x1, y1)} lies outside the {width}x{height} image")
                 continue
             boxes.append([max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)])
             labels.append(VOC_DETECTION_CLASSES.index(cls) + 1)
             difficult.append(obj.findtext("difficult", "0").strip() == "1")
         return {
             "path": image_path,
+            "image_id": index + 1,
+            "num_objects": len(objects),
             "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
             "labels": np.array(labels, dtype=np.int64),
             "ignore": np.array(difficult, dtype=bool),
@@ -125,5 +193,5 @@ class VOCDetection(DetectionDataset):
         rec = self.records[index]
         image = read_image(rec["path"])
         return DetectionSample(
-            image, rec["boxes"], rec["labels"], None, image_id=index + 1, path=str(rec["path"]), ignore=rec["ignore"]
+            image, rec["boxes"], rec["labels"], None, rec["image_id"], path=str(rec["path"]), ignore=rec["ignore"]
         )

@@ -78,6 +78,20 @@ def _train_dataset_cfg(data: Mapping[str, Any], split: str, seed: int, types: st
     return cfg
 
 
+def model_predicts_masks(model: Mapping[str, Any]) -> bool | None:
+    """Whether a recipe's ``model`` section builds a detector that predicts masks (None: cannot tell).
+
+    ``compose.arch`` names the detector; registered detector names begin with
+    theirs (``mask_rcnn_r50_fpn``, ``cascade_mask_rcnn_r50_mscsa``, ``fcos_r50_fpn``).
+    """
+    compose = model.get("compose") or {}
+    name = str(compose.get("arch") if compose else model.get("name") or "")
+    if name.startswith(("mask_rcnn", "maskrcnn", "cascade_mask_rcnn")):
+        return True
+    box_only = ("faster_rcnn", "fasterrcnn", "cascade_rcnn", "retinanet", "fcos", "rt_detr", "deformable_detr", "yolo")
+    return False if name.startswith(box_only) else None
+
+
 class DetectionTask(Task):
     """Object detection / instance segmentation with torchvision detectors (module doc)."""
 
@@ -103,10 +117,18 @@ class DetectionTask(Task):
     def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
         return _train_dataset_cfg(data, split, seed, self.dataset_types)
 
+    def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
+        self.model_predicts_masks = model_predicts_masks(cfg["model"])
+        return super().build_datasets(cfg)
+
+    def build_eval_dataset(self, cfg: Mapping[str, Any]) -> Any:
+        self.model_predicts_masks = model_predicts_masks(cfg["model"])
+        return super().build_eval_dataset(cfg)
+
     def build_dataset(self, description: dict[str, Any]) -> Any:
         from msfusion.data.detection_build import build_detection_dataset
 
-        return build_detection_dataset(description)
+        return build_detection_dataset(description, getattr(self, "model_predicts_masks", None))
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         from msfusion.data.detection import collate_detection
