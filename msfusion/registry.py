@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = [
     "KINDS",
+    "Registry",
     "PaperFigures",
     "register_model",
     "register_builder",
@@ -40,6 +41,56 @@ __all__ = [
     "is_model",
     "recordable",
 ]
+
+
+class Registry:
+    """A name -> object table for one role that is not a model (detectron2's ``Registry``).
+
+    Used for what a recipe or a builder names by a string: detector
+    architectures (``msfusion.models.meta_arch``). Lookups of unknown names
+    fail with the registered names and a did-you-mean.
+
+    Args:
+        role: what the table holds, for messages (e.g. ``"detector architecture"``).
+    """
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self._table: dict[str, Any] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, obj: Any = None, *, aliases: Sequence[str] = ()) -> Any:
+        """Register ``obj`` under ``name`` (and ``aliases``); without ``obj``, a decorator."""
+
+        def wrap(target: Any) -> Any:
+            if name in self._table:
+                raise ValueError(f"{self.role} {name!r} is already registered")
+            self._table[name] = target
+            for alias in aliases:
+                self._aliases[alias] = name
+            return target
+
+        return wrap(obj) if obj is not None else wrap
+
+    def canonical(self, name: str) -> str:
+        """The registered name that ``name`` spells (itself or an alias's target); ``ValueError`` if none."""
+        name = self._aliases.get(name, name)
+        if name not in self._table:
+            close = difflib.get_close_matches(str(name), list(self._table), n=3, cutoff=0.5)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"unknown {self.role} {name!r}; choose one of {self.names()}.{hint}")
+        return name
+
+    def get(self, name: str) -> Any:
+        """The object registered under ``name`` or one of its aliases."""
+        return self._table[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._table)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table or name in self._aliases
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ from torch import nn
 
 import msfusion as mf
 from msfusion.models.cascade_rcnn import STAGE_BOX_WEIGHTS, STAGE_IOUS, CascadeBoxPredictor
-from msfusion.models.detector import ARCHS, DetectorBackbone, DetectorComplexity, build_detector
+from msfusion.models.detector import DetectorBackbone, DetectorComplexity, build_detector, torchvision_archs
+
+ARCHS = torchvision_archs()
 
 TORCHVISION_COUNTS = {  # torchvision 0.29 builders, weights=None, weights_backbone=None, 91 classes
     "faster_rcnn": ("fasterrcnn_resnet50_fpn", 41_808_406),

@@ -19,6 +19,7 @@ _MODEL_MODULES = (
     "msfusion.models.upernet_cednet",
     "msfusion.models.classifier",
     "msfusion.models.segmentor",
+    "msfusion.models.meta_arch",
     "msfusion.models.addons.mscsa",
     "msfusion.models.mscsa_models",
     "msfusion.models.detection_presets",

@@ -86,7 +86,9 @@ class FeatureChain(nn.Module):
         info = None
         for producer, role in ((backbone, "backbone"), (addon, "add-on"), (neck, "neck")):
             if producer is not None:
-                info = check_feature_info(getattr(producer, "feature_info", None), f"the {role} {type(producer).__name__}")
+                info = check_feature_info(
+                    getattr(producer, "feature_info", None), f"the {role} {type(producer).__name__}"
+                )
         self.backbone = backbone
         self.addon = addon
         self.neck = neck

@@ -50,25 +50,23 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.chain import FeatureChain
+from msfusion.models.chain import FeatureChain, pad_to_size_constraint
 from msfusion.models.segmentor import build_part
-from msfusion.registry import create_model, find_builders, recordable, register_builder
+from msfusion.registry import Registry, create_model, recordable, register_builder
 
 __all__ = [
-    "ARCHS",
+    "DETECTOR_ARCHS",
+    "DetectorArgs",
+    "TorchvisionArch",
+    "torchvision_archs",
     "DetectorBackbone",
     "build_detector",
     "build_detector_backbone",
@@ -77,10 +75,6 @@ __all__ = [
     "TestResizeTransform",
 ]
 
-ARCHS = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn", "retinanet", "fcos")
-TWO_STAGE = ("faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn")
-# torchvision's builder names, accepted as spellings of ours.
-_ALIASES = {"fasterrcnn": "faster_rcnn", "maskrcnn": "mask_rcnn", "cascadercnn": "cascade_rcnn"}
 # Strides the RoI heads pool from (Mask R-CNN's P2-P5; FPN paper Sec. 4.2, Eq. 1 assigns RoIs to them).
 ROI_STRIDES = (4, 8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,30 +128,156 @@ class TestResizeTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def _external_archs() -> dict[str, Any]:
-    """Detector archs other modules provide (registered as builders ``detector:<arch>``)."""
-    return {name.split(":", 1)[1]: fn for name, fn in find_builders("detector:").items()}
+@dataclass
+class DetectorArgs:
+    """Every argument of ``build_detector`` but the arch: what an architecture builds from.
+
+    The fields and defaults are ``build_detector``'s (see there); ``extra``
+    holds its ``**kwargs`` for the architecture's constructor.
+    """
+
+    backbone: str | nn.Module
+    num_classes: int
+    addon: str | nn.Module | None = None
+    neck: str | nn.Module | None = "fpn"
+    fine: bool | dict[str, Any] = False
+    backbone_kwargs: dict[str, Any] | None = None
+    addon_kwargs: dict[str, Any] | None = None
+    neck_kwargs: dict[str, Any] | None = None
+    frozen_bn: bool = False
+    min_size: int | Sequence[int] = 800
+    max_size: int = 1333
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+    roi_strides: Sequence[int] = ROI_STRIDES
+    representation: int = 1024
+    mask_chs: int = 256
+    head_convs: int = 4
+    train_resize: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def changed(self) -> dict[str, Any]:
+        """The fields (``extra`` excluded) whose value differs from ``build_detector``'s default."""
+        out = {}
+        for f in fields(self):
+            if f.name == "extra" or f.default is MISSING:
+                continue
+            value, default = getattr(self, f.name), f.default
+            same = list(value) == list(default) if isinstance(value, (list, tuple)) else value == default
+            if not same:
+                out[f.name] = value
+        return out
+
+    def recorded(self, arch: str) -> dict[str, Any]:
+        """The arguments as ``build_detector`` takes them, for the checkpoint sidecar."""
+        cfg = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for key in ("image_mean", "image_std", "roi_strides"):
+            cfg[key] = list(cfg[key])
+        return {"arch": arch, **cfg, **self.extra}
 
 
-def _check_arch(arch: str) -> str:
-    arch = _ALIASES.get(arch, arch)
-    if arch not in ARCHS:
-        raise ValueError(f"unknown detector arch {arch!r}; choose one of {list(ARCHS) + sorted(_external_archs())}")
-    return arch
+# Every detection architecture ``build_detector`` can build, by name (one file each under
+# ``msfusion.models.meta_arch``; the DETRs and YOLO register from their optional-extra modules).
+DETECTOR_ARCHS = Registry("detector architecture")
 
 
-def _default_neck_kwargs(arch: str, info: Sequence[dict]) -> dict[str, Any]:
-    """The neck arguments of the detector papers / torchvision builders for ``arch`` on ``info``."""
-    strides = [f["reduction"] for f in info]
-    if arch in TWO_STAGE:
-        wanted, top, extra_type = (4, 8, 16, 32), 64, "maxpool"
-    else:
-        wanted, top, extra_type = (8, 16, 32), 128, "conv"
-    in_strides = [s for s in wanted if s in strides]
-    if not in_strides:
-        raise ValueError(f"{arch} fuses strides {wanted}, but the features have only strides {strides}")
-    extra_levels = max(int(math.log2(top // in_strides[-1])), 0) if top > in_strides[-1] else 0
-    return dict(in_strides=in_strides, extra_levels=extra_levels, extra_type=extra_type, extra_source="p5")
+class TorchvisionArch:
+    """A torchvision-style detection architecture on msfusion's feature chain.
+
+    ``__call__(arch, args)`` builds the chain as a ``DetectorBackbone`` with the
+    architecture's neck defaults, then the architecture's heads (``make``).
+    A subclass sets ``name``, ``pyramid`` and the ``options`` it reads, and
+    implements ``make`` and ``complexity``; registering an instance with
+    ``DETECTOR_ARCHS.register`` makes it a ``build_detector`` arch.
+
+    Attributes:
+        name: the registered name.
+        pyramid: the neck's default levels: ``"p2p6"`` (two-stage: C2-C5 into
+            P2-P5, P6 by max-pooling P5, FPN paper Sec. 4.1) or ``"p3p7"``
+            (one-stage: C3-C5 into P3-P5, P6 = conv3x3/2(P5), P7 = conv3x3/2(ReLU(P6)),
+            RetinaNet Sec. 4).
+        predicts_masks: the architecture predicts instance masks (its data
+            must decode them).
+        options: the ``build_detector`` arguments among ``representation``,
+            ``mask_chs``, ``head_convs`` that this architecture reads.
+    """
+
+    name: str = ""
+    pyramid: str = "p3p7"
+    predicts_masks: bool = False
+    options: tuple[str, ...] = ()
+
+    def make(self, body: DetectorBackbone, args: DetectorArgs, transform: dict[str, Any]) -> nn.Module:
+        """The detector on ``body``; ``transform`` holds torchvision's resize/normalise arguments."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make()")
+
+    def complexity(self, counter: DetectorComplexity, feats: list[Tensor]) -> list[Tensor]:
+        """The heads' fixed-cost forward for ``count_macs`` (see ``DetectorComplexity``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement complexity()")
+
+    def neck_defaults(self, info: Sequence[dict]) -> dict[str, Any]:
+        """The neck arguments of the detector papers / torchvision builders on ``info``."""
+        strides = [f["reduction"] for f in info]
+        if self.pyramid == "p2p6":
+            wanted, top, extra_type = (4, 8, 16, 32), 64, "maxpool"
+        else:
+            wanted, top, extra_type = (8, 16, 32), 128, "conv"
+        in_strides = [s for s in wanted if s in strides]
+        if not in_strides:
+            raise ValueError(f"{self.name} fuses strides {wanted}, but the features have only strides {strides}")
+        extra_levels = max(int(math.log2(top // in_strides[-1])), 0) if top > in_strides[-1] else 0
+        return dict(in_strides=in_strides, extra_levels=extra_levels, extra_type=extra_type, extra_source="p5")
+
+    def check_options(self, args: DetectorArgs) -> None:
+        changed = args.changed()
+        unused = [k for k in ("representation", "mask_chs", "head_convs") if k in changed and k not in self.options]
+        if unused:
+            readers = {
+                "representation": "the R-CNN box heads",
+                "mask_chs": "the mask heads",
+                "head_convs": "FCOS's towers",
+            }
+            raise ValueError(
+                f"{unused} size {', '.join(readers[k] for k in unused)}; {self.name} has none (it reads "
+                f"{list(self.options) or 'none of them'})"
+            )
+
+    def __call__(self, args: DetectorArgs) -> nn.Module:
+        # Record the arguments as given, before ``make`` fills ``extra`` with modules (anchors, heads).
+        recorded = recordable(args.recorded(self.name), "build_detector")
+        args = replace(args, extra=dict(args.extra))
+        if not isinstance(args.num_classes, int) or args.num_classes < 2:
+            raise ValueError(
+                "num_classes counts the background (torchvision's convention) and must be at least 2, "
+                f"got {args.num_classes!r}"
+            )
+        self.check_options(args)
+        body = build_detector_backbone(
+            self.name,
+            args.backbone,
+            addon=args.addon,
+            neck=args.neck,
+            fine=args.fine,
+            backbone_kwargs=args.backbone_kwargs,
+            addon_kwargs=args.addon_kwargs,
+            neck_kwargs=args.neck_kwargs,
+            frozen_bn=args.frozen_bn,
+        )
+        transform = dict(
+            min_size=args.min_size,
+            max_size=args.max_size,
+            image_mean=list(args.image_mean),
+            image_std=list(args.image_std),
+            size_divisible=math.lcm(32, body.size_divisor),
+        )
+        model = self.make(body, args, transform)
+        if not args.train_resize:
+            model.transform = TestResizeTransform(**transform)
+        model.arch = self.name
+        model.num_classes = args.num_classes
+        model.feature_info = body.feature_info
+        model.model_cfg = {"builder": "build_detector", "kwargs": recorded}
+        return model
 
 
 def build_detector_backbone(
@@ -173,7 +293,7 @@ def build_detector_backbone(
     frozen_bn: bool = False,
 ) -> DetectorBackbone:
     """The feature chain of ``build_detector`` (see there), as a ``DetectorBackbone``."""
-    arch = _check_arch(arch)
+    spec = DETECTOR_ARCHS.get(arch)
     if isinstance(backbone, str):
         backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
     elif backbone_kwargs:
@@ -190,7 +310,7 @@ def build_detector_backbone(
             "or build the neck module with fine=True yourself"
         )
     if isinstance(neck, str):
-        kwargs = {**_default_neck_kwargs(arch, info), **(neck_kwargs or {})}
+        kwargs = {**spec.neck_defaults(info), **(neck_kwargs or {})}
         if fine:
             kwargs["fine"] = fine
         built = build_part(neck, "neck", info, kwargs)
@@ -200,29 +320,6 @@ def build_detector_backbone(
     else:
         neck = build_part(neck, "neck", info, neck_kwargs)
     return DetectorBackbone(backbone, addon, neck)
-
-
-def _rpn_anchors(strides: Sequence[int]) -> AnchorGenerator:
-    # FPN paper Sec. 4.1: one anchor scale per level, 32^2..512^2 on P2-P6, i.e. 8 x stride; ratios 1:2, 1:1, 2:1.
-    return AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides))
-
-
-def _retina_anchors(strides: Sequence[int]) -> AnchorGenerator:
-    # RetinaNet Sec. 4: areas 32^2..512^2 on P3-P7 (4 x stride), scales {2^0, 2^(1/3), 2^(2/3)}, ratios {1:2, 1:1, 2:1}.
-    sizes = tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides)
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
-
-
-def _fcos_anchors(strides: Sequence[int]) -> AnchorGenerator:
-    # FCOS locations: one "anchor" of the stride's size per location (torchvision's FCOS reads its size ranges).
-    return AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-
-
-def _roi_pool(body: DetectorBackbone, output_size: int, roi_strides: Sequence[int]) -> MultiScaleRoIAlign:
-    names = [n for n, s in zip(body.names, body.strides, strict=True) if s in roi_strides]
-    if not names:
-        raise ValueError(f"the RoI heads pool from strides {tuple(roi_strides)}, but the features have {body.strides}")
-    return MultiScaleRoIAlign(featmap_names=names, output_size=output_size, sampling_ratio=2)
 
 
 def build_detector(
@@ -269,8 +366,9 @@ def build_detector(
     W_i) probabilities, in the input image's pixel coordinates.
 
     Args:
-        arch: one of ``ARCHS`` (torchvision's spellings ``fasterrcnn``,
-            ``maskrcnn`` are accepted).
+        arch: a registered architecture (``DETECTOR_ARCHS.names()``: torchvision's
+            R-CNN family, RetinaNet, FCOS, Cascade; the DETRs and YOLO with their
+            extras); torchvision's spellings ``fasterrcnn``, ``maskrcnn`` are accepted.
         backbone: a name built with ``create_model(name, features_only=True)``
             (ours or any timm model) or a feature module.
         num_classes: classes including the background (torchvision's convention).
@@ -305,16 +403,7 @@ def build_detector(
         The torchvision detector, with ``model_cfg`` for checkpoints and
         ``feature_info`` of the pyramid it detects on.
     """
-    external = _external_archs()
-    if arch in external:  # transformers' DETRs, ultralytics' YOLO (optional extras): msfusion.models.detr, .yolo
-        return external[arch](**{k: v for k, v in locals().items() if k not in ("arch", "external")})
-    arch = _check_arch(arch)
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"num_classes counts the background (torchvision's convention) and must be at least 2, got {num_classes!r}"
-        )
-    cfg = dict(
-        arch=arch,
+    args = DetectorArgs(
         backbone=backbone,
         num_classes=num_classes,
         addon=addon,
@@ -326,82 +415,21 @@ def build_detector(
         frozen_bn=frozen_bn,
         min_size=min_size,
         max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        roi_strides=list(roi_strides),
+        image_mean=image_mean,
+        image_std=image_std,
+        roi_strides=roi_strides,
         representation=representation,
         mask_chs=mask_chs,
         head_convs=head_convs,
         train_resize=train_resize,
-        **kwargs,
+        extra=kwargs,
     )
-    body = build_detector_backbone(
-        arch,
-        backbone,
-        addon=addon,
-        neck=neck,
-        fine=fine,
-        backbone_kwargs=backbone_kwargs,
-        addon_kwargs=addon_kwargs,
-        neck_kwargs=neck_kwargs,
-        frozen_bn=frozen_bn,
-    )
-    common = dict(
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        size_divisible=math.lcm(32, body.size_divisor),
-    )
-    if arch not in TWO_STAGE and (representation != 1024 or mask_chs != 256):
-        raise ValueError(f"representation and mask_chs size the R-CNN heads; {arch} has none")
-    if arch != "fcos" and head_convs != 4:
-        raise ValueError(f"head_convs sets FCOS's towers; {arch}'s heads have a fixed depth")
-    chs = body.out_channels
-    if arch in ("faster_rcnn", "mask_rcnn"):
-        kwargs.setdefault("rpn_anchor_generator", _rpn_anchors(body.strides))
-        kwargs.setdefault("box_roi_pool", _roi_pool(body, 7, roi_strides))
-        kwargs.setdefault("box_head", TwoMLPHead(chs * 7 * 7, representation))
-        kwargs.setdefault("box_predictor", FastRCNNPredictor(representation, num_classes))
-        if arch == "mask_rcnn":
-            kwargs.setdefault("mask_roi_pool", _roi_pool(body, 14, roi_strides))
-            kwargs.setdefault("mask_head", MaskRCNNHeads(chs, [mask_chs] * 4, 1))
-            kwargs.setdefault("mask_predictor", MaskRCNNPredictor(mask_chs, mask_chs, num_classes))
-            model = MaskRCNN(body, None, **common, **kwargs)  # the class count is in box_predictor
-        else:
-            model = FasterRCNN(body, None, **common, **kwargs)
-    elif arch in ("cascade_rcnn", "cascade_mask_rcnn"):
-        from msfusion.models.cascade_rcnn import CascadeRCNN
+    return DETECTOR_ARCHS.get(arch)(args)
 
-        kwargs.setdefault("rpn_anchor_generator", _rpn_anchors(body.strides))
-        kwargs.setdefault("box_roi_pool", _roi_pool(body, 7, roi_strides))
-        if arch == "cascade_mask_rcnn":
-            kwargs.setdefault("mask_roi_pool", _roi_pool(body, 14, roi_strides))
-        model = CascadeRCNN(
-            body,
-            num_classes,
-            with_mask=arch == "cascade_mask_rcnn",
-            representation=representation,
-            mask_chs=mask_chs,
-            **common,
-            **kwargs,
-        )
-    elif arch == "retinanet":
-        kwargs.setdefault("anchor_generator", _retina_anchors(body.strides))
-        model = RetinaNet(body, num_classes, **common, **kwargs)
-    else:
-        kwargs.setdefault("anchor_generator", _fcos_anchors(body.strides))
-        kwargs.setdefault("head", FCOSHead(body.out_channels, 1, num_classes, num_convs=head_convs))
-        model = FCOS(body, num_classes, **common, **kwargs)
-    if not train_resize:
-        model.transform = TestResizeTransform(**{k: common[k] for k in ("min_size", "max_size")},
-                                              image_mean=common["image_mean"], image_std=common["image_std"],
-                                              size_divisible=common["size_divisible"])  # fmt: skip
-    model.arch = arch
-    model.num_classes = num_classes
-    model.feature_info = body.feature_info
-    model.model_cfg = {"builder": "build_detector", "kwargs": recordable(cfg, "build_detector")}
-    return model
+
+def torchvision_archs() -> list[str]:
+    """The registered architectures built on torchvision's detectors (``TorchvisionArch``), sorted."""
+    return [n for n in DETECTOR_ARCHS.names() if isinstance(DETECTOR_ARCHS.get(n), TorchvisionArch)]
 
 
 register_builder("build_detector", build_detector)
@@ -429,7 +457,15 @@ class DetectorComplexity(nn.Module):
         self.num_rois = num_rois
         self.num_mask_rois = num_mask_rois
 
-    def _box_and_mask(self, box_head: nn.Module, predictor: nn.Module, like: Tensor, mask_head=None, mask_pred=None):
+    def box_and_mask(
+        self,
+        box_head: nn.Module,
+        predictor: nn.Module,
+        like: Tensor,
+        mask_head: nn.Module | None = None,
+        mask_pred: nn.Module | None = None,
+    ) -> None:
+        """Run a box head and predictor on ``num_rois`` RoIs, and a mask head on ``num_mask_rois``."""
         chs = self.detector.backbone.out_channels
         rois = like.new_zeros(self.num_rois, chs, 7, 7)
         predictor(box_head(rois))
@@ -438,22 +474,6 @@ class DetectorComplexity(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         det = self.detector
-        d = det.transform.size_divisible
-        h, w = images.shape[-2:]
-        images = nn.functional.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        images = pad_to_size_constraint(images, det.transform.size_divisible)
         feats = list(det.backbone(images).values())
-        outs: list[Tensor] = []
-        arch = getattr(det, "arch", "")
-        if arch in ("retinanet", "fcos"):
-            out = det.head(feats)
-            return list(out.values())
-        outs.extend(det.rpn.head(feats)[0])
-        heads = det.roi_heads
-        if arch in ("cascade_rcnn", "cascade_mask_rcnn"):
-            for t, stage in enumerate(heads.stages):
-                mask = heads.mask_heads[t] if heads.mask_heads is not None else None
-                mask_pred = heads.mask_predictors[t] if heads.mask_predictors is not None else None
-                self._box_and_mask(stage.box_head, stage.box_predictor, feats[0], mask, mask_pred)
-        else:
-            self._box_and_mask(heads.box_head, heads.box_predictor, feats[0], heads.mask_head, heads.mask_predictor)
-        return outs
+        return DETECTOR_ARCHS.get(det.arch).complexity(self, feats)

@@ -61,11 +61,12 @@ detectors have ``num_classes - 1`` labels.
 from __future__ import annotations
 
 import functools
-import inspect
+from dataclasses import fields
 from typing import Any
 
 from torch import nn
 
+from msfusion.models.detector import DETECTOR_ARCHS, DetectorArgs
 from msfusion.registry import PaperFigures, register_builder, register_model
 
 __all__ = ["DETR_ARCHS", "EXTERNAL_ARCHS", "build_external_detector"]
@@ -87,7 +88,7 @@ def _import_detr():
     return detr
 
 
-def build_external_detector(arch: str, **arguments: Any) -> nn.Module:
+def build_external_detector(arch: str, args: DetectorArgs) -> nn.Module:
     """``build_detector``'s arguments for a DETR arch or ``"yolo"`` -> ``build_detr`` / ``build_yolo_detector``.
 
     Arguments that only torchvision's detectors use must keep their defaults
@@ -95,27 +96,17 @@ def build_external_detector(arch: str, **arguments: Any) -> nn.Module:
     ``image_mean`` and ``image_std`` override the arch's reference input
     pipeline when changed.
     """
-    from msfusion.models.detector import build_detector
-
-    defaults = {k: p.default for k, p in inspect.signature(build_detector).parameters.items()}
-    extra = dict(arguments.pop("kwargs", {}) or {})
-    out: dict[str, Any] = {}
-    for key, value in arguments.items():
-        if key in _TORCHVISION_ONLY:
-            if key == "neck" and value is None:
-                continue
-            if value != defaults[key] and not (isinstance(value, (list, tuple)) and list(value) == list(defaults[key])):
-                raise ValueError(
-                    f"{key}={value!r} sets a part of torchvision's detectors; {arch} has no FPN neck or RoI heads "
-                    "(its encoder fuses the levels): leave it out"
-                )
-        elif key in _INPUT:
-            default = defaults[key]
-            same = list(value) == list(default) if isinstance(value, (list, tuple)) else value == default
-            if not same:
-                out[key] = value
-        else:
-            out[key] = value
+    changed = args.changed()
+    for key in _TORCHVISION_ONLY:
+        if key in changed and not (key == "neck" and changed[key] is None):
+            raise ValueError(
+                f"{key}={changed[key]!r} sets a part of torchvision's detectors; {arch} has no FPN neck or RoI heads "
+                "(its encoder fuses the levels): leave it out"
+            )
+    # Input settings pass only when changed (the arch has its own reference pipeline); the rest always.
+    given = {f.name: getattr(args, f.name) for f in fields(args) if f.name != "extra"}
+    out = {k: v for k, v in given.items() if k not in _TORCHVISION_ONLY and (k not in _INPUT or k in changed)}
+    extra = dict(args.extra)
     if arch == "yolo":
         # ultralytics' YOLO carries its own backbone and PAN: the variant is named as the backbone.
         from msfusion.models.yolo import VARIANTS  # no ultralytics import at module level
@@ -126,12 +117,12 @@ def build_external_detector(arch: str, **arguments: Any) -> nn.Module:
                 f"got {type(out.get('backbone')).__name__}; choose one of {list(VARIANTS)}"
             )
         own = {"backbone", "num_classes", "fine"}
-        bad = sorted(k for k, v in out.items() if k not in own and v != defaults.get(k))
+        bad = sorted(k for k in changed if k not in own)
         if bad:
             raise ValueError(f"{bad} do not apply to YOLO (its backbone and PAN are ultralytics'): leave them out")
         from msfusion.models.yolo import build_yolo_detector
 
-        return build_yolo_detector(out["backbone"], num_classes=out["num_classes"], fine=out["fine"], **extra)
+        return build_yolo_detector(out["backbone"], num_classes=out["num_classes"], fine=args.fine, **extra)
     return _import_detr().build_detr(arch, **out, **extra)
 
 
@@ -143,9 +134,9 @@ def _build_yolo_detector(**kwargs: Any) -> nn.Module:
 
 
 register_builder("build_yolo_detector", _build_yolo_detector)
-# ``build_detector(arch, ...)`` finds these archs through the registry, so it imports nothing from here.
+# ``build_detector(arch, ...)`` finds these archs in DETECTOR_ARCHS; transformers and ultralytics load on first use.
 for _arch in EXTERNAL_ARCHS:
-    register_builder(f"detector:{_arch}", functools.partial(build_external_detector, _arch))
+    DETECTOR_ARCHS.register(_arch, functools.partial(build_external_detector, _arch))
 
 
 def _create(arch: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:

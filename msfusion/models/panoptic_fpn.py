@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from msfusion.models.detector import DetectorComplexity, build_detector
+from msfusion.models.chain import pad_to_size_constraint
+from msfusion.models.detector import DETECTOR_ARCHS, DetectorComplexity, build_detector
 from msfusion.models.heads.semantic_fpn import SemanticFPNHead
 from msfusion.registry import PaperFigures, recordable, register_builder, register_model
 
@@ -228,13 +229,9 @@ class PanopticComplexity(DetectorComplexity):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         det = self.detector
-        d = det.transform.size_divisible
-        h, w = images.shape[-2:]
-        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        images = pad_to_size_constraint(images, det.transform.size_divisible)
         feats = list(det.backbone(images).values())
-        outs = list(det.rpn.head(feats)[0])
-        heads = det.roi_heads
-        self._box_and_mask(heads.box_head, heads.box_predictor, feats[0], heads.mask_head, heads.mask_predictor)
+        outs = DETECTOR_ARCHS.get("mask_rcnn").complexity(self, feats)
         return [*outs, det.semantic_head(feats)]
 
 
