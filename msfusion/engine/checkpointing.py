@@ -62,6 +62,7 @@ __all__ = [
     "check_same_model",
     "save_best",
     "non_finite_tensors",
+    "check_finite_weights",
     "load_pretrained",
 ]
 
@@ -356,6 +357,21 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
         for name, tensor in model.state_dict().items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
+
+
+def check_finite_weights(model: nn.Module, source: str | Path) -> None:
+    """Refuse to evaluate or predict with weights holding NaN or infinite values (a diverged run).
+
+    Raises:
+        CheckpointError: naming ``source`` and the first bad tensors.
+    """
+    bad = non_finite_tensors(model)
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the run had diverged, so every score or prediction would be NaN "
+            "or empty. Use an earlier checkpoint of the run (iter_*.safetensors, best.safetensors)."
+        )
 
 
 def _groups(keys: Sequence[str], limit: int = 4) -> str:
