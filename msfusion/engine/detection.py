@@ -66,6 +66,7 @@ __all__ = [
     "evaluate_detection",
     "detections_to_coco",
     "coco_metrics",
+    "coco_evaluation",
     "error_analysis",
     "format_detection_metrics",
     "format_error_table",
@@ -236,7 +237,7 @@ def _nms_settings(model: nn.Module) -> tuple[float, int]:
     for owner in (getattr(model, "roi_heads", None), model):
         if owner is not None and hasattr(owner, "nms_thresh"):
             return float(owner.nms_thresh), int(owner.detections_per_img)
-    # DETRs have no NMS of their own: the FPN paper's / torchvision's 0.5 for the flip merge.
+    # DETRs have no NMS of their own: the flip merge uses torchvision's default box NMS threshold, 0.5.
     return 0.5, int(getattr(model, "num_top", 100))
 
 
