@@ -563,6 +563,7 @@ def format_detection_metrics(metrics: Mapping[str, Any]) -> str:
         lines.append(f"{'class':<{width}}  " + "  ".join(f"{k + ' AP':>7}" for k in kinds))
         lines.append(f"{'-' * width}  " + "  ".join("-------" for _ in kinds))
         lines += [f"{r['class']:<{width}}  " + "  ".join(f"{_cell(r[f'{k}_AP']):>7}" for k in kinds) for r in rows]
+        lines.append("")
     header = "       " + "  ".join(f"{k:>5}" for k in COCO_STATS)
     lines.append(header)
     for kind in ("bbox", "segm"):
