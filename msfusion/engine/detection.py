@@ -689,7 +689,7 @@ def predict_detection_files(
     model.eval().to(device)
     written: list[Path] = []
     for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
-        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+        image = torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0  # a writable copy
         output = {k: v.cpu() for k, v in detect(model, [image.to(device)], flip=tta)[0].items()}
         picture = draw_detections(image, output, classes, palette, score_thresh)
         png = out_dir / f"{stem}_det.png"
