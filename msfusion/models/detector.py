@@ -63,7 +63,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.segmentor import build_part
+from msfusion.models.segmentor import build_part, check_finite_input
 from msfusion.registry import create_model, find_builders, recordable, register_builder
 
 __all__ = [
@@ -139,6 +139,8 @@ class DetectorBackbone(nn.Module):
         return list(feats)
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        # The detector's resized, normalised batch: a NaN pixel would otherwise give no detection at all.
+        check_finite_input(images, "detector's image batch (resized and normalised)")
         return OrderedDict(zip(self.names, self.forward_features(images), strict=True))
 
 
