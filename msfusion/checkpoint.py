@@ -105,7 +105,8 @@ def save_checkpoint(
     (a part given as a module that was not built by name) is refused with the
     reason, unless ``allow_unrebuildable=True`` (the weights are then saved
     with no model description, and ``load_checkpoint`` into a model you build
-    yourself is the way back).
+    yourself is the way back). Weights holding NaN or infinite values are
+    refused (``CheckpointError`` naming the tensors): they are never a model.
     """
     from safetensors.torch import save
 
@@ -124,6 +125,14 @@ def save_checkpoint(
         path = path.with_suffix(".safetensors")
     # safetensors refuses shared or non-contiguous storage: store plain copies.
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # NaN or infinite weights (a diverged run) would be loaded later as if they were a model.
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"refusing to save {path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the weights diverged. Save the model from before it diverged "
+            "(the last good checkpoint), or lower the learning rate and retrain."
+        )
     meta = {
         "format": "msfusion",
         "version": __version__,

@@ -62,13 +62,12 @@ __all__ = [
     "check_same_model",
     "save_best",
     "non_finite_tensors",
+    "check_finite_weights",
     "load_pretrained",
 ]
 
 # A ``model.pretrained`` file must fill at least this share of the tensors it is meant for.
 MIN_PRETRAINED_SHARE = 0.5
-# errno values that mean "the disk (or the user's quota, or the file-size limit) is full".
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -154,11 +153,39 @@ def _step_files(folder: Path, step: int) -> list[Path]:
     return [folder / f"iter_{step:07d}{suffix}" for suffix in (".safetensors", ".json", ".state.pt")]
 
 
-def _write_error(err: OSError, path: Path, previous: Path | None) -> CheckpointError:
-    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
-    if err.errno in _NO_SPACE:
+def _write_error(err: OSError, path: Path, kept: str) -> CheckpointError:
+    """The error of a failed checkpoint write: what filled up (disk, quota, file-size limit) and what is kept."""
+    if err.errno == errno.EFBIG:
+        return CheckpointError(
+            f"the file-size limit was reached while writing {path} (EFBIG: the process's limit, ulimit -f / "
+            f"RLIMIT_FSIZE, or the largest file the file system allows, 4 GiB on FAT32); {kept}. Raise the limit "
+            "(ulimit -f unlimited) or train into another file system with --work-dir DIR, then use --resume."
+        )
+    if err.errno == errno.EDQUOT:
+        return CheckpointError(
+            f"the disk quota is exceeded while writing {path}; {kept}. Free space within your quota, then use --resume."
+        )
+    if err.errno == errno.ENOSPC:
         return CheckpointError(f"no space left while writing {path}; {kept}. Free disk space, then use --resume.")
     return CheckpointError(f"cannot write {path} ({err.strerror or err}); {kept}.")
+
+
+def _intact_checkpoint(folder: Path, step: int | None = None) -> Path | None:
+    """The weights a resume would use after a failed write of ``step``: latest.json's, else the newest complete."""
+    pointed = _pointed_weights(folder)
+    if pointed is not None:
+        return pointed
+    steps = sorted({int(p.name[5:12]) for p in folder.glob("iter_*.state.pt") if p.name[5:12].isdigit()}, reverse=True)
+    for other in steps:
+        weights, _, state = _step_files(folder, other)
+        if other != step and _complete(weights, state):
+            return weights
+    return None
+
+
+def _kept_message(folder: Path, step: int | None = None) -> str:
+    previous = _intact_checkpoint(folder, step)
+    return f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
 
 
 def _write_bytes(path: str | Path, data: bytes | memoryview) -> None:
@@ -219,7 +246,7 @@ def save_training_checkpoint(
                 path.unlink(missing_ok=True)
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        raise _write_error(err, current, previous) from err
+        raise _write_error(err, current, _kept_message(folder, step)) from err
     steps = sorted(int(p.name[5:12]) for p in folder.glob("iter_*.state.pt"))
     for old in steps[: max(len(steps) - keep, 0)]:
         if old == step:
@@ -316,7 +343,11 @@ def save_best(work_dir: str | Path, model: nn.Module, metadata: dict[str, Any]) 
     except OSError as err:
         for tmp in path.parent.glob(".best.*.tmp"):
             tmp.unlink(missing_ok=True)
-        raise _write_error(err, path, previous) from err
+        kept = f"the previous best checkpoint {previous} is intact" if previous else "no best checkpoint existed yet"
+        training = _intact_checkpoint(path.parent)
+        if training is not None:
+            kept += f", and the training checkpoint {training} is intact"
+        raise _write_error(err, path, kept) from err
 
 
 def non_finite_tensors(model: nn.Module) -> list[str]:
@@ -326,6 +357,21 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
         for name, tensor in model.state_dict().items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
+
+
+def check_finite_weights(model: nn.Module, source: str | Path) -> None:
+    """Refuse to evaluate or predict with weights holding NaN or infinite values (a diverged run).
+
+    Raises:
+        CheckpointError: naming ``source`` and the first bad tensors.
+    """
+    bad = non_finite_tensors(model)
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the run had diverged, so every score or prediction would be NaN "
+            "or empty. Use an earlier checkpoint of the run (iter_*.safetensors, best.safetensors)."
+        )
 
 
 def _groups(keys: Sequence[str], limit: int = 4) -> str:

@@ -412,7 +412,7 @@ def _set(cfg: dict[str, Any], path: str, value: Any) -> None:
     node[last] = value
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, path: str = "") -> Any:
     # YAML scalars: "1e-3" -> float, "[64, 64]" -> list, "null" -> None, "true" -> bool.
     try:
         value = yaml.safe_load(text)
@@ -420,9 +420,16 @@ def _parse_value(text: str) -> Any:
         return text
     if isinstance(value, str):
         try:
-            return float(value) if any(c in value for c in "eE.") else value
+            number = float(value)
         except ValueError:
             return value
+        # "nan" and "inf" are strings to YAML, but a number setting would convert them later, unchecked.
+        if not math.isfinite(number):
+            raise ConfigError(
+                f"--set {path}={text}: {value!r} is not a finite number; write a finite value "
+                "(NaN or infinity silently poisons training)"
+            )
+        return number if any(c in value for c in "eE.") else value
     return value
 
 
@@ -452,7 +459,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
                 schema = schema[part]
                 open_tree = ".".join(parts[: depth + 1]) in OPEN_KEYS
             if depth == len(parts) - 1:
-                node[part] = _parse_value(text)
+                node[part] = _parse_value(text, path.strip())
             else:
                 if not isinstance(node.get(part), dict):
                     node[part] = {}

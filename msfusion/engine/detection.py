@@ -18,6 +18,19 @@ second loop). A recipe::
   AP50, AP75 and AP for small / medium / large objects, 100 detections per
   image). Detections are written in the COCO result format (``[x, y, w, h]``
   boxes, RLE masks, the annotation file's category ids).
+- **Per-class AP**: COCO AP (IoU 0.50:0.95, all sizes, 100 detections) of
+  each category, the mean of COCOeval's precision over IoU thresholds and
+  recall points for that category; ``msfusion eval`` prints it as a table.
+- **Test-time augmentation** (``eval.tta`` / ``--tta``): the horizontal flip.
+  Each image and its mirror image are detected, the mirror's boxes (and
+  masks) are flipped back, and the union is reduced per class by NMS at the
+  detector's own IoU threshold (torchvision ``batched_nms``) to its own
+  number of detections per image. Multi-scale detection TTA and sliding
+  windows are not implemented (a detector resizes each whole image itself)
+  and are refused.
+- **Result files** are checked before scoring: an entry with a NaN or
+  infinite score or box, a negative box size or a missing key is refused,
+  naming the entry, instead of being scored silently.
 - **Error analysis** (FINE, arXiv 2606.14005, Table 5): true positives, false
   positives, false negatives, precision, recall and F1 at IoU 0.5 and
   confidence 0.5. Detections are taken by decreasing score; each matches the
@@ -53,12 +66,16 @@ __all__ = [
     "evaluate_detection",
     "detections_to_coco",
     "coco_metrics",
+    "coco_evaluation",
     "error_analysis",
     "format_detection_metrics",
     "format_error_table",
     "compare_error_analysis",
     "draw_detections",
     "predict_detection_files",
+    "detect",
+    "check_coco_results",
+    "detection_test_flip",
 ]
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -170,6 +187,7 @@ class DetectionTask(Task):
         metrics, results = evaluate_detection(
             model,
             dataset,
+            tta=detection_test_flip(cfg.get("eval") or {}),
             device=device,
             amp=cfg["train"]["amp"],
             dist_info=dist_info,
@@ -208,6 +226,132 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+_DEFAULT_TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def detection_test_flip(eval_cfg: Mapping[str, Any]) -> bool:
+    """Whether a recipe's ``eval`` section asks for flip TTA; refuses the segmentation-only test options.
+
+    Raises:
+        ValueError: ``mode: slide``; multi-scale ``scales`` with ``tta``; ``tta`` with ``flip: false``.
+    """
+    if eval_cfg.get("mode", "whole") == "slide":
+        raise ValueError(
+            "eval.mode=slide (sliding windows) is a segmentation test mode: a detector resizes each whole image "
+            "itself (its min_size / max_size) and windows would cut objects apart. Use eval.mode=whole (drop --mode "
+            "slide / --slide)."
+        )
+    if not eval_cfg.get("tta", False):
+        return False
+    scales = [float(x) for x in eval_cfg.get("scales", _DEFAULT_TTA_SCALES)]
+    if scales not in ([1.0], list(_DEFAULT_TTA_SCALES)):
+        raise ValueError(
+            f"eval.scales={scales}: detection TTA is the horizontal flip at the detector's own test size; "
+            "multi-scale detection TTA is not implemented. Drop eval.scales (or set it to [1.0])."
+        )
+    if not eval_cfg.get("flip", True):
+        raise ValueError("detection TTA is the horizontal flip, and eval.flip=false leaves nothing to augment")
+    return True
+
+
+def _nms_settings(model: nn.Module) -> tuple[float, int]:
+    """The detector's own NMS IoU threshold and detections per image (torchvision's attribute names)."""
+    for owner in (getattr(model, "roi_heads", None), model):
+        if owner is not None and hasattr(owner, "nms_thresh"):
+            return float(owner.nms_thresh), int(owner.detections_per_img)
+    # DETRs have no NMS of their own: the flip merge uses torchvision's default box NMS threshold, 0.5.
+    return 0.5, int(getattr(model, "num_top", 100))
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: Sequence[Tensor], *, flip: bool = False) -> list[dict[str, Tensor]]:
+    """Detections of ``model`` (eval mode) for (3, H_i, W_i) images in [0, 1], optionally with flip TTA.
+
+    With ``flip`` the mirrored images are detected too; their boxes
+    ``(x0, y0, x1, y1)`` become ``(W - x1, y0, W - x0, y1)`` and their masks
+    (D, 1, H, W) are mirrored back, then both sets are merged per class with
+    ``batched_nms`` at the detector's IoU threshold and cut to its number of
+    detections per image (module doc).
+    """
+    from torchvision.ops import batched_nms
+
+    outputs = model(list(images))
+    if not flip:
+        return outputs
+    mirrored = model([image.flip(-1) for image in images])
+    iou, keep_top = _nms_settings(model)
+    merged = []
+    for image, plain, mirror in zip(images, outputs, mirrored, strict=True):
+        width = image.shape[-1]
+        boxes = mirror["boxes"].clone()
+        boxes[:, 0], boxes[:, 2] = width - mirror["boxes"][:, 2], width - mirror["boxes"][:, 0]
+        back = {"boxes": boxes, "scores": mirror["scores"], "labels": mirror["labels"]}
+        if "masks" in mirror:
+            back["masks"] = mirror["masks"].flip(-1)
+        both = {k: torch.cat([plain[k], v]) for k, v in back.items() if k in plain}
+        keep = batched_nms(both["boxes"].float(), both["scores"].float(), both["labels"], iou)[:keep_top]
+        merged.append({k: v[keep] for k, v in both.items()})
+    return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_coco_results(results: Sequence[Any], source: str = "results") -> None:
+    """Refuse COCO detection results that would be scored silently wrong.
+
+    Every entry must be a dict with an integer ``image_id`` and
+    ``category_id``, a finite ``score`` and a ``bbox`` ``[x, y, w, h]`` of four
+    finite numbers with ``w, h >= 0`` (or a ``segmentation`` alone). NaN passes
+    every comparison, so a NaN score or box would otherwise be ranked and
+    matched as if it were a detection.
+
+    Raises:
+        ValueError: naming ``source``, the entry's index and its image id.
+    """
+    if not isinstance(results, (list, tuple)):
+        raise ValueError(f"{source}: COCO results must be a list of detections, got {type(results).__name__}")
+    for i, entry in enumerate(results):
+        where = f"{source}: entry {i}"
+        if not isinstance(entry, Mapping):
+            raise ValueError(
+                f"{where} is a {type(entry).__name__}, not a detection dict (image_id, category_id, bbox, score)"
+            )
+        where += f" (image_id {entry.get('image_id')!r})"
+        missing = [k for k in ("image_id", "category_id", "score") if k not in entry]
+        if "bbox" not in entry and "segmentation" not in entry:
+            missing.append("bbox")
+        if missing:
+            raise ValueError(
+                f"{where} has no {', '.join(missing)}; every COCO result needs image_id, category_id, bbox, score"
+            )
+        for key in ("image_id", "category_id"):
+            if not isinstance(entry[key], int) or isinstance(entry[key], bool):
+                raise ValueError(
+                    f"{where}: {key} is {entry[key]!r}, not an integer; the ground truth's ids are integers, so it "
+                    "would never match. Write it as a number."
+                )
+        score = entry["score"]
+        if not _is_number(score) or not math.isfinite(score):
+            raise ValueError(
+                f"{where}: score is {score!r}, not a finite number; such a detection cannot be ranked. Were the "
+                "results written by a diverged model? Re-run msfusion eval on finite weights."
+            )
+        if "bbox" in entry:
+            box = entry["bbox"]
+            ok = (
+                isinstance(box, (list, tuple))
+                and len(box) == 4
+                and all(_is_number(v) and math.isfinite(v) for v in box)
+            )
+            if not ok or box[2] < 0 or box[3] < 0:
+                raise ValueError(
+                    f"{where}: bbox is {box!r}; a COCO box is [x, y, width, height], four finite numbers with "
+                    "width and height >= 0."
+                )
+
+
 def detections_to_coco(
     output: Mapping[str, Tensor], image_id: int, label_to_category: Sequence[int], mask_thresh: float = 0.5
 ) -> list[dict[str, Any]]:
@@ -241,19 +385,45 @@ def detections_to_coco(
 
 def coco_metrics(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Iterable[int]) -> dict:
     """pycocotools COCOeval of ``results``: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (fractions)."""
+    return coco_evaluation(coco_gt, results, iou_type, image_ids)[0]
+
+
+def coco_evaluation(
+    coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Iterable[int]
+) -> tuple[dict[str, float], dict[int, float]]:
+    """``coco_metrics`` and the AP of every category ``{category_id: AP}`` (NaN: no ground truth of it).
+
+    A category's AP is COCOeval's precision averaged over the IoU thresholds
+    0.50:0.05:0.95 and the 101 recall points, for all object sizes and 100
+    detections per image; the overall AP is the mean of these over the
+    categories that have ground truth.
+    """
     from pycocotools.cocoeval import COCOeval
 
+    check_coco_results(results)
+    image_ids = sorted(set(int(i) for i in image_ids))
+    categories = sorted(int(c) for c in coco_gt.getCatIds())
     if not results:
-        return dict.fromkeys(COCO_STATS, 0.0)
+        anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids, iscrowd=False))
+        present = {int(a["category_id"]) for a in anns}
+        return dict.fromkeys(COCO_STATS, 0.0), {c: 0.0 if c in present else float("nan") for c in categories}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+        evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     # COCOeval writes -1 where a size range has no ground truth: reported as NaN.
-    return {k: (float(v) if v >= 0 else float("nan")) for k, v in zip(COCO_STATS, evaluator.stats[:6], strict=True)}
+    stats = {k: (float(v) if v >= 0 else float("nan")) for k, v in zip(COCO_STATS, evaluator.stats[:6], strict=True)}
+    # precision: (IoU thresholds, recall points, categories, area ranges, max detections); area "all", 100 dets.
+    precision = evaluator.eval["precision"]
+    per_class = {}
+    for k, category in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_class[int(category)] = float(values.mean()) if values.size else float("nan")
+    return stats, per_class
 
 
 def error_analysis(
@@ -265,6 +435,8 @@ def error_analysis(
 ) -> dict[str, float]:
     """TP, FP, FN, precision, recall, F1 of box results at one IoU and confidence (module doc)."""
     from torchvision.ops import box_iou
+
+    check_coco_results(results)
 
     def xyxy(boxes: list[list[float]]) -> Tensor:
         t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
@@ -306,6 +478,7 @@ def evaluate_detection(
     model: nn.Module,
     dataset: Any,
     *,
+    tta: bool = False,
     device: torch.device | str = "cpu",
     amp: str = "none",
     dist_info: DistInfo | None = None,
@@ -315,14 +488,18 @@ def evaluate_detection(
     score_thresh: float = 0.5,
     iou_thresh: float = 0.5,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """COCO box (and mask) AP and the error analysis of ``model`` on ``dataset``.
+    """COCO box (and mask) AP, per-class AP and the error analysis of ``model`` on ``dataset``.
+
+    ``tta``: horizontal-flip test-time augmentation (see :func:`detect`).
 
     Returns:
         ``(metrics, results)``: ``metrics`` has ``bbox_AP`` ... ``bbox_APl``
         (and ``segm_*`` for mask models; fractions, NaN where a size range has
-        no object), ``TP``, ``FP``, ``FN``, ``precision``, ``recall``, ``F1``,
-        ``num_images``, ``num_detections``; ``results`` are the detections in
-        COCO result format.
+        no object), ``per_class`` (one dict per category: ``class``,
+        ``category_id``, ``bbox_AP`` and for mask models ``segm_AP``), ``TP``,
+        ``FP``, ``FN``, ``precision``, ``recall``, ``F1``, ``num_images``,
+        ``num_detections``; ``results`` are the detections in COCO result
+        format.
     """
     from msfusion.engine.evaluator import autocast_context
 
@@ -349,7 +526,7 @@ def evaluate_detection(
         for batch in loader:
             images = [im.to(device) for im in batch["images"]]
             with autocast_context(device, amp):
-                outputs = model(images)
+                outputs = detect(model, images, flip=tta)
             for output, image_id in zip(outputs, batch["image_id"], strict=True):
                 with_masks = with_masks or "masks" in output
                 results.extend(detections_to_coco(output, image_id, dataset.label_to_category))
@@ -370,12 +547,16 @@ def evaluate_detection(
         with_masks = any(part[2] for part in gathered)
     gt = dataset.coco_gt()
     metrics: dict[str, Any] = {}
-    for key, value in coco_metrics(gt, results, "bbox", image_ids).items():
-        metrics[f"bbox_{key}"] = value
-    has_segm = with_masks and all("segmentation" in a for a in gt.dataset["annotations"])
-    if has_segm:
-        for key, value in coco_metrics(gt, results, "segm", image_ids).items():
-            metrics[f"segm_{key}"] = value
+    kinds = ["bbox"]
+    if with_masks and all("segmentation" in a for a in gt.dataset["annotations"]):
+        kinds.append("segm")
+    per_class = {int(c): {"class": str(gt.cats[c].get("name", c)), "category_id": int(c)} for c in sorted(gt.cats)}
+    for kind in kinds:
+        stats, by_category = coco_evaluation(gt, results, kind, image_ids)
+        metrics.update({f"{kind}_{key}": value for key, value in stats.items()})
+        for category, value in by_category.items():
+            per_class[category][f"{kind}_AP"] = value
+    metrics["per_class"] = list(per_class.values())
     metrics.update(error_analysis(gt, results, image_ids, score_thresh, iou_thresh))
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
@@ -395,9 +576,18 @@ def _cell(value: Any) -> str:
 
 
 def format_detection_metrics(metrics: Mapping[str, Any]) -> str:
-    """COCO AP rows (bbox, segm) in %, then the error analysis line."""
+    """The per-class AP table (when ``per_class`` is given), COCO AP rows (bbox, segm) in %, the error analysis."""
+    lines = []
+    rows = metrics.get("per_class") or []
+    if rows:
+        kinds = [k for k in ("bbox", "segm") if f"{k}_AP" in rows[0]]
+        width = max([5] + [len(str(r["class"])) for r in rows])
+        lines.append(f"{'class':<{width}}  " + "  ".join(f"{k + ' AP':>7}" for k in kinds))
+        lines.append(f"{'-' * width}  " + "  ".join("-------" for _ in kinds))
+        lines += [f"{r['class']:<{width}}  " + "  ".join(f"{_cell(r[f'{k}_AP']):>7}" for k in kinds) for r in rows]
+        lines.append("")
     header = "       " + "  ".join(f"{k:>5}" for k in COCO_STATS)
-    lines = [header]
+    lines.append(header)
     for kind in ("bbox", "segm"):
         if f"{kind}_AP" in metrics:
             lines.append(f"{kind:<6} " + "  ".join(f"{_cell(metrics[f'{kind}_{k}']):>5}" for k in COCO_STATS))
@@ -437,7 +627,15 @@ def compare_error_analysis(
     image_ids = gt.getImgIds()
     analyses = {}
     for name, value in results.items():
-        entries = json.loads(Path(value).read_text()) if isinstance(value, (str, Path)) else value
+        if isinstance(value, (str, Path)):
+            try:
+                entries = json.loads(Path(value).read_text())
+            except ValueError as err:
+                raise ValueError(f"{value}: not a readable JSON list of COCO results ({err})") from err
+            check_coco_results(entries, str(value))
+        else:
+            check_coco_results(value, f"results of {name!r}")
+            entries = value
         analyses[name] = error_analysis(gt, entries, image_ids, score_thresh, iou_thresh)
     return format_error_table(analyses)
 
@@ -496,9 +694,13 @@ def predict_detection_files(
     score_thresh: float = 0.5,
     on_bad_file: str = "raise",
     progress: bool = True,
+    tta: bool = False,
 ) -> list[Path]:
     """Detect objects in image files and write ``<stem>_det.png`` (boxes, masks, names, scores) and
-    ``<stem>_det.json`` (the detections: xyxy boxes, labels, class names, scores) per image."""
+    ``<stem>_det.json`` (the detections: xyxy boxes, labels, class names, scores) per image.
+
+    ``tta``: horizontal-flip test-time augmentation (see :func:`detect`).
+    """
     from PIL import Image
 
     from msfusion.engine.predictor import iter_images
@@ -509,8 +711,8 @@ def predict_detection_files(
     model.eval().to(device)
     written: list[Path] = []
     for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
-        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
-        output = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        image = torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0  # a writable copy
+        output = {k: v.cpu() for k, v in detect(model, [image.to(device)], flip=tta)[0].items()}
         picture = draw_detections(image, output, classes, palette, score_thresh)
         png = out_dir / f"{stem}_det.png"
         Image.fromarray(picture.permute(1, 2, 0).numpy()).save(png)

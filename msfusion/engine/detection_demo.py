@@ -145,5 +145,10 @@ def _single() -> Any:
     return DistInfo()
 
 
-def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
+def _finite(metrics: Any) -> Any:
+    # NaN (a class or size range without ground truth) as null, also inside the per-class rows.
+    if isinstance(metrics, dict):
+        return {k: _finite(v) for k, v in metrics.items()}
+    if isinstance(metrics, list):
+        return [_finite(v) for v in metrics]
+    return None if isinstance(metrics, float) and metrics != metrics else metrics

@@ -59,7 +59,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.chain import FeatureChain, pad_to_size_constraint
-from msfusion.models.segmentor import build_part
+from msfusion.models.segmentor import build_part, check_finite_input
 from msfusion.registry import Registry, create_model, recordable, register_builder
 
 __all__ = [
@@ -116,6 +116,8 @@ class DetectorBackbone(FeatureChain):
         self.strides = [f["reduction"] for f in self.feature_info]
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        # The detector's resized, normalised batch: a NaN pixel would otherwise give no detection at all.
+        check_finite_input(images, "detector's image batch (resized and normalised)")
         return OrderedDict(zip(self.names, self.forward_features(images), strict=True))
 
 

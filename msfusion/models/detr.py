@@ -81,7 +81,7 @@ from torchvision.ops import box_convert
 from msfusion.layers import check_feature_info, indices_for_strides
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.necks.fine import FINE
-from msfusion.models.segmentor import build_part
+from msfusion.models.segmentor import build_part, check_finite_input
 from msfusion.registry import create_model, recordable
 
 try:
@@ -370,6 +370,55 @@ class DetrDetector(nn.Module):
         self.register_buffer("image_std", std, persistent=False)
         backbone = detr.model.backbone.model
         self.feature_info = list(backbone.feature_info)
+        if image_size is not None:  # every input is resized to this square: a size too small fails at build
+            side = math.ceil(image_size / size_divisor) * size_divisor
+            self.check_input_size(side, side)
+
+    def _queries_from_tokens(self) -> int | None:
+        """The top-k the encoder selects from its tokens (RT-DETR's queries, two-stage Deformable DETR's proposals)."""
+        cfg = self.detr.config
+        if self.arch in ("rt_detr", "rt_detr_v2"):
+            return int(cfg.num_queries)
+        return int(cfg.two_stage_num_proposals) if getattr(cfg, "two_stage", False) else None
+
+    def _encoder_tokens(self, height: int, width: int) -> int:
+        """Tokens of the encoder's levels on a padded (height, width) batch: the backbone strides plus the
+        stride-2 extra levels (RT-DETR derives each from the last backbone level, Deformable DETR chains them)."""
+        strides = [int(s) for s in self.detr.config.backbone_config.strides]
+        sizes = [(math.ceil(height / s), math.ceil(width / s)) for s in strides]
+        last = sizes[-1]
+        for _ in range(int(self.detr.config.num_feature_levels) - len(strides)):
+            extra = (math.ceil(last[0] / 2), math.ceil(last[1] / 2))
+            sizes.append(extra)
+            if self.arch == "deformable_detr":
+                last = extra
+        return sum(h * w for h, w in sizes)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Refuse a padded (height, width) batch with fewer encoder tokens than the queries selected from them.
+
+        RT-DETR's query selection (Zhao et al., arXiv 2304.08069, Sec. 4.3) takes
+        the top ``num_queries`` encoder tokens, so the input must hold at least
+        that many tokens over its levels (a 64 x 64 input has 64 + 16 + 4 = 84 at
+        strides 8, 16, 32: too few for the default 300 queries).
+
+        Raises:
+            ValueError: naming the smallest square input that works and the settings to change.
+        """
+        needed = self._queries_from_tokens()
+        if needed is None or self._encoder_tokens(height, width) >= needed:
+            return
+        side = self.size_divisor
+        while self._encoder_tokens(side, side) < needed:
+            side += self.size_divisor
+        what = "num_queries" if self.arch != "deformable_detr" else "two_stage_num_proposals"
+        size = f"image_size (now {self.image_size})" if self.image_size is not None else "min_size / max_size"
+        raise ValueError(
+            f"{self.arch} selects {what}={needed} queries from its encoder tokens, but a {height}x{width} input "
+            f"gives only {self._encoder_tokens(height, width)} (strides "
+            f"{list(self.detr.config.backbone_config.strides)}); the input must be at least {side}x{side} pixels. "
+            f"Raise {size}, or lower {what}."
+        )
 
     def _scale(self, h: int, w: int) -> tuple[float, float]:
         if self.image_size is not None:
@@ -410,7 +459,9 @@ class DetrDetector(nn.Module):
         return size if self.boxes_on_valid else tuple(batch.shape[-2:])
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None):
+        check_finite_input(list(images), "detector's input")
         batch, mask, scales, sizes = self.preprocess(images)
+        self.check_input_size(*batch.shape[-2:])
         if self.training:
             if targets is None:
                 raise ValueError("DetrDetector in training mode needs targets (boxes xyxy in pixels, labels 1..K)")

@@ -26,7 +26,39 @@ from msfusion.layers import check_feature_info, check_image_batch, resize_to
 from msfusion.models.chain import FeatureChain
 from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
-__all__ = ["Segmentor", "build_segmentor", "build_part", "feature_producer"]
+__all__ = ["Segmentor", "build_segmentor", "build_part", "feature_producer", "check_finite_input"]
+
+
+def check_finite_input(images: Tensor | Sequence[Tensor], what: str = "input") -> None:
+    """Refuse images holding NaN or infinite values, which no model output can recover from.
+
+    One such pixel spreads through attention, global pooling and batch
+    statistics to every logit (a segmentor's whole map becomes NaN, a
+    detector returns no detection at all), so the model refuses it instead of
+    returning a silently empty result. The check (one ``isfinite`` reduction)
+    is skipped while tracing, scripting, compiling or exporting, where tensors
+    have no values to test, and on the meta device.
+
+    Raises:
+        ValueError: naming the count of bad values and the image that holds the first.
+    """
+    if (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return
+    for i, image in enumerate([images] if isinstance(images, Tensor) else images):
+        if not isinstance(image, Tensor) or not image.is_floating_point() or image.device.type == "meta":
+            continue
+        if not bool(torch.isfinite(image).all()):
+            count = int((~torch.isfinite(image)).sum())
+            where = f"image {i} of the list" if not isinstance(images, Tensor) else f"a {tuple(image.shape)} batch"
+            raise ValueError(
+                f"the {what} holds {count} NaN or infinite value(s) ({where}); one such pixel turns every output "
+                "into NaN (or no detection at all). Clean the image (e.g. torch.nan_to_num) first"
+            )
 
 
 class Segmentor(FeatureChain):
@@ -112,6 +144,7 @@ class Segmentor(FeatureChain):
 
     def forward(self, images: Tensor) -> Tensor:
         check_image_batch(images, self.in_chans, self.weight_dtype())
+        check_finite_input(images)
         size = tuple(images.shape[-2:])
         padded = self.pad(images)
         logits = self.decode_head(self.extract_features(padded))
