@@ -143,3 +143,13 @@ def test_batch_one_training_on_small_inputs_is_refused_with_the_smallest_size():
     seg = mf.create_model("topformer_t_mscsa").train()
     with pytest.raises(ValueError, match="at least 193 pixels on one side"):
         seg(torch.randn(1, 3, 97, 131))  # TopFormer + MSCSA pools to 1/64
+
+
+def test_every_composer_records_the_resolved_settings():
+    with torch.device("meta"):
+        seg = mf.build_segmentor("pvt_v2_b0", addon="mscsa", neck="fpn", head="semantic_fpn", num_classes=3)
+        det = mf.build_detector("retinanet", backbone="pvt_v2_b0", addon="mscsa", num_classes=3)
+    row = dict(TABLE7["pvt_v2_b0"])
+    for model in (seg, det):
+        recorded = model.model_cfg["kwargs"]["addon_kwargs"]
+        assert recorded == {"mode": "dense", **row, "in_strides": [4, 8, 16, 32], "in_chs": [32, 64, 160, 256]}
