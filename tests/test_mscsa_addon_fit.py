@@ -153,3 +153,12 @@ def test_every_composer_records_the_resolved_settings():
     for model in (seg, det):
         recorded = model.model_cfg["kwargs"]["addon_kwargs"]
         assert recorded == {"mode": "dense", **row, "in_strides": [4, 8, 16, 32], "in_chs": [32, 64, 160, 256]}
+
+
+def test_pvt_v2_b0_detector_row_counts_with_one_stated_convention():
+    # PVT's get_flops adds the attention products to mmcv's count; torchprofile counts them (README).
+    from msfusion.analysis.report import model_report
+
+    report = model_report("mask_rcnn_pvt_v2_b0_mscsa")
+    assert report["rules"] == "torchprofile" and report["paper_gmacs"] == 199
+    assert abs(report["gmacs"] - 198.5) < 0.05
