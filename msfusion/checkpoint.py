@@ -146,15 +146,53 @@ def save_checkpoint(
     return path
 
 
+# What ``addon="mscsa"`` built before it fitted the backbone: PVTv2-B1's Table 7 row on every map the
+# backbone returned (ResNet's stride-2 stem included), whatever the backbone.
+_MSCSA_OLD_DEFAULT = dict(
+    pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0, in_strides="all"
+)
+
+
+def _with_old_mscsa_defaults(cfg: Any) -> Any:
+    """A sidecar's model description with the MSCSA settings it was saved under made explicit.
+
+    Sidecars written since ``addon="mscsa"`` fits its backbone record the
+    resolved settings, ``in_strides`` among them. A recorded MSCSA add-on
+    without ``in_strides`` was saved before, when the add-on always took the
+    PVTv2-B1 row and read every map: those settings are filled in (the ones
+    the user gave still win), so the checkpoint rebuilds the model it holds.
+    """
+    if isinstance(cfg, list):
+        return [_with_old_mscsa_defaults(v) for v in cfg]
+    if not isinstance(cfg, dict):
+        return cfg
+    out = {k: _with_old_mscsa_defaults(v) for k, v in cfg.items()}
+    if out.get("addon") == "mscsa":  # a composer's kwargs: addon + addon_kwargs
+        given = out.get("addon_kwargs") or {}
+        if isinstance(given, dict) and "in_strides" not in given:
+            out["addon_kwargs"] = {**_MSCSA_OLD_DEFAULT, **given}
+    if out.get("name") == "mscsa" and isinstance(out.get("kwargs"), dict) and "in_strides" not in out["kwargs"]:
+        out["kwargs"] = {**_MSCSA_OLD_DEFAULT, **out["kwargs"]}  # an add-on built by name, passed as a module
+    return out
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar of one of our checkpoints ({} if there is none)."""
+    """The JSON sidecar of one of our checkpoints ({} if there is none).
+
+    The model description comes back as it rebuilds the saved model: settings
+    that later versions changed the defaults of are made explicit (MSCSA's,
+    see ``_with_old_mscsa_defaults``).
+    """
     meta_path = _metadata_path(Path(path))
     if not meta_path.exists():
         return {}
     try:
-        return json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from err
+    if isinstance(meta, dict) and meta.get("model"):
+        meta["model"] = _with_old_mscsa_defaults(meta["model"])
+    return meta
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

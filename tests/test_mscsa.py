@@ -261,7 +261,7 @@ def test_addon_on_a_timm_backbone_outside_table_7():
     cls = mf.build_classifier(
         "mobilenetv3_small_100", addon="mscsa", addon_kwargs={"mode": "classification"}, num_classes=3
     )
-    assert len(cls.addon.in_chs) == 5  # strides 2 to 32, all pooled into the multi-stage map
+    assert cls.addon.in_strides == [4, 8, 16, 32]  # the stride-2 map is not a stage (Sec. 3.4)
     seg = mf.build_segmentor(
         "mobilenetv3_small_100",
         backbone_kwargs={"out_indices": (1, 2, 3, 4)},  # strides 4-32, all read by the Semantic FPN head

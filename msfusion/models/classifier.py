@@ -81,6 +81,15 @@ class Classifier(FeatureChain):
 
     def forward(self, images: Tensor) -> Tensor:
         check_image_batch(images, self.in_chans)
+        min_size = getattr(self.addon, "min_train_size", None)
+        if self.training and min_size and images.shape[0] == 1 and max(images.shape[-2:]) < min_size:
+            # Refused before the backbone runs: the add-on's BatchNorms would see one value per channel.
+            raise ValueError(
+                f"{type(self.addon).__name__} cannot train at batch 1 on a {images.shape[-2]}x{images.shape[-1]} "
+                f"input: its pooled 1/{self.addon.pool_stride} map's coarsest K/V copy would be 1x1 and BatchNorm "
+                f"cannot train on one value per channel. At batch 1 use inputs of at least {min_size} pixels on "
+                "one side, or a batch of 2 or more."
+            )
         return self.forward_head(self.forward_features(self.pad(images)))
 
 
@@ -99,11 +108,16 @@ def build_classifier(
     or modules; a backbone name is built with ``create_model(name,
     features_only=True)``, so any timm model works::
 
+        # ResNet-50 + MSCSA with Table 7's ResNet-50 row: the model of resnet50_mscsa
+        # (MSCSA, arXiv 2308.05872, Table 6: 4.1 -> 4.6 GFLOPs at 224x224)
         mf.build_classifier("resnet50", addon="mscsa", num_classes=1000)
 
     An add-on given by name that has a classification form (its builder takes
     ``mode``, as MSCSA's: Fig. 4 of arXiv 2308.05872) is built in that form
-    unless ``addon_kwargs`` says otherwise.
+    unless ``addon_kwargs`` says otherwise. MSCSA reads the backbone's maps at
+    strides 4-32 (never ResNet's stride-2 stem) and takes its configuration
+    from the backbone (``msfusion.models.addons.mscsa.mscsa_config``); the
+    ``model_cfg`` records the resolved settings.
 
     ``**kwargs`` go to ``Classifier`` (``head_norm``, ``dropout``).
     """
@@ -122,7 +136,9 @@ def build_classifier(
     info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
     if isinstance(addon, str) and "mode" in inspect.signature(model_entrypoint(addon, kind="addon")).parameters:
         addon_kwargs = {"mode": "classification", **(addon_kwargs or {})}
-    addon = build_part(addon, "addon", info, addon_kwargs)
+    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
+    if addon is not None and isinstance(cfg["addon"], str):  # the settings it resolved (MSCSA's Table 7 row)
+        cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
     model = Classifier(backbone, num_classes, addon=addon, **kwargs)
     model.model_cfg = {"builder": "build_classifier", "kwargs": recordable(cfg, "build_classifier")}
     return model

@@ -278,6 +278,8 @@ class TorchvisionArch:
         model.arch = self.name
         model.num_classes = args.num_classes
         model.feature_info = body.feature_info
+        if body.addon is not None and isinstance(args.addon, str):  # the settings it resolved (MSCSA's Table 7 row)
+            recorded["addon_kwargs"] = body.addon.model_cfg["kwargs"]
         model.model_cfg = {"builder": "build_detector", "kwargs": recorded}
         return model
 
@@ -303,7 +305,7 @@ def build_detector_backbone(
     if frozen_bn:
         freeze_batch_norm(backbone)
     info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-    addon = build_part(addon, "addon", info, addon_kwargs)
+    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
     if addon is not None:
         info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
     if fine and not isinstance(neck, str):
@@ -353,8 +355,8 @@ def build_detector(
 
         mf.build_detector("faster_rcnn", backbone="resnet50", num_classes=91)          # = torchvision's
         mf.build_detector("retinanet", backbone="resnet50", fine=True, num_classes=81)  # FINE Table 1
-        mf.build_detector("mask_rcnn", backbone="resnet50", addon="mscsa", num_classes=81,
-                          addon_kwargs=dict(squeeze_ratio=0.25))                        # MSCSA Table 2
+        mf.build_detector("mask_rcnn", backbone="resnet50", addon="mscsa",
+                          num_classes=81)  # = mask_rcnn_r50_mscsa: MSCSA Table 2, Table 7's ResNet-50 row
         mf.build_detector("retinanet", backbone="cednet_next_t", neck=None, num_classes=81,
                           backbone_kwargs=dict(pyramid="p3p7"))                         # CEDNet Table 2
 

@@ -188,7 +188,7 @@ class MsfBackbone(BackboneMixin, PreTrainedModel):
             freeze_batch_norm(net)  # before the add-on exists, so the add-on's norms stay trainable
         _freeze_stages(net, info, config.frozen_stages)
         self.net = net
-        self.addon = build_part(config.addon, "addon", info, dict(config.addon_kwargs or {}))
+        self.addon = build_part(config.addon, "addon", info, dict(config.addon_kwargs or {}), backbone=config.backbone)
         if self.addon is not None:
             info = check_feature_info(getattr(self.addon, "feature_info", None), f"the add-on {config.addon!r}")
         self.indices = indices_for_strides(info, config.strides, f"the detector's backbone {config.backbone!r}")
@@ -619,6 +619,8 @@ def build_detr(
     with torch.device("meta"):
         probe = MsfBackbone(backbone_config)
     chs, size_divisor = list(probe.num_features), probe.size_divisor
+    if probe.addon is not None:  # record the settings the add-on resolved (MSCSA's Table 7 row), not the defaults
+        backbone_config.addon_kwargs = cfg_record["addon_kwargs"] = dict(probe.addon.model_cfg["kwargs"])
     del probe
     config_cls, model_cls = _CLASSES[arch]
     labels = num_classes - 1

@@ -261,7 +261,7 @@ def deformable_detr_r50(**kwargs: Any) -> nn.Module:
         None,
         185,
         "MSCSA paper (arXiv 2308.05872) Table 2",
-        "baseline without MSCSA: 173 G, DETR's protocol (module doc); 188 G here at 800 x 1136",
+        "baseline without MSCSA: 173 G, DETR's protocol (module doc); 187 G here at 800 x 1136",
     ),
     backbone="resnet50_mscsa",
 )

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from msfusion.layers import check_image_batch
 from msfusion.layers.features import select_features
+from msfusion.models.addons import mscsa as _addon
 from msfusion.models.addons.mscsa import MSCSA
 from msfusion.models.classifier import Classifier
 from msfusion.models.segmentor import build_segmentor
@@ -46,19 +47,8 @@ from msfusion.registry import PaperFigures, create_model, register_model
 
 __all__ = ["TABLE7", "CoaTSerial", "BackboneWithAddon"]
 
-# Table 7: pooling size (as a stride), squeeze ratio, depth, #heads, head dimension, MLP ratio.
-# "dense_pool_stride" is the value in parentheses, used for dense prediction.
-TABLE7: dict[str, dict[str, Any]] = {
-    "coat_tiny": dict(pool_stride=16, dense_pool_stride=32, squeeze_ratio=None, depth=3, num_heads=8, head_dim=22, mlp_ratio=1.5),
-    "coat_small": dict(pool_stride=16, dense_pool_stride=32, squeeze_ratio=None, depth=3, num_heads=8, head_dim=52, mlp_ratio=2.0),
-    "resnet18": dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0),
-    "resnet50": dict(pool_stride=32, squeeze_ratio=1 / 4, depth=1, num_heads=8, head_dim=32, mlp_ratio=2.0),
-    "pvt_v2_b0": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=8, head_dim=15, mlp_ratio=2.0),
-    "pvt_v2_b1": dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0),
-    "pvt_v2_b2": dict(pool_stride=32, squeeze_ratio=None, depth=1, num_heads=8, head_dim=35, mlp_ratio=2.0),
-    "swin_t": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=12, head_dim=28, mlp_ratio=2.0),
-    "convnext_t": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=12, head_dim=28, mlp_ratio=2.0),
-}  # fmt: skip
+# Table 7's rows of the backbones built here (the add-on's table; TopFormer's rows: msfusion.models.topformer).
+TABLE7: dict[str, dict[str, Any]] = {k: v for k, v in _addon.TABLE7.items() if not k.startswith("topformer")}
 
 # Our family name -> (timm model name, feature kwargs). ResNet's stride-2 stem output is not a stage.
 _TIMM_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {

@@ -15,6 +15,7 @@ evaluator, and ``build_segmentor``, which composes a segmentor from names.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -209,13 +210,34 @@ def feature_producer(backbone: nn.Module, addon: nn.Module | None, neck: nn.Modu
     return neck if neck is not None else addon if addon is not None else backbone
 
 
+def backbone_name(backbone: str | nn.Module | None) -> str | None:
+    """The registered (or timm) name a backbone was built from, if it is known."""
+    if isinstance(backbone, str):
+        return backbone
+    cfg = getattr(backbone, "model_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+        return cfg["name"]
+    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    return arch if isinstance(arch, str) else None
+
+
 def build_part(
-    spec: str | nn.Module | None, kind: str, feature_info: Sequence[dict], kwargs: dict[str, Any] | None, **extra: Any
+    spec: str | nn.Module | None,
+    kind: str,
+    feature_info: Sequence[dict],
+    kwargs: dict[str, Any] | None,
+    *,
+    backbone: str | nn.Module | None = None,
+    **extra: Any,
 ) -> nn.Module | None:
     """Build a registered add-on, neck or head by name on ``feature_info``, or pass a module through.
 
     A name is checked against the registry's names of ``kind`` (did-you-mean
-    error otherwise); kwargs only apply to names.
+    error otherwise); kwargs only apply to names. A part whose builder takes
+    ``backbone`` (MSCSA: its Table 7 row depends on it) gets the backbone's
+    name. A part that reports ``resolved_kwargs`` (every setting it chose) has
+    those recorded in its ``model_cfg``, so a checkpoint rebuilds it the same
+    way even if the defaults change.
     """
     if spec is None:
         if kwargs:
@@ -227,8 +249,13 @@ def build_part(
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"the {kind} must be a registered name or an nn.Module, got {type(spec).__name__}")
-    part = model_entrypoint(spec, kind=kind)(list(feature_info), **extra, **(kwargs or {}))
-    part.model_cfg = {"name": spec, "kwargs": recordable(dict(kwargs or {}), f"{kind} {spec!r}")}
+    builder = model_entrypoint(spec, kind=kind)
+    if "backbone" in inspect.signature(builder).parameters and "backbone" not in (kwargs or {}):
+        extra = {"backbone": backbone_name(backbone), **extra}
+    part = builder(list(feature_info), **extra, **(kwargs or {}))
+    recorded = getattr(part, "resolved_kwargs", None)
+    recorded = dict(kwargs or {}) if recorded is None else dict(recorded)
+    part.model_cfg = {"name": spec, "kwargs": recordable(recorded, f"{kind} {spec!r}")}
     return part
 
 
@@ -288,9 +315,11 @@ def build_segmentor(
     elif backbone_kwargs:
         raise ValueError("backbone_kwargs only apply when the backbone is given by name")
     info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-    addon = build_part(addon, "addon", info, addon_kwargs)
+    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
     if addon is not None:
         info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
+        if isinstance(cfg["addon"], str):  # the settings it resolved (e.g. MSCSA's Table 7 row), not the defaults
+            cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
     neck = build_part(neck, "neck", info, neck_kwargs)
     if neck is not None:
         info = check_feature_info(getattr(neck, "feature_info", None), f"the neck {type(neck).__name__}")

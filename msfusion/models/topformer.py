@@ -49,6 +49,7 @@ from typing import Any
 
 from torch import Tensor
 
+from msfusion.models.addons.mscsa import TABLE7 as _MSCSA_TABLE7
 from msfusion.models.backbones.topformer import TopFormer, create_topformer, topformer_config
 from msfusion.models.heads.topformer_head import TopFormerHead
 from msfusion.models.segmentor import Segmentor
@@ -56,10 +57,10 @@ from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["TopFormerSegmentor", "TABLE7", "MSCSA_ABLATIONS", "mscsa_config"]
 
-# MSCSA Table 7, TopFormer rows: depth, #heads, head dimension (queries/keys), MLP ratio.
+# MSCSA Table 7, TopFormer rows: depth, #heads, head dimension (queries/keys), MLP ratio (the add-on's table).
 TABLE7: dict[str, dict[str, Any]] = {
-    "t": dict(depth=2, num_heads=4, head_dim=14, mlp_ratio=3.0),
-    "b": dict(depth=2, num_heads=8, head_dim=12, mlp_ratio=3.0),
+    size: {k: _MSCSA_TABLE7[f"topformer_{size}"][k] for k in ("depth", "num_heads", "head_dim", "mlp_ratio")}
+    for size in ("t", "b")
 }
 
 # MSCSA Tables 4 and 5 on TopFormer-T + MSCSA: row -> (MSCSA switches, paper FLOPs in M at 224x224).

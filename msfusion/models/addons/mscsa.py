@@ -79,12 +79,31 @@ Ablations (Tables 4-5, Fig. 6):
   a x1.5 step is no conv stride.
 - ``downsample="single"`` (Fig. 6d): only the x2 copy; the lowest resolution is
   dropped.
+
+Which maps it reads. The add-on takes "feature maps from different stages",
+from H/4 x W/4 to H/32 x W/32 (Sec. 3.4), so it selects the backbone's maps by
+stride: the ones at strides 4, 8, 16 and 32 that the backbone has
+(``in_strides``). Any other map (ResNet's stride-2 stem, an extra stride-64
+level) is not read; in dense mode it is passed through unchanged.
+
+Configuration by backbone (``mscsa_config``, used by ``addon="mscsa"``): the
+Table 7 row of the backbone's family, else one rule on the backbone's widths.
+
+Training at batch 1. Every projection is a conv + BN on the pooled map and on
+its K/V copies. BatchNorm cannot train on one value per channel, so at batch 1
+the coarsest K/V copy (x3 smaller, ``floor((h-1)/3)+1``) needs at least two
+cells: the pooled grid needs a side of 4 cells (3 with ``downsample="single"``,
+5 with ``"cascade"``, 2 with ``"none"``), i.e. an input side of at least
+``(cells - 1) * pool_stride + 1`` pixels (97 for a 1/32 pooling, 193 for
+TopFormer's 1/64). ``min_train_size`` gives that size; a smaller input is
+refused with a ``ValueError`` before any BN sees it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,10 +121,64 @@ __all__ = [
     "FeatureFusion",
     "MSCSA",
     "DOWNSAMPLE_MODES",
+    "TABLE7",
+    "STAGE_STRIDES",
+    "mscsa_config",
 ]
 
 DOWNSAMPLE_MODES = ("dwconv", "avgpool", "cascade", "single", "none")
 _LAYOUTS = ("paper", "official")
+STAGE_STRIDES = (4, 8, 16, 32)  # Sec. 3.4: the four stages, H/4 x W/4 to H/32 x W/32
+
+# Table 7: pooling size (as a stride), squeeze ratio, depth, #heads, head dimension, MLP ratio.
+# "dense_pool_stride" is the value in parentheses, used for dense prediction.
+TABLE7: dict[str, dict[str, Any]] = {
+    "coat_tiny": dict(pool_stride=16, dense_pool_stride=32, squeeze_ratio=None, depth=3, num_heads=8, head_dim=22, mlp_ratio=1.5),
+    "coat_small": dict(pool_stride=16, dense_pool_stride=32, squeeze_ratio=None, depth=3, num_heads=8, head_dim=52, mlp_ratio=2.0),
+    "resnet18": dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0),
+    "resnet50": dict(pool_stride=32, squeeze_ratio=1 / 4, depth=1, num_heads=8, head_dim=32, mlp_ratio=2.0),
+    "pvt_v2_b0": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=8, head_dim=15, mlp_ratio=2.0),
+    "pvt_v2_b1": dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0),
+    "pvt_v2_b2": dict(pool_stride=32, squeeze_ratio=None, depth=1, num_heads=8, head_dim=35, mlp_ratio=2.0),
+    "swin_t": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=12, head_dim=28, mlp_ratio=2.0),
+    "convnext_t": dict(pool_stride=32, squeeze_ratio=3 / 4, depth=1, num_heads=12, head_dim=28, mlp_ratio=2.0),
+    "topformer_t": dict(pool_stride=32, dense_pool_stride=64, squeeze_ratio=None, depth=2, num_heads=4, head_dim=14, mlp_ratio=3.0),
+    "topformer_b": dict(pool_stride=32, dense_pool_stride=64, squeeze_ratio=None, depth=2, num_heads=8, head_dim=12, mlp_ratio=3.0),
+}  # fmt: skip
+
+# The stage widths (strides 4-32) of each Table 7 row's backbone; a backbone of the same family with
+# the same widths takes that row. TopFormer's rows are matched by name only (MSCSA reads its token pyramid).
+_TABLE7_WIDTHS: dict[str, tuple[int, ...]] = {
+    "coat_tiny": (152, 152, 152, 152),
+    "coat_small": (152, 320, 320, 320),
+    "resnet18": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "pvt_v2_b0": (32, 64, 160, 256),
+    "pvt_v2_b1": (64, 128, 320, 512),
+    "pvt_v2_b2": (64, 128, 320, 512),
+    "swin_t": (96, 192, 384, 768),
+    "convnext_t": (96, 192, 384, 768),
+}
+# Registered / timm names of the rows' own backbones.
+_TABLE7_NAMES = {
+    "swin_tiny_patch4_window7_224": "swin_t",
+    "convnext_tiny": "convnext_t",
+    "topformer_t_cls": "topformer_t",
+    "topformer_b_cls": "topformer_b",
+}
+# Families (name prefixes) of Table 7: ResNet, PVTv2, Swin, ConvNeXt, CoaT, TopFormer.
+_FAMILIES = {
+    "resnet": ("resnet18", "resnet50"),
+    "pvt_v2_": ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2"),
+    "swin": ("swin_t",),
+    "convnext": ("convnext_t",),
+    "coat_": ("coat_tiny", "coat_small"),
+}
+# The derived rule's one constant: Table 7's rows give their 8 (or 12) heads' key channels
+# num_heads * head_dim = C / 2.7 ... C / 3.75 of the multi-stage channels C, median C / 3.2.
+_DERIVED_KEY_FRACTION = 1 / 3.2
+# Pooled-grid side (cells) below which the coarsest K/V copy is 1 cell: 4 for the x3 copy of Eq. 3.
+_MIN_TRAIN_CELLS = {"dwconv": 4, "avgpool": 4, "cascade": 5, "single": 3, "none": 2}
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> ConvNormAct:
@@ -356,6 +429,123 @@ class FeatureFusion(nn.Module):
         return x * weight + resize_to(self.global_embedding(g), size)
 
 
+def describe_maps(feature_info: Sequence[dict]) -> str:
+    """``strides [2, 4, ...] with widths [64, 256, ...]``: a backbone's maps, for error messages."""
+    return f"strides {[f['reduction'] for f in feature_info]} with widths {[f['chs'] for f in feature_info]}"
+
+
+def select_stages(
+    feature_info: Sequence[dict], in_strides: Sequence[int] | str | None = None, in_chs: Sequence[int] | None = None
+) -> list[int]:
+    """Indices of the maps MSCSA reads, chosen by stride (see ``MSCSA``'s ``in_strides``).
+
+    Raises:
+        ValueError: a stride or width the backbone does not have, naming the backbone's strides and widths.
+    """
+    info = list(feature_info)
+    strides = [f["reduction"] for f in info]
+    if in_strides == "all":
+        read = list(range(len(info)))
+    elif in_strides is None:
+        read = [i for i, s in enumerate(strides) if s in STAGE_STRIDES]
+        if not read:
+            raise ValueError(
+                f"MSCSA reads the stage maps at strides {list(STAGE_STRIDES)}, but the backbone has none of them "
+                f"({describe_maps(info)}); pass in_strides=[...] with the strides to read"
+            )
+    elif isinstance(in_strides, str):
+        raise ValueError(f"in_strides must be None, 'all' or a list of strides, got {in_strides!r}")
+    else:
+        wanted = [int(s) for s in in_strides]
+        missing = [s for s in wanted if s not in strides]
+        if missing or not wanted or wanted != sorted(set(wanted)):
+            raise ValueError(
+                f"MSCSA in_strides={wanted} asks for stride(s) {missing or wanted} that the backbone does not have "
+                f"(or not fine to coarse); the backbone has {describe_maps(info)}"
+            )
+        read = [strides.index(s) for s in wanted]
+    if in_chs is not None:
+        chs = [info[i]["chs"] for i in read]
+        if [int(c) for c in in_chs] != chs:
+            raise ValueError(
+                f"MSCSA in_chs={list(in_chs)} does not match the widths of the maps it reads ({chs} at strides "
+                f"{[strides[i] for i in read]}); the backbone has {describe_maps(info)}"
+            )
+    return read
+
+
+def _base_name(backbone: str) -> str:
+    # "resnet50.a1_in1k" -> "resnet50": a pretrained tag does not change the architecture.
+    return backbone.split(".")[0].lower()
+
+
+def mscsa_config(
+    feature_info: Sequence[dict],
+    backbone: str | None = None,
+    mode: str = "dense",
+    in_strides: Sequence[int] | str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The MSCSA configuration that fits a backbone: (where it comes from, ``MSCSA`` kwargs).
+
+    One rule, in order:
+
+    1. The backbone is one of Table 7's (by registered or timm name: ``resnet50``,
+       ``pvt_v2_b1``, ``swin_tiny_patch4_window7_224``, ``convnext_tiny``,
+       ``coat_tiny``, ``topformer_t_cls``, ...): that row.
+    2. The backbone is of a Table 7 family (name prefix ``resnet``, ``pvt_v2_``,
+       ``swin``, ``convnext``, ``coat_``) and its stage widths (strides 4-32) equal
+       a row's: that row, the last one listed if several (``resnet101`` takes
+       ResNet-50's row, ``resnet34`` ResNet-18's, ``pvt_v2_b3`` PVTv2-B2's).
+    3. Otherwise, derived from the widths: the maps at strides 4-32, no squeeze,
+       pooling to the coarsest of them, one block, 8 heads, MLP ratio 2, and
+       head dimension ``max(1, round(C / 3.2 / 8))`` for the C concatenated
+       channels: Table 7's rows put C / 2.7 to C / 3.75 into their heads' key
+       channels, median C / 3.2.
+
+    Dense prediction uses a row's dense pooling size (CoaT 1/32, TopFormer 1/64);
+    a pooling size finer than the coarsest map resizes that map up (CoaT's 1/16).
+    The result always names ``in_strides`` and ``in_chs``, so a recorded
+    configuration rebuilds the same add-on and fails clearly on another backbone.
+
+    Args:
+        feature_info: the backbone's ``feature_info``.
+        backbone: its registered or timm name, if known.
+        mode: "dense" or "classification".
+        in_strides: the maps to read (``MSCSA``'s argument); None: strides 4-32.
+    """
+    info = check_feature_info(feature_info, "the backbone given to MSCSA")
+    read = select_stages(info, in_strides)
+    widths = tuple(info[i]["chs"] for i in read)
+    strides = [info[i]["reduction"] for i in read]
+    name = _base_name(backbone) if backbone else ""
+    row = name if name in TABLE7 else _TABLE7_NAMES.get(name)
+    if row is None and name:
+        family = next((rows for prefix, rows in _FAMILIES.items() if name.startswith(prefix)), ())
+        matches = [r for r in family if _TABLE7_WIDTHS[r] == widths]
+        row = matches[-1] if matches else None
+    if row is not None:
+        cfg = dict(TABLE7[row])
+        dense_pool_stride = cfg.pop("dense_pool_stride", cfg["pool_stride"])
+        if mode == "dense":
+            cfg["pool_stride"] = dense_pool_stride
+        source = f"MSCSA Table 7, {row} row"
+    else:
+        dim = sum(widths)
+        cfg = dict(
+            pool_stride=strides[-1],
+            squeeze_ratio=None,
+            depth=1,
+            num_heads=8,
+            head_dim=max(1, round(dim * _DERIVED_KEY_FRACTION / 8)),
+            mlp_ratio=2.0,
+        )
+        source = f"derived from the widths {list(widths)} (no Table 7 row for {backbone or 'an unnamed backbone'})"
+    if cfg["pool_stride"] < strides[-1]:
+        cfg["allow_upsample"] = True
+    cfg.update(in_strides="all" if in_strides == "all" else strides, in_chs=list(widths))
+    return source, cfg
+
+
 class MSCSA(nn.Module):
     """The MSCSA add-on (Figs. 4-5): list of backbone maps -> list of maps.
 
@@ -372,6 +562,13 @@ class MSCSA(nn.Module):
     Args:
         feature_info: the backbone's ``feature_info`` (chs and reduction per map).
         mode: "dense" (Fig. 5) or "classification" (Fig. 4).
+        in_strides: the strides of the maps MSCSA reads. None: every map the
+            backbone has at strides 4, 8, 16, 32 (Sec. 3.4's stages); "all":
+            every map, whatever its stride (what msfusion did before it selected
+            by stride, kept for checkpoints saved then). A stride the backbone
+            does not have is refused with the backbone's strides and widths.
+        in_chs: the widths the read maps must have (optional; a recorded
+            configuration carries them so that it fails clearly on another backbone).
         pool_stride: stride of the common size every stage is pooled to (Table 7's
             "pooling size" 1/32 -> 32). It is either one of the backbone's strides
             or a multiple of the coarsest one (TopFormer's 1/64, from the coarsest
@@ -402,6 +599,8 @@ class MSCSA(nn.Module):
         feature_info: Sequence[dict],
         *,
         mode: str = "dense",
+        in_strides: Sequence[int] | str | None = None,
+        in_chs: Sequence[int] | None = None,
         pool_stride: int = 32,
         allow_upsample: bool = False,
         pool: str = "avg",
@@ -431,9 +630,16 @@ class MSCSA(nn.Module):
             raise ValueError(f"depth must be at least 1 MSCSA block, got {depth}")
         self.mode = mode
         self.pool = pool
-        self.in_chs = [f["chs"] for f in info]
-        strides = [f["reduction"] for f in info]
-        self._pool_index, self._pool_factor = self._check_pool_stride(pool_stride, strides, allow_upsample)
+        self.downsample = downsample
+        self._all_chs = [f["chs"] for f in info]
+        self._read = select_stages(info, in_strides, in_chs)
+        self.in_chs = [info[i]["chs"] for i in self._read]
+        strides = [info[i]["reduction"] for i in self._read]
+        self.in_strides = strides
+        try:
+            self._pool_index, self._pool_factor = self._check_pool_stride(pool_stride, strides, allow_upsample)
+        except ValueError as err:
+            raise ValueError(f"{err} (the backbone: {describe_maps(info)})") from None
         self.pool_stride = int(pool_stride)
 
         self.split_chs = self._squeezed_chs(self.in_chs, squeeze_ratio)
@@ -484,8 +690,11 @@ class MSCSA(nn.Module):
             self.fusion = nn.ModuleList(
                 [FeatureFusion(s, c, sigmoid_first) for s, c in zip(self.split_chs, self.in_chs, strict=True)]
             )
+            # Maps that are not read pass through unchanged, so the outputs keep the backbone's contract.
+            fused = {i: k for k, i in enumerate(self._read)}
             self.feature_info = [
-                dict(chs=f["chs"], reduction=f["reduction"], module=f"fusion.{i}") for i, f in enumerate(info)
+                dict(chs=f["chs"], reduction=f["reduction"], module=f"fusion.{fused[i]}" if i in fused else "")
+                for i, f in enumerate(info)
             ]
         else:
             self.fusion = None
@@ -557,19 +766,52 @@ class MSCSA(nn.Module):
         return resize_to(x, size)
 
     def _check_inputs(self, feats: Sequence[Tensor]) -> None:
-        if len(feats) != len(self.in_chs):
+        if len(feats) != len(self._all_chs):
             raise ValueError(
-                f"MSCSA was built for {len(self.in_chs)} feature maps (channels {self.in_chs}), got {len(feats)}"
+                f"MSCSA was built for {len(self._all_chs)} feature maps (channels {self._all_chs}), got {len(feats)}"
             )
         chs = [int(f.shape[1]) for f in feats]
-        if chs != self.in_chs:
-            raise ValueError(f"MSCSA was built for feature channels {self.in_chs}, got {chs}")
+        if chs != self._all_chs:
+            raise ValueError(f"MSCSA was built for feature channels {self._all_chs}, got {chs}")
+
+    @property
+    def min_train_cells(self) -> int:
+        """Smallest side of the pooled grid that trains at batch 1 (the coarsest K/V copy has 2 cells)."""
+        return _MIN_TRAIN_CELLS[self.downsample]
+
+    @property
+    def min_train_size(self) -> int:
+        """Smallest input side (pixels) that trains at batch 1, for backbones whose maps are ``ceil(H / s)``."""
+        return (self.min_train_cells - 1) * self.pool_stride + 1
+
+    def check_train_size(self, batch: int, grid: tuple[int, int]) -> None:
+        """Refuse a training batch whose BatchNorms would see one value per channel (module docstring).
+
+        Args:
+            batch: B.
+            grid: (h, w), the pooled grid the blocks run on.
+        """
+        if not self.training or batch > 1:
+            return
+        cells = self.min_train_cells
+        if max(grid) >= cells:
+            return
+        raise ValueError(
+            f"MSCSA cannot train at batch 1 on this input: it pools to a {grid[0]}x{grid[1]} grid (1/{self.pool_stride} "
+            f"of the input) and its coarsest K/V copy (Eq. 3, downsample={self.downsample!r}) is then 1x1, and "
+            "BatchNorm cannot train on one value per channel. At batch 1 the input needs at least "
+            f"{self.min_train_size} pixels on one side (a pooled side of {cells} cells); use larger crops "
+            "or a batch of 2 or more."
+        )
 
     def forward_fused(self, feats: Sequence[Tensor]) -> Tensor:
         """The multi-stage map after the blocks: (B, sum(C'_i), h, w) at the pooled size."""
         self._check_inputs(feats)
-        size = self._target_size(list(feats))
-        x = torch.cat([sq(self._to_size(f, size)) for sq, f in zip(self.squeeze, feats, strict=True)], dim=1)
+        read = [feats[i] for i in self._read]
+        size = self._target_size(read)
+        if self.training:  # eval (and ONNX tracing) keeps the sizes symbolic
+            self.check_train_size(int(read[0].shape[0]), (int(size[0]), int(size[1])))
+        x = torch.cat([sq(self._to_size(f, size)) for sq, f in zip(self.squeeze, read, strict=True)], dim=1)
         return self.norm(self.blocks(x))
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
@@ -577,16 +819,24 @@ class MSCSA(nn.Module):
         if self.fusion is None:
             return [fused]
         parts = torch.split(fused, self.split_chs, dim=1)
-        return [fuse(f, g) for fuse, f, g in zip(self.fusion, feats, parts, strict=True)]
+        out = list(feats)
+        for fuse, i, g in zip(self.fusion, self._read, parts, strict=True):
+            out[i] = fuse(feats[i], g)
+        return out
 
 
 @register_model(kind="addon")
-def mscsa(feature_info: Sequence[dict], mode: str = "dense", **kwargs) -> MSCSA:
-    """MSCSA on a backbone described by ``feature_info``; kwargs go to ``MSCSA``.
+def mscsa(feature_info: Sequence[dict], mode: str = "dense", backbone: str | None = None, **kwargs) -> MSCSA:
+    """MSCSA fitted to the backbone described by ``feature_info`` (and named ``backbone``).
 
-    Without kwargs: the dense variant with the PVTv2-B1 configuration of Table 7
-    (pooling 1/32, squeeze 5/8, depth 1, 8 heads, head dimension 24, MLP ratio 2).
+    The configuration is ``mscsa_config``'s: the backbone's Table 7 row, or the
+    rule on its widths; ``kwargs`` override it (any ``MSCSA`` argument). The
+    built module's ``resolved_kwargs`` holds every setting it was built with
+    (what a checkpoint records), and ``config_source`` where they come from.
     """
-    cfg = dict(pool_stride=32, squeeze_ratio=5 / 8, depth=1, num_heads=8, head_dim=24, mlp_ratio=2.0)
+    source, cfg = mscsa_config(feature_info, backbone, mode, kwargs.get("in_strides"))
     cfg.update(kwargs)
-    return MSCSA(feature_info, mode=mode, **cfg)
+    addon = MSCSA(feature_info, mode=mode, **cfg)
+    addon.resolved_kwargs = {"mode": mode, **cfg}
+    addon.config_source = source if not kwargs else f"{source}, with {sorted(kwargs)} given"
+    return addon
