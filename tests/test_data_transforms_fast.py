@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from msfusion.data import Normalize, Pad, PhotoMetricDistortion, RandomCrop, RandomFlip, ToTensor
-from msfusion.data.transforms import _resize_image, _resize_labels, adjust_saturation_hue, build_train_transforms
+from msfusion.data.segmentation_transforms import (
+    _resize_image,
+    _resize_labels,
+    adjust_saturation_hue,
+    build_train_transforms,
+)
 from tests.test_data_transforms import ScriptedRng
 
 

@@ -1,16 +1,8 @@
 """Datasets and transforms: synthetic shapes, a generic folder format, and the
 public benchmarks (ADE20K, Cityscapes, Pascal VOC, COCO-Stuff, Pascal Context,
-iSAID), all returning the sample contract of ``msfusion.data.base``."""
+iSAID), all returning the sample contract of ``msfusion.data.segmentation``."""
 
 from msfusion.data.ade20k import ADE20KDataset
-from msfusion.data.base import (
-    FileSegmentationDataset,
-    PublicSegmentationDataset,
-    RawSample,
-    SamplePaths,
-    SegmentationDataset,
-    boxes_from_masks,
-)
 from msfusion.data.build import (
     DATASET_TYPES,
     build_dataset,
@@ -23,8 +15,15 @@ from msfusion.data.folder import FolderDataset
 from msfusion.data.isaid import ISAIDDataset
 from msfusion.data.label_maps import IGNORE_INDEX, InvalidSampleError
 from msfusion.data.pascal_context import PascalContextDataset
-from msfusion.data.shapes import SHAPE_CLASSES, ShapesDataset
-from msfusion.data.transforms import (
+from msfusion.data.segmentation import (
+    FileSegmentationDataset,
+    PublicSegmentationDataset,
+    RawSample,
+    SamplePaths,
+    SegmentationDataset,
+    boxes_from_masks,
+)
+from msfusion.data.segmentation_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Compose,
@@ -40,6 +39,7 @@ from msfusion.data.transforms import (
     build_train_transforms,
     denormalize,
 )
+from msfusion.data.shapes import SHAPE_CLASSES, ShapesDataset
 from msfusion.data.voc import VOCSegmentationDataset
 
 __all__ = [

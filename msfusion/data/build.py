@@ -21,19 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from msfusion.data.ade20k import ADE20KDataset
-from msfusion.data.base import SegmentationDataset
 from msfusion.data.cityscapes import CityscapesDataset
 from msfusion.data.coco_stuff import COCOStuffDataset
 from msfusion.data.folder import FolderDataset
 from msfusion.data.isaid import ISAIDDataset
 from msfusion.data.pascal_context import PascalContextDataset
-from msfusion.data.shapes import ShapesDataset
-from msfusion.data.transforms import (
+from msfusion.data.segmentation import SegmentationDataset
+from msfusion.data.segmentation_transforms import (
     IGNORE_INDEX,
     Transform,
     build_eval_transforms,
     build_train_transforms,
 )
+from msfusion.data.shapes import ShapesDataset
 from msfusion.data.voc import VOCSegmentationDataset
 
 DATASET_TYPES: dict[str, type[SegmentationDataset]] = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_TO_TRAIN_ID,
@@ -21,6 +20,7 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "Cityscapes",
@@ -44,7 +44,7 @@ class CityscapesDataset(PublicSegmentationDataset):
 
     ``root`` holds ``leftImg8bit/`` and ``gtFine/``; ``split`` is ``"train"``,
     ``"val"`` or ``"test"``. The other arguments are
-    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = CITYSCAPES_CLASSES

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from msfusion.data.base import RawSample, SegmentationDataset
 from msfusion.data.folder import write_classes_yaml, write_folder_sample
-from msfusion.data.transforms import Transform
+from msfusion.data.segmentation import RawSample, SegmentationDataset
+from msfusion.data.segmentation_transforms import Transform
 
 SHAPE_CLASSES: list[str] = ["background", "circle", "square", "triangle", "star", "cross", "bar"]
 _CLASS_HUES = {1: 0.0, 2: 60.0, 3: 120.0, 4: 180.0, 5: 240.0, 6: 300.0}  # degrees

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from msfusion.data.image_io import read_image, read_label
 from msfusion.data.label_maps import IGNORE_INDEX, INVALID, InvalidSampleError, apply_table
-from msfusion.data.transforms import Transform, build_eval_transforms
+from msfusion.data.segmentation_transforms import Transform, build_eval_transforms
 
 Color = tuple[int, int, int]
 BadFilePolicy = Literal["raise", "skip"]
@@ -91,7 +91,7 @@ class SegmentationDataset(Dataset, ABC):
         classes: Class names, index = train id.
         palette: One RGB colour per class, for drawing.
         transforms: ``(sample, rng) -> sample`` ending in tensors (see
-            ``msfusion.data.transforms``); None normalises and converts only.
+            ``msfusion.data.segmentation_transforms``); None normalises and converts only.
         aug_seed: Seed for reproducible augmentation, see the module doc.
     """
 
@@ -161,7 +161,7 @@ class SegmentationDataset(Dataset, ABC):
             # The transforms see arrays, not files: name the file here (e.g. a resize to a 0-pixel side).
             raise InvalidSampleError(f"{raw.path}: {error}", raw.path) from error
         if not isinstance(out.get("image"), torch.Tensor):
-            raise TypeError("transforms must end with ToTensor() (see msfusion.data.transforms)")
+            raise TypeError("transforms must end with ToTensor() (see msfusion.data.segmentation_transforms)")
         if "instance_masks" in out:
             visible = out["instance_masks"].flatten(1).any(dim=1)
             out["instance_masks"] = out["instance_masks"][visible]

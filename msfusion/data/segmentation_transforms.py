@@ -56,7 +56,7 @@ no new label value can appear.
 Reproducibility: every transform is called as ``transform(sample, rng)``
 with a ``numpy.random.Generator`` and draws all randomness from it. The
 datasets create that generator per sample (see
-``msfusion.data.base.SegmentationDataset``): from ``(aug_seed, epoch, index)``
+``msfusion.data.segmentation.SegmentationDataset``): from ``(aug_seed, epoch, index)``
 when an ``aug_seed`` is given, which makes augmentation independent of worker
 count and order, and otherwise from torch's RNG, which ``torch.manual_seed``
 and DataLoader worker seeding make reproducible.
