@@ -79,8 +79,8 @@ def test_bad_lines_name_the_file_and_line(tmp_path: Path, line: str, match: str)
 
 
 def test_table8_recipe_loads_builds_and_trains_a_step(tmp_path: Path) -> None:
+    from msfusion.data import build_detection_dataset
     from msfusion.data.detection import collate_detection
-    from msfusion.data.detection_build import build_detection_dataset
     from msfusion.engine.config import load_config
     from msfusion.engine.detection import DetectionTask
     from msfusion.models.detector import build_detector

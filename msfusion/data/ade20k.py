@@ -12,6 +12,7 @@ from pathlib import Path
 from msfusion.data.class_names import ADE20K_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
@@ -25,6 +26,7 @@ _SPLITS = {"train": "training", "val": "validation", "training": "training",
            "validation": "validation"}  # fmt: skip
 
 
+@register_dataset("ade20k", task="segmentation")
 class ADE20KDataset(PublicSegmentationDataset):
     """ADE20K scene parsing, 150 classes, raw label 0 ignored.
 

@@ -20,6 +20,7 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
@@ -39,6 +40,7 @@ LABEL_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(CITYSCAPES_CLASSES))
 
 
+@register_dataset("cityscapes", task="segmentation")
 class CityscapesDataset(PublicSegmentationDataset):
     """Cityscapes ``gtFine``, label ids mapped to the 19 train ids.
 

@@ -19,6 +19,7 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
@@ -41,6 +42,7 @@ RAW_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(COCO_STUFF_CLASSES))
 
 
+@register_dataset("coco_stuff", task="segmentation")
 class COCOStuffDataset(PublicSegmentationDataset):
     """COCO-Stuff 164k semantic segmentation, 171 classes.
 

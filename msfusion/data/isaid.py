@@ -15,6 +15,7 @@ from pathlib import Path
 from msfusion.data.class_names import ISAID_CLASSES, ISAID_PALETTE
 from msfusion.data.label_maps import identity_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
@@ -27,6 +28,7 @@ LAYOUT = DatasetLayout(
 _LABEL_SUFFIX = "_instance_color_RGB.png"
 
 
+@register_dataset("isaid", task="segmentation")
 class ISAIDDataset(PublicSegmentationDataset):
     """iSAID patches in the mmseg layout.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from msfusion.data.class_names import PASCAL_CONTEXT_59_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
@@ -25,6 +26,7 @@ LAYOUT = DatasetLayout(
 )
 
 
+@register_dataset("pascal_context", task="segmentation")
 class PascalContextDataset(PublicSegmentationDataset):
     """Pascal Context 59 classes, background ignored.
 
