@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from test_data_transforms import ScriptedRng
 
 from msfusion.data import Normalize, Pad, PhotoMetricDistortion, RandomCrop, RandomFlip, ToTensor
 from msfusion.data.segmentation_transforms import (
@@ -16,7 +17,6 @@ from msfusion.data.segmentation_transforms import (
     adjust_saturation_hue,
     build_train_transforms,
 )
-from tests.test_data_transforms import ScriptedRng
 
 
 def _colorsys_reference(image: np.ndarray, saturation: float | None, hue: float | None) -> np.ndarray:
