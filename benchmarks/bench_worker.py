@@ -241,7 +241,7 @@ class MsfusionSubject:
     def prepare_data(self, images: list, masks: list) -> None:
         import numpy as np
 
-        from msfusion.data.transforms import build_train_transforms
+        from msfusion.data.segmentation_transforms import build_train_transforms
 
         self.pipeline = build_train_transforms(512)
         self.samples = [dict(image=img, mask=mask) for img, mask in zip(images, masks, strict=True)]

@@ -162,7 +162,7 @@ def model_input(model: nn.Module, image: np.ndarray | Tensor) -> tuple[Any, tupl
                 return [x], (model.image_size, model.image_size)
     finally:
         model.train(was_training)
-    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from msfusion.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
 
     mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1) / 255
     std = x.new_tensor(IMAGENET_STD).view(3, 1, 1) / 255

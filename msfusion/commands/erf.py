@@ -38,7 +38,7 @@ def load_normalised_image(path: Path, size: tuple[int, int] | None) -> tuple[np.
     from PIL import Image
 
     from msfusion.data.image_io import read_image
-    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from msfusion.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")

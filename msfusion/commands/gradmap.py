@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         save_gradient_map_figure,
     )
     from msfusion.commands import build_analysis_model
-    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from msfusion.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if args.target is not None and len(args.target) != len(args.image):
         raise ValueError(f"give one --target per --image ({len(args.image)} images, {len(args.target)} targets)")

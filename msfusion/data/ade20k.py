@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import ADE20K_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "ADE20K",
@@ -25,12 +26,13 @@ _SPLITS = {"train": "training", "val": "validation", "training": "training",
            "validation": "validation"}  # fmt: skip
 
 
+@register_dataset("ade20k", task="segmentation")
 class ADE20KDataset(PublicSegmentationDataset):
     """ADE20K scene parsing, 150 classes, raw label 0 ignored.
 
     ``root`` is ``ADEChallengeData2016`` or its parent folder; ``split`` is
     ``"train"`` / ``"training"`` or ``"val"`` / ``"validation"``. The other
-    arguments are :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    arguments are :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = ADE20K_CLASSES

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_TO_TRAIN_ID,
@@ -21,6 +20,8 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "Cityscapes",
@@ -39,12 +40,13 @@ LABEL_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(CITYSCAPES_CLASSES))
 
 
+@register_dataset("cityscapes", task="segmentation")
 class CityscapesDataset(PublicSegmentationDataset):
     """Cityscapes ``gtFine``, label ids mapped to the 19 train ids.
 
     ``root`` holds ``leftImg8bit/`` and ``gtFine/``; ``split`` is ``"train"``,
     ``"val"`` or ``"test"``. The other arguments are
-    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = CITYSCAPES_CLASSES

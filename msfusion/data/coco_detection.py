@@ -60,6 +60,7 @@ import numpy as np
 from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import read_image
+from msfusion.data.registry import register_dataset
 
 __all__ = ["COCODetection", "BadAnnotationError", "rle_run_lengths"]
 
@@ -158,6 +159,7 @@ def _check_segmentation(segm: Any, height: int, width: int) -> str | None:
     return None
 
 
+@register_dataset("coco", task="detection")
 class COCODetection(DetectionDataset):
     """COCO-format detection dataset.
 

@@ -47,9 +47,11 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 
+from msfusion.data.base_dataset import boxes_from_masks
 from msfusion.data.detection import DetectionDataset, DetectionSample
-from msfusion.data.detection_transforms import DetectionTransforms, boxes_from_masks, to_tv_target
+from msfusion.data.detection_transforms import DetectionTransforms, to_tv_target
 from msfusion.data.image_io import read_image
+from msfusion.data.registry import register_dataset
 
 __all__ = [
     "PanopticSample",
@@ -221,6 +223,7 @@ class PanopticDataset(DetectionDataset):
         return {"image": image, "target": target, "image_id": sample.image_id, "path": sample.path}
 
 
+@register_dataset("coco_panoptic", task="panoptic")
 class COCOPanoptic(PanopticDataset):
     """COCO panoptic format (module doc).
 

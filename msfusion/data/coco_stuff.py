@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import (
     COCO_STUFF_CLASSES,
     COCO_STUFF_NUM_RAW_IDS,
@@ -20,6 +19,8 @@ from msfusion.data.class_names import (
 )
 from msfusion.data.label_maps import identity_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "COCO-Stuff 164k",
@@ -41,12 +42,13 @@ RAW_ID_TABLE = table_from_mapping(
 TRAIN_ID_TABLE = identity_table(len(COCO_STUFF_CLASSES))
 
 
+@register_dataset("coco_stuff", task="segmentation")
 class COCOStuffDataset(PublicSegmentationDataset):
     """COCO-Stuff 164k semantic segmentation, 171 classes.
 
     ``root`` holds ``images/`` and ``annotations/``; ``split`` is ``"train"`` /
     ``"train2017"`` or ``"val"`` / ``"val2017"``. The other arguments are
-    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = COCO_STUFF_CLASSES

@@ -23,24 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from msfusion.data.build import check_keys
-from msfusion.data.detection_transforms import (
-    CopyPaste,
-    DetectionTransforms,
-    boxes_from_masks,
-    build_detection_transforms,
-    to_tv_target,
-)
+from msfusion.data.base_dataset import BaseDataset, boxes_from_masks
+from msfusion.data.detection_transforms import CopyPaste, DetectionTransforms, to_tv_target
+from msfusion.data.registry import register_dataset
 
 __all__ = [
     "DetectionSample",
@@ -75,22 +69,26 @@ class DetectionSample:
     ignore: np.ndarray | None = None
 
 
-class DetectionDataset(Dataset, ABC):
+class DetectionDataset(BaseDataset):
     """Base of the detection datasets: transforms, copy-paste, the sample contract, COCO ground truth.
 
     Subclasses implement ``__len__`` and ``load(index) -> DetectionSample``.
+    ``num_classes`` counts the background (``build_detector``'s ``num_classes``).
 
     Args:
         classes: names with ``"background"`` first.
         label_to_category: category id of each label (index 0 unused).
         transforms: a ``DetectionTransforms`` or ``{"kind": ..., **kwargs}``
-            for ``build_detection_transforms``; None: the eval pipeline.
+            naming a pipeline registered for ``"detection"`` (``"eval"``,
+            ``"train"``, ``"lsj"``); None: the eval pipeline.
         copy_paste: paste objects of a second random sample (``True``, a
             probability, or ``{"prob": p, "max_covered": f}``); needs
             same-size samples, i.e. the ``"lsj"`` transforms.
         aug_seed: augmentation seed; with it, image ``i`` of epoch ``e`` is
             augmented identically in every run and with any worker count.
     """
+
+    transforms_task = "detection"
 
     def __init__(
         self,
@@ -102,33 +100,14 @@ class DetectionDataset(Dataset, ABC):
     ) -> None:
         if len(classes) != len(label_to_category):
             raise ValueError(f"{len(classes)} classes but {len(label_to_category)} category ids")
-        self.classes = list(classes)
+        super().__init__(classes, transforms, aug_seed)
         self.label_to_category = [int(c) for c in label_to_category]
-        self.transforms = _build_transforms(transforms)
         self.copy_paste = _build_copy_paste(copy_paste)
-        self.aug_seed = aug_seed
-        self.epoch = 0
         self._coco_gt = None
-
-    @property
-    def num_classes(self) -> int:
-        """Classes including the background (``build_detector``'s ``num_classes``)."""
-        return len(self.classes)
-
-    @abstractmethod
-    def __len__(self) -> int: ...
 
     @abstractmethod
     def load(self, index: int) -> DetectionSample:
         """The sample at ``index`` without transforms."""
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _rng(self, index: int) -> np.random.Generator:
-        if self.aug_seed is not None:
-            return np.random.default_rng([self.aug_seed, self.epoch, index])
-        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
     def _transformed(self, sample: DetectionSample, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         keep = np.ones(len(sample.labels), dtype=bool) if sample.ignore is None else ~sample.ignore
@@ -144,15 +123,12 @@ class DetectionDataset(Dataset, ABC):
         return self.transforms(image, target, rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        length = len(self)
-        if not -length <= index < length:
-            raise IndexError(f"index {index} out of range for a dataset of {length} images")
-        index %= length
+        index = self._check_index(index)
         rng = self._rng(index)
         sample = self.load(index)
         image, target = self._transformed(sample, rng)
         if self.copy_paste is not None:
-            other = int(rng.integers(0, length))
+            other = int(rng.integers(0, len(self)))
             src_image, src_target = self._transformed(self.load(other), rng)
             image, target = self.copy_paste(image, target, src_image, src_target, rng)
         target["image_id"] = sample.image_id
@@ -165,22 +141,6 @@ class DetectionDataset(Dataset, ABC):
                 (self.load(i) for i in range(len(self))), self.classes, self.label_to_category
             )
         return self._coco_gt
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_images={len(self)}, num_classes={self.num_classes})"
-
-
-def _build_transforms(spec: DetectionTransforms | Mapping[str, Any] | None) -> DetectionTransforms:
-    if spec is None:
-        return build_detection_transforms("eval")
-    if isinstance(spec, Mapping):
-        kwargs = dict(spec)
-        kind = kwargs.pop("kind", kwargs.pop("type", "eval"))
-        check_keys("detection transforms", build_detection_transforms, kwargs, exclude=("self", "kind"))
-        return build_detection_transforms(kind, **kwargs)
-    if not callable(spec):
-        raise TypeError(f"transforms must be a DetectionTransforms or a dict, got {type(spec).__name__}")
-    return spec
 
 
 def _build_copy_paste(spec: bool | float | Mapping[str, Any]) -> CopyPaste | None:
@@ -230,6 +190,7 @@ def coco_gt_from_samples(samples: Any, classes: Sequence[str], label_to_category
     return gt
 
 
+@register_dataset("shapes", task="detection")
 class ShapesDetection(DetectionDataset):
     """The detection split of the synthetic shapes data (``msfusion.data.shapes``).
 
@@ -271,7 +232,7 @@ class ShapesDetection(DetectionDataset):
         return len(self.shapes)
 
     def load(self, index: int) -> DetectionSample:
-        raw = self.shapes._load(index)
+        raw = self.shapes.load(index)
         masks = raw.instance_masks
         boxes = boxes_from_masks(torch.from_numpy(masks)).numpy()
         return DetectionSample(raw.image, boxes, raw.labels, masks, image_id=index + 1, path=raw.path)

@@ -14,7 +14,8 @@ the image. A pipeline is ``(image, target, rng) -> (image, target)``:
 The output image is float32 in [0, 1] and **not normalised**: the detector
 (torchvision's ``GeneralizedRCNNTransform``) normalises, so it happens once.
 
-Pipelines (``build_detection_transforms(kind=...)``):
+Pipelines (``build_detection_transforms(kind=...)``, registered for the
+``"detection"`` task of ``msfusion.data.registry``):
 
 - ``"eval"``: nothing geometric: predictions come back in the image's own
   pixels, and the detector's ``min_size`` / ``max_size`` set the test scale.
@@ -49,31 +50,18 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from msfusion.data.base_dataset import boxes_from_masks
+from msfusion.data.registry import build_transforms, register_transform
+
 __all__ = [
     "DetectionTransforms",
     "CopyPaste",
     "build_detection_transforms",
-    "boxes_from_masks",
+    "eval_transforms",
+    "lsj_transforms",
     "to_tv_target",
-    "TRANSFORM_KINDS",
+    "train_transforms",
 ]
-
-TRANSFORM_KINDS = ("eval", "train", "lsj")
-
-
-def boxes_from_masks(masks: Tensor) -> Tensor:
-    """Tight XYXY boxes (N, 4) float32 of (N, H, W) masks, in pixel-edge coordinates (empty mask: zeros)."""
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    masks = masks.bool()
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    height, width = masks.shape[1:]
-    y0 = rows.to(torch.uint8).argmax(dim=1)
-    y1 = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    x0 = cols.to(torch.uint8).argmax(dim=1)
-    x1 = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
-    return boxes * masks.flatten(1).any(dim=1, keepdim=True)
 
 
 def to_tv_target(boxes: Tensor, labels: Tensor, size: tuple[int, int], masks: Tensor | None = None) -> dict[str, Any]:
@@ -152,39 +140,68 @@ class DetectionTransforms:
         return self.finish(image, target)
 
 
-def build_detection_transforms(
-    kind: str = "eval",
-    *,
-    scales: Sequence[int] | None = None,
-    max_size: int = 1333,
-    flip_prob: float = 0.5,
-    size: int = 1024,
-    scale_range: Sequence[float] = (0.1, 2.0),
-    min_box_size: float = 1.0,
-) -> DetectionTransforms:
-    """A detection pipeline by name (module doc).
+def build_detection_transforms(kind: str = "eval", **kwargs: Any) -> DetectionTransforms:
+    """A detection pipeline by name (module doc): the registered builder of ``kind`` called with ``kwargs``.
 
     Args:
-        kind: ``"eval"``, ``"train"`` or ``"lsj"``.
-        scales: ``"train"``: shortest-side sizes drawn per image (None: no resize).
-        max_size: ``"train"``: cap of the longer side.
-        flip_prob: horizontal flip probability (``"train"``, ``"lsj"``).
-        size: ``"lsj"``: the square output side (1024 in the paper).
-        scale_range: ``"lsj"``: the jitter range (0.1-2.0 in the paper).
-        min_box_size: drop instances smaller than this after the transforms.
+        kind: ``"eval"``, ``"train"`` or ``"lsj"`` (any name registered with
+            ``register_transform(name, task="detection")``).
+        kwargs: the builder's arguments (:func:`eval_transforms`,
+            :func:`train_transforms`, :func:`lsj_transforms`).
+
+    Raises:
+        ValueError: unknown kind or key, naming the allowed ones.
     """
-    if kind not in TRANSFORM_KINDS:
-        raise ValueError(f"detection transforms kind must be one of {TRANSFORM_KINDS}, got {kind!r}")
+    return build_transforms({"kind": kind, **kwargs}, task="detection")
+
+
+def _check_flip(flip_prob: float) -> None:
     if not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-    if kind == "eval":
-        return DetectionTransforms((), min_box_size=0.0)
-    if kind == "train":
-        ops: list[Any] = []
-        if scales:
-            ops.append(v2.RandomShortestSize(list(scales), max_size=max_size))
-        ops.append(v2.RandomHorizontalFlip(flip_prob))
-        return DetectionTransforms(ops, min_box_size=min_box_size)
+
+
+@register_transform("eval", task="detection")
+def eval_transforms(min_box_size: float = 0.0) -> DetectionTransforms:
+    """Nothing geometric: predictions come back in the image's own pixels (module doc)."""
+    return DetectionTransforms((), min_box_size=min_box_size)
+
+
+@register_transform("train", task="detection")
+def train_transforms(
+    scales: Sequence[int] | None = None, max_size: int = 1333, flip_prob: float = 0.5, min_box_size: float = 1.0
+) -> DetectionTransforms:
+    """Multi-scale shortest-side resize and horizontal flip.
+
+    Args:
+        scales: shortest-side sizes drawn per image (None: no resize).
+        max_size: cap of the longer side.
+        flip_prob: horizontal flip probability.
+        min_box_size: drop instances smaller than this after the transforms.
+    """
+    _check_flip(flip_prob)
+    ops: list[Any] = []
+    if scales:
+        ops.append(v2.RandomShortestSize(list(scales), max_size=max_size))
+    ops.append(v2.RandomHorizontalFlip(flip_prob))
+    return DetectionTransforms(ops, min_box_size=min_box_size)
+
+
+@register_transform("lsj", task="detection")
+def lsj_transforms(
+    size: int = 1024,
+    scale_range: Sequence[float] = (0.1, 2.0),
+    flip_prob: float = 0.5,
+    min_box_size: float = 1.0,
+) -> DetectionTransforms:
+    """Large-scale jittering (Ghiasi et al., arXiv 2012.07177, Sec. 3), boxes recomputed from the masks.
+
+    Args:
+        size: the square output side (1024 in the paper).
+        scale_range: the jitter range (0.1-2.0 in the paper).
+        flip_prob: horizontal flip probability.
+        min_box_size: drop instances smaller than this after the transforms.
+    """
+    _check_flip(flip_prob)
     low, high = (float(s) for s in scale_range)
     if not 0 < low <= high:
         raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")

@@ -27,11 +27,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
 from msfusion.data.class_names import pascal_colormap
 from msfusion.data.label_maps import IGNORE_INDEX, identity_table, reduce_zero_label_table, table_from_mapping
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.segmentation_transforms import Transform
 
 LAYOUT = DatasetLayout(
     "folder dataset",
@@ -117,6 +118,7 @@ def _label_table(num_classes: int, value_map: Mapping[int, int] | None, reduce_z
     return table_from_mapping(value_map)
 
 
+@register_dataset("folder", task="segmentation")
 class FolderDataset(FileSegmentationDataset):
     """Images and masks in the generic folder layout (see the module doc).
 

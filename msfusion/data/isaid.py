@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import ISAID_CLASSES, ISAID_PALETTE
 from msfusion.data.label_maps import identity_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "iSAID",
@@ -27,12 +28,13 @@ LAYOUT = DatasetLayout(
 _LABEL_SUFFIX = "_instance_color_RGB.png"
 
 
+@register_dataset("isaid", task="segmentation")
 class ISAIDDataset(PublicSegmentationDataset):
     """iSAID patches in the mmseg layout.
 
     ``root`` holds ``img_dir/`` and ``ann_dir/``; ``split`` is ``"train"`` or
     ``"val"``. The other arguments are
-    :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = ISAID_CLASSES

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import PublicSegmentationDataset, SamplePaths
 from msfusion.data.class_names import PASCAL_CONTEXT_59_CLASSES, pascal_colormap
 from msfusion.data.label_maps import reduce_zero_label_table
 from msfusion.data.layout import DatasetLayout
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import PublicSegmentationDataset, SamplePaths
 
 LAYOUT = DatasetLayout(
     "Pascal Context",
@@ -25,12 +26,13 @@ LAYOUT = DatasetLayout(
 )
 
 
+@register_dataset("pascal_context", task="segmentation")
 class PascalContextDataset(PublicSegmentationDataset):
     """Pascal Context 59 classes, background ignored.
 
     ``root`` is ``VOC2010`` or one of its parents; ``split`` is ``"train"`` or
     ``"val"`` (a file in ``ImageSets/SegmentationContext``). The other
-    arguments are :class:`~msfusion.data.base.PublicSegmentationDataset`'s.
+    arguments are :class:`~msfusion.data.segmentation.PublicSegmentationDataset`'s.
     """
 
     CLASSES = PASCAL_CONTEXT_59_CLASSES

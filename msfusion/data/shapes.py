@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from msfusion.data.base import RawSample, SegmentationDataset
 from msfusion.data.folder import write_classes_yaml, write_folder_sample
-from msfusion.data.transforms import Transform
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import RawSample, SegmentationDataset
+from msfusion.data.segmentation_transforms import Transform
 
 SHAPE_CLASSES: list[str] = ["background", "circle", "square", "triangle", "star", "cross", "bar"]
 _CLASS_HUES = {1: 0.0, 2: 60.0, 3: 120.0, 4: 180.0, 5: 240.0, 6: 300.0}  # degrees
@@ -203,6 +204,7 @@ def render_shapes(
     return image, mask, instance_masks, drawn_labels[visible].astype(np.int64)
 
 
+@register_dataset("shapes", task="segmentation")
 class ShapesDataset(SegmentationDataset):
     """Synthetic multi-scale shapes (see the module doc), generated on the fly.
 
@@ -259,7 +261,7 @@ class ShapesDataset(SegmentationDataset):
             self.max_object_fraction,
         )  # fmt: skip
 
-    def _load(self, index: int) -> RawSample:
+    def load(self, index: int) -> RawSample:
         image, mask, instance_masks, labels = self._render(index)
         sample = RawSample(image=image, mask=mask, path=f"shapes/{self.split}/{index}")
         if self.with_instances:

@@ -18,6 +18,7 @@ from typing import Any
 
 from msfusion.data.coco_panoptic import PanopticDataset, PanopticSample, masks_to_panoptic, write_coco_panoptic
 from msfusion.data.detection_transforms import DetectionTransforms
+from msfusion.data.registry import register_dataset
 from msfusion.data.shapes import SHAPE_CLASSES, SHAPE_PALETTE, ShapesDataset
 
 __all__ = ["ShapesPanoptic", "write_shapes_panoptic"]
@@ -25,6 +26,7 @@ __all__ = ["ShapesPanoptic", "write_shapes_panoptic"]
 STUFF_CLASSES = ["backdrop"]  # "background" is label 0 (torchvision's convention)
 
 
+@register_dataset("shapes", task="panoptic")
 class ShapesPanoptic(PanopticDataset):
     """Shapes as panoptic segmentation (module doc).
 
@@ -60,7 +62,7 @@ class ShapesPanoptic(PanopticDataset):
         return len(self.shapes)
 
     def load_panoptic(self, index: int) -> PanopticSample:
-        raw = self.shapes._load(index)
+        raw = self.shapes.load(index)
         ids = masks_to_panoptic(raw.instance_masks, raw.path)
         segments = [{"id": i + 1, "label": int(lab), "iscrowd": 0} for i, lab in enumerate(raw.labels)]
         if (ids == 0).any():

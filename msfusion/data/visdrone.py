@@ -53,6 +53,7 @@ from msfusion.data.coco_detection import POLICIES, BadAnnotationError
 from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import IMAGE_SUFFIXES, read_image
+from msfusion.data.registry import register_dataset
 
 __all__ = ["VisDroneDetection", "VISDRONE_CLASSES", "parse_visdrone_annotation"]
 
@@ -100,6 +101,7 @@ def _parse_lines(path: Path) -> tuple[np.ndarray, list[int]]:
     return np.asarray(rows, dtype=np.float64).reshape(-1, NUM_FIELDS), numbers
 
 
+@register_dataset("visdrone", task="detection")
 class VisDroneDetection(DetectionDataset):
     """VisDrone-DET (module doc).
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msfusion.data.base import BadFilePolicy, FileSegmentationDataset, SamplePaths
 from msfusion.data.class_names import VOC_CLASSES, pascal_colormap
 from msfusion.data.label_maps import identity_table
 from msfusion.data.layout import DatasetLayout
-from msfusion.data.transforms import Transform
+from msfusion.data.registry import register_dataset
+from msfusion.data.segmentation import BadFilePolicy, FileSegmentationDataset, SamplePaths
+from msfusion.data.segmentation_transforms import Transform
 
 LAYOUT = DatasetLayout(
     "Pascal VOC 2012",
@@ -29,6 +30,7 @@ LAYOUT = DatasetLayout(
 )
 
 
+@register_dataset("voc", task="segmentation")
 class VOCSegmentationDataset(FileSegmentationDataset):
     """Pascal VOC 2012 semantic segmentation.
 

@@ -44,6 +44,7 @@ from msfusion.data.coco_detection import POLICIES, BadAnnotationError
 from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import read_image
+from msfusion.data.registry import register_dataset
 
 __all__ = ["VOCDetection", "VOC_DETECTION_CLASSES"]
 
@@ -53,6 +54,7 @@ VOC_DETECTION_CLASSES = (
 )  # fmt: skip
 
 
+@register_dataset("voc", task="detection")
 class VOCDetection(DetectionDataset):
     """Pascal VOC detection (boxes only).
 

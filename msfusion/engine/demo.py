@@ -136,7 +136,7 @@ def run_demo(
         num_examples: validation images in ``predictions.png``.
         overwrite: replace an earlier demo run in ``out_dir``; without it that is an error.
     """
-    from msfusion.data.transforms import denormalize
+    from msfusion.data.segmentation_transforms import denormalize
     from msfusion.engine.evaluator import segment
     from msfusion.engine.metrics import format_metrics_table, save_metrics
     from msfusion.engine.visualize import plot_training_curve, prediction_grid

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from msfusion.data.registry import dataset_types as registered_dataset_types
 from msfusion.engine.distributed import DistInfo
 from msfusion.engine.task_base import Task
 
@@ -115,7 +116,7 @@ class DetectionTask(Task):
     name = "detection"
     primary_metric = "bbox_AP"
     dataset_example = "{type: coco, images: DIR, annotations: FILE}"
-    dataset_types = "coco, voc, shapes"
+    dataset_types = ", ".join(registered_dataset_types("detection"))
 
     def __init__(self, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> None:
         self.score_thresh = score_thresh
@@ -143,7 +144,7 @@ class DetectionTask(Task):
         return super().build_eval_dataset(cfg)
 
     def build_dataset(self, description: dict[str, Any]) -> Any:
-        from msfusion.data.detection_build import build_detection_dataset
+        from msfusion.data import build_detection_dataset
 
         return build_detection_dataset(description, getattr(self, "model_predicts_masks", None))
 

@@ -28,9 +28,6 @@ gathered, so every rank returns the same metrics.
 
 from __future__ import annotations
 
-import copy
-import difflib
-import inspect
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from msfusion.data import build_panoptic_dataset
+from msfusion.data.registry import dataset_types as registered_dataset_types
 from msfusion.engine.detection import DetectionTask
 from msfusion.engine.distributed import DistInfo
 from msfusion.engine.panoptic_metrics import PanopticQuality
@@ -56,32 +55,8 @@ __all__ = [
     "PANOPTIC_DATASET_TYPES",
 ]
 
-PANOPTIC_DATASET_TYPES = ("shapes", "coco_panoptic")
-
-
-def _types() -> dict[str, Any]:
-    from msfusion.data.coco_panoptic import COCOPanoptic
-    from msfusion.data.shapes_panoptic import ShapesPanoptic
-
-    return {"shapes": ShapesPanoptic, "coco_panoptic": COCOPanoptic}
-
-
-def build_panoptic_dataset(cfg: Mapping[str, Any]) -> Any:
-    """A panoptic dataset from ``{"type": "coco_panoptic" | "shapes", **constructor kwargs}``."""
-    kwargs = copy.deepcopy(dict(cfg))
-    kind = kwargs.pop("type", None)
-    types = _types()
-    if kind not in types:
-        close = difflib.get_close_matches(str(kind), list(types), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown panoptic dataset type {kind!r}; choose one of {sorted(types)}.{hint}")
-    allowed = [p for p in inspect.signature(types[kind]).parameters if p != "self"]
-    for key in kwargs:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {key!r} for panoptic dataset {kind!r}; allowed keys: {allowed}.{hint}")
-    return types[kind](**kwargs)
+#: The registered panoptic dataset types (a view of ``msfusion.data.registry``).
+PANOPTIC_DATASET_TYPES = registered_dataset_types("panoptic")
 
 
 class PanopticTask(DetectionTask):

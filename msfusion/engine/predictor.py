@@ -82,7 +82,7 @@ def predict_array(
         ValueError: not an (H, W, 3) uint8 image, NaN or infinite values, a
             resize to a 0-pixel side, or bad test options.
     """
-    from msfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, rescale_size, resize_sample
+    from msfusion.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD, rescale_size, resize_sample
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:

@@ -31,14 +31,15 @@ __all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
 
 def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
     """The dataset description of ``split`` with the recipe's transforms and policies filled in."""
-    from msfusion.data import DATASET_TYPES
+    from msfusion.data.registry import datasets
 
+    types = datasets("segmentation")
     cfg = dict(data_cfg[split])
     if not cfg:
         return {}
     if "type" not in cfg:
-        raise ValueError(f"data.{split} needs a 'type' (one of {sorted(DATASET_TYPES)})")
-    accepted = set(inspect.signature(DATASET_TYPES[cfg["type"]]).parameters) if cfg["type"] in DATASET_TYPES else set()
+        raise ValueError(f"data.{split} needs a 'type' (one of {sorted(types)})")
+    accepted = set(inspect.signature(types[cfg["type"]]).parameters) if cfg["type"] in types else set()
     if "transforms" not in cfg:
         if split == "train":
             cfg["transforms"] = {

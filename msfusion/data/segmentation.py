@@ -1,4 +1,4 @@
-"""The sample contract shared by every msfusion dataset, and file-backed datasets.
+"""Semantic segmentation data: the sample contract, file-backed datasets and batching.
 
 ``dataset[i]`` returns a dict (the engine relies on it):
 
@@ -8,27 +8,22 @@
 - with instances (``ShapesDataset(with_instances=True)``): ``"instance_masks"``
   ``(N, H, W)`` bool (visible parts, in the transformed geometry), ``"labels"``
   ``(N,)`` int64 and ``"boxes"`` ``(N, 4)`` float32 xyxy computed from those
-  masks after the transforms, so crops and flips never leave stale boxes.
-
-Boxes use pixel-edge coordinates: an instance covering columns ``x0..x1``
-gets ``x_min = x0`` and ``x_max = x1 + 1``, so a one-pixel object still has
-a positive area (torchvision detectors reject empty boxes).
+  masks after the transforms (``boxes_from_masks``, pixel-edge coordinates),
+  so crops and flips never leave stale boxes.
 
 Each dataset has ``classes``, ``palette``, ``num_classes``, ``ignore_index``
 (255) and ``load_raw(i) -> (image (H, W, 3) uint8, mask (H, W) uint8)``.
 
-Augmentation randomness comes from a per-sample ``numpy.random.Generator``:
-seeded from ``(aug_seed, epoch, index)`` when the dataset has an ``aug_seed``
-(call ``set_epoch`` every epoch, before creating the DataLoader iterator), and
-from torch's RNG otherwise (reproducible under ``torch.manual_seed``, with
-DataLoader workers seeded by torch as usual).
+Transforms, ``aug_seed`` / ``set_epoch`` and the ``load(index)`` hook are
+those of ``msfusion.data.base_dataset.BaseDataset``, the base of every task's
+datasets. ``collate_segmentation`` batches samples for a DataLoader.
 """
 
 from __future__ import annotations
 
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +31,22 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+import torch.nn.functional as F
 
+from msfusion.data.base_dataset import BaseDataset, boxes_from_masks
 from msfusion.data.image_io import read_image, read_label
 from msfusion.data.label_maps import IGNORE_INDEX, INVALID, InvalidSampleError, apply_table
-from msfusion.data.transforms import Transform, build_eval_transforms
+from msfusion.data.segmentation_transforms import Transform
+
+__all__ = [
+    "BadFilePolicy",
+    "FileSegmentationDataset",
+    "PublicSegmentationDataset",
+    "RawSample",
+    "SamplePaths",
+    "SegmentationDataset",
+    "collate_segmentation",
+]
 
 Color = tuple[int, int, int]
 BadFilePolicy = Literal["raise", "skip"]
@@ -65,63 +71,38 @@ class RawSample:
     labels: np.ndarray | None = None
 
 
-def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Tight xyxy boxes of ``(N, H, W)`` bool masks in pixel-edge coordinates.
+class SegmentationDataset(BaseDataset):
+    """Base of the segmentation datasets: applies transforms and returns the contract (module doc).
 
-    Returns:
-        ``(N, 4)`` float32; masks must be non-empty.
-    """
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    height, width = masks.shape[1:]
-    y_min = rows.to(torch.uint8).argmax(dim=1)
-    y_max = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    x_min = cols.to(torch.uint8).argmax(dim=1)
-    x_max = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    return torch.stack([x_min, y_min, x_max, y_max], dim=1).to(torch.float32)
-
-
-class SegmentationDataset(Dataset, ABC):
-    """Base of all msfusion datasets: applies transforms and returns the contract.
-
-    Subclasses implement ``__len__`` and ``_load(index) -> RawSample``.
+    Subclasses implement ``__len__`` and ``load(index) -> RawSample``.
 
     Args:
         classes: Class names, index = train id.
         palette: One RGB colour per class, for drawing.
         transforms: ``(sample, rng) -> sample`` ending in tensors (see
-            ``msfusion.data.transforms``); None normalises and converts only.
+            ``msfusion.data.segmentation_transforms``), or a dict naming a
+            pipeline registered for ``"segmentation"`` (``{"type": "train",
+            "crop_size": 512}``); None normalises and converts only.
         aug_seed: Seed for reproducible augmentation, see the module doc.
     """
 
+    transforms_task = "segmentation"
     ignore_index: int = IGNORE_INDEX
 
     def __init__(
         self,
         classes: Sequence[str],
         palette: Sequence[Sequence[int]],
-        transforms: Transform | None = None,
+        transforms: Transform | Mapping[str, Any] | None = None,
         aug_seed: int | None = None,
     ) -> None:
         if len(palette) != len(classes):
             raise ValueError(f"{len(classes)} classes but {len(palette)} palette colours")
-        self.classes: list[str] = list(classes)
+        super().__init__(classes, transforms, aug_seed)
         self.palette: list[Color] = [tuple(int(c) for c in color) for color in palette]
-        self.transforms = transforms if transforms is not None else build_eval_transforms()
-        self.aug_seed = aug_seed
-        self.epoch = 0
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (train ids ``0..num_classes-1``)."""
-        return len(self.classes)
 
     @abstractmethod
-    def __len__(self) -> int: ...
-
-    @abstractmethod
-    def _load(self, index: int) -> RawSample:
+    def load(self, index: int) -> RawSample:
         """The raw sample at ``index`` (image, mask in train ids, paths)."""
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,27 +111,12 @@ class SegmentationDataset(Dataset, ABC):
         Bad files are handled as in ``__getitem__`` (raise, or the next valid
         sample with ``on_bad_file="skip"``).
         """
-        sample = self._load(self._check_index(index))
+        sample = self.load(self._check_index(index))
         return sample.image, sample.mask
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of ``epoch`` (used with ``aug_seed``)."""
-        self.epoch = int(epoch)
-
-    def _rng(self, index: int) -> np.random.Generator:
-        if self.aug_seed is not None:
-            return np.random.default_rng([self.aug_seed, self.epoch, index])
-        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-
-    def _check_index(self, index: int) -> int:
-        length = len(self)
-        if not -length <= index < length:
-            raise IndexError(f"index {index} out of range for a dataset of {length} samples")
-        return index % length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        raw = self._load(index)
+        raw = self.load(index)
         sample: dict[str, Any] = {"image": raw.image, "mask": raw.mask}
         if raw.instance_masks is not None:
             sample["instance_masks"] = raw.instance_masks
@@ -161,7 +127,7 @@ class SegmentationDataset(Dataset, ABC):
             # The transforms see arrays, not files: name the file here (e.g. a resize to a 0-pixel side).
             raise InvalidSampleError(f"{raw.path}: {error}", raw.path) from error
         if not isinstance(out.get("image"), torch.Tensor):
-            raise TypeError("transforms must end with ToTensor() (see msfusion.data.transforms)")
+            raise TypeError("transforms must end with ToTensor() (see msfusion.data.segmentation_transforms)")
         if "instance_masks" in out:
             visible = out["instance_masks"].flatten(1).any(dim=1)
             out["instance_masks"] = out["instance_masks"][visible]
@@ -169,9 +135,6 @@ class SegmentationDataset(Dataset, ABC):
             out["boxes"] = boxes_from_masks(out["instance_masks"])
         out["path"] = raw.path
         return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_samples={len(self)}, num_classes={self.num_classes})"
 
 
 @dataclass(frozen=True)
@@ -323,7 +286,7 @@ class FileSegmentationDataset(SegmentationDataset):
             )
         return counts
 
-    def _load(self, index: int) -> RawSample:
+    def load(self, index: int) -> RawSample:
         if self.on_bad_file == "raise":
             return self.read_checked(index)
         for offset in range(len(self)):
@@ -380,3 +343,38 @@ class PublicSegmentationDataset(FileSegmentationDataset):
 
         Raises ``FileNotFoundError`` with the expected layout when a folder or file is missing.
         """
+
+
+_INSTANCE_KEYS = ("instance_masks", "labels", "boxes")
+
+
+def collate_segmentation(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch samples of the segmentation contract for a DataLoader.
+
+    Images and masks of different sizes are padded bottom-right to the
+    largest (images with 0, i.e. the mean colour after normalisation; masks
+    with the ignore index 255), each to its own largest size.
+
+    Returns:
+        ``"image"`` ``(B, 3, H, W)``, ``"mask"`` ``(B, H, W)``, ``"path"``
+        list of str, and when present ``"instance_masks"``, ``"labels"``,
+        ``"boxes"`` as lists (one tensor per sample, N varies).
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    out: dict[str, Any] = {
+        "image": _pad_stack([s["image"] for s in batch], 0.0),
+        "mask": _pad_stack([s["mask"] for s in batch], IGNORE_INDEX),
+        "path": [s["path"] for s in batch],
+    }
+    for key in _INSTANCE_KEYS:
+        if key in batch[0]:
+            out[key] = [s[key] for s in batch]
+    return out
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], value: float) -> torch.Tensor:
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    padded = [F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value) for t in tensors]
+    return torch.stack(padded)

@@ -10,15 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from msfusion.data import boxes_from_masks, build_detection_dataset
 from msfusion.data.coco_detection import BadAnnotationError, COCODetection
 from msfusion.data.detection import ShapesDetection, collate_detection
-from msfusion.data.detection_build import build_detection_dataset
-from msfusion.data.detection_transforms import (
-    CopyPaste,
-    boxes_from_masks,
-    build_detection_transforms,
-    to_tv_target,
-)
+from msfusion.data.detection_transforms import CopyPaste, build_detection_transforms, to_tv_target
 from msfusion.data.voc_detection import VOCDetection
 
 

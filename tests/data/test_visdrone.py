@@ -79,13 +79,13 @@ def test_bad_lines_name_the_file_and_line(tmp_path: Path, line: str, match: str)
 
 
 def test_table8_recipe_loads_builds_and_trains_a_step(tmp_path: Path) -> None:
+    from msfusion.data import build_detection_dataset
     from msfusion.data.detection import collate_detection
-    from msfusion.data.detection_build import build_detection_dataset
     from msfusion.engine.config import load_config
     from msfusion.engine.detection import DetectionTask
     from msfusion.models.detector import build_detector
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "fcos_r50_pan_fine_visdrone.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "fcos_r50_pan_fine_visdrone.yaml")
     assert cfg["task"] == "detection" and cfg["model"]["compose"]["fine"] is True
     assert cfg["model"]["kwargs"]["min_size"] == cfg["model"]["kwargs"]["max_size"] == 800  # Table 8: 800x800
     with torch.device("meta"):

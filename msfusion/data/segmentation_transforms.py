@@ -56,10 +56,15 @@ no new label value can appear.
 Reproducibility: every transform is called as ``transform(sample, rng)``
 with a ``numpy.random.Generator`` and draws all randomness from it. The
 datasets create that generator per sample (see
-``msfusion.data.base.SegmentationDataset``): from ``(aug_seed, epoch, index)``
+``msfusion.data.segmentation.SegmentationDataset``): from ``(aug_seed, epoch, index)``
 when an ``aug_seed`` is given, which makes augmentation independent of worker
 count and order, and otherwise from torch's RNG, which ``torch.manual_seed``
 and DataLoader worker seeding make reproducible.
+
+``build_train_transforms`` and ``build_eval_transforms`` are registered as
+the ``"train"`` and ``"eval"`` pipelines of the ``"segmentation"`` task
+(``msfusion.data.registry``), which a recipe's ``transforms: {type: ...}``
+names.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from msfusion.data.registry import register_transform
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample, np.random.Generator], Sample]
@@ -566,6 +573,7 @@ class ToTensor:
         return "ToTensor()"
 
 
+@register_transform("train", task="segmentation")
 def build_train_transforms(
     crop_size: int | Sequence[int],
     scale: Sequence[int] = (2048, 512),
@@ -606,6 +614,7 @@ def build_train_transforms(
     return Compose(steps)
 
 
+@register_transform("eval", task="segmentation")
 def build_eval_transforms(
     scale: Sequence[int] | None = None,
     resize_mask: bool = False,

@@ -38,7 +38,7 @@ def test_unknown_type_lists_types_and_suggests() -> None:
     with pytest.raises(ValueError, match="Did you mean 'cityscapes'") as error:
         build_dataset({"type": "citiscapes", "root": "x"})
     assert "ade20k" in str(error.value) and "isaid" in str(error.value)
-    with pytest.raises(ValueError, match="unknown dataset type None"):
+    with pytest.raises(ValueError, match="unknown segmentation dataset type None"):
         build_dataset({"root": "x"})
 
 
@@ -47,7 +47,7 @@ def test_unknown_key_is_named_with_allowed_keys() -> None:
         build_dataset({"type": "shapes", "num_image": 3})
     with pytest.raises(ValueError, match="'crop'.*crop_size"):
         build_dataset({"type": "shapes", "transforms": {"type": "train", "crop": 3}})
-    with pytest.raises(ValueError, match="unknown transforms type 'test'"):
+    with pytest.raises(ValueError, match="unknown segmentation transforms type 'test'"):
         build_dataset({"type": "shapes", "transforms": {"type": "test"}})
 
 

@@ -70,7 +70,7 @@ def test_recipe_datasets_decode_masks_only_for_mask_predicting_models(
 
     _coco(tmp_path, lambda d: None)
     dataset = {"type": "coco", "images": str(tmp_path / "images"), "annotations": str(tmp_path / "instances.json")}
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo_shapes_detection.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "demo_shapes_detection.yaml")
     cfg["model"] = {**cfg["model"], "compose": None, "name": None, **model}
     cfg["data"] = dict(cfg["data"], train=dataset, val=dict(dataset))
     train, val = DetectionTask().build_datasets(cfg)

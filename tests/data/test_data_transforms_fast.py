@@ -8,10 +8,15 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from test_data_transforms import ScriptedRng
 
 from msfusion.data import Normalize, Pad, PhotoMetricDistortion, RandomCrop, RandomFlip, ToTensor
-from msfusion.data.transforms import _resize_image, _resize_labels, adjust_saturation_hue, build_train_transforms
-from tests.test_data_transforms import ScriptedRng
+from msfusion.data.segmentation_transforms import (
+    _resize_image,
+    _resize_labels,
+    adjust_saturation_hue,
+    build_train_transforms,
+)
 
 
 def _colorsys_reference(image: np.ndarray, saturation: float | None, hue: float | None) -> np.ndarray:

@@ -20,7 +20,7 @@ from msfusion.data import (
     build_train_transforms,
     denormalize,
 )
-from msfusion.data.transforms import rescale_size
+from msfusion.data.segmentation_transforms import rescale_size
 
 
 def square_sample(height: int = 60, width: int = 80) -> dict:

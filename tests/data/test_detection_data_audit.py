@@ -282,8 +282,7 @@ def write_broken_datasets(folder: Path) -> list[str]:
 
 
 def _build(root: Path, spec: dict) -> Any:
-    from msfusion.data.detection_build import build_detection_dataset
-    from msfusion.engine.panoptic import build_panoptic_dataset
+    from msfusion.data import build_detection_dataset, build_panoptic_dataset
 
     description = dict(spec["dataset"])
     for key in ("images", "annotations", "root", "panoptic"):
