@@ -8,6 +8,8 @@ Two markers are replaced when a page is rendered (``on_page_markdown``):
 - ``<!-- msfusion:models PATTERN [PATTERN ...] -->``: a table of the registered
   names matching any fnmatch pattern (``msfusion.list_models``), with their
   kind and the published figures registered beside them.
+- ``<!-- msfusion:layout -->``: the package's folders and modules, each with the
+  first line of its docstring (read with ``ast``, nothing imported).
 
 ``tests/test_docs.py`` imports this file to check that the model pages together
 list every registered name.
@@ -16,10 +18,14 @@ list every registered name.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
+from pathlib import Path
 from typing import Any
 
 CLI_MARKER = "<!-- msfusion:cli -->"
+LAYOUT_MARKER = "<!-- msfusion:layout -->"
+PACKAGE = Path(__file__).resolve().parents[1] / "msfusion"
 MODELS_RE = re.compile(r"<!-- msfusion:models ([^>]*?) -->")
 
 
@@ -115,6 +121,28 @@ def models_table(patterns: list[str]) -> str:
     return "\n".join(rows)
 
 
+def _summary(path: Path) -> str:
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+def package_layout(root: Path = PACKAGE) -> str:
+    """Markdown list of the package's folders and modules with their docstrings' first lines."""
+
+    def walk(folder: Path, depth: int) -> list[str]:
+        lines = []
+        indent = "    " * depth
+        for path in sorted(folder.iterdir()):
+            if path.is_dir() and (path / "__init__.py").is_file():
+                lines.append(f"{indent}- **`{path.name}/`**: {_summary(path / '__init__.py')}")
+                lines += walk(path, depth + 1)
+            elif path.suffix == ".py" and path.name != "__init__.py":
+                lines.append(f"{indent}- `{path.name}`: {_summary(path)}")
+        return lines
+
+    return "\n".join([f"- **`{root.name}/`**: {_summary(root / '__init__.py')}", *walk(root, 1)])
+
+
 def model_patterns(markdown: str) -> list[list[str]]:
     """The pattern lists of every ``msfusion:models`` marker in a page."""
     return [m.group(1).split() for m in MODELS_RE.finditer(markdown)]
@@ -124,9 +152,11 @@ def render(markdown: str) -> str:
     """Replace the markers of one page."""
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
+    if LAYOUT_MARKER in markdown:
+        markdown = markdown.replace(LAYOUT_MARKER, package_layout())
     return MODELS_RE.sub(lambda m: models_table(m.group(1).split()), markdown)
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
-    """MkDocs event: generate the CLI reference and model tables."""
+    """MkDocs event: generate the CLI reference, the model tables and the package layout."""
     return render(markdown)
