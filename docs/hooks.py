@@ -1,6 +1,6 @@
 """MkDocs hooks: pages whose content comes from the code, so they cannot go stale.
 
-Two markers are replaced when a page is rendered (``on_page_markdown``):
+Three markers, each on a line of its own, are replaced when a page is rendered (``on_page_markdown``):
 
 - ``<!-- msfusion:cli -->``: the reference of every ``msfusion`` sub-command,
   generated from the argparse parsers of ``msfusion.cli.build_parser``
@@ -26,7 +26,7 @@ from typing import Any
 CLI_MARKER = "<!-- msfusion:cli -->"
 LAYOUT_MARKER = "<!-- msfusion:layout -->"
 PACKAGE = Path(__file__).resolve().parents[1] / "msfusion"
-MODELS_RE = re.compile(r"<!-- msfusion:models ([^>]*?) -->")
+MODELS_RE = re.compile(r"^<!-- msfusion:models ([^>]*?) -->$", re.MULTILINE)  # a line of its own
 
 
 def _cell(text: Any) -> str:
@@ -150,10 +150,11 @@ def model_patterns(markdown: str) -> list[list[str]]:
 
 def render(markdown: str) -> str:
     """Replace the markers of one page."""
-    if CLI_MARKER in markdown:
-        markdown = markdown.replace(CLI_MARKER, cli_reference())
-    if LAYOUT_MARKER in markdown:
-        markdown = markdown.replace(LAYOUT_MARKER, package_layout())
+    lines = markdown.splitlines()
+    if CLI_MARKER in lines:
+        markdown = markdown.replace(f"\n{CLI_MARKER}\n", f"\n{cli_reference()}\n")
+    if LAYOUT_MARKER in lines:
+        markdown = markdown.replace(f"\n{LAYOUT_MARKER}\n", f"\n{package_layout()}\n")
     return MODELS_RE.sub(lambda m: models_table(m.group(1).split()), markdown)
 
 

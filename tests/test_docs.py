@@ -231,6 +231,8 @@ def test_cli_reference_names_every_command_and_option() -> None:
     for name, command in sub.choices.items():
         assert f"## `msfusion {name}`" in text
         for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
             for option in action.option_strings:
                 assert f"`{option}" in text, f"msfusion {name} {option} missing from the CLI reference"
 
