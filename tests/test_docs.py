@@ -254,3 +254,25 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert (tmp_path / "site" / "cli" / "index.html").is_file()
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
     assert "msfusion train" in cli and "--grad-checkpointing" in cli
+
+
+def test_training_page_documents_every_dataset_option() -> None:
+    """Each constructor argument of every dataset type, and every ``data.*`` recipe key, is on the page."""
+    import inspect
+
+    from msfusion.data.detection_transforms import CopyPaste, build_detection_transforms
+    from msfusion.engine.config import DEFAULTS
+
+    text = (DOCS / "training.md").read_text()
+    missing = []
+    for task in ("segmentation", "detection", "panoptic"):
+        for kind, cls in _dataset_types(task).items():
+            if f"`{kind}`" not in text:
+                missing.append(f"{task} type {kind}")
+            for name in inspect.signature(cls).parameters:
+                if name not in ("self", "kind") and f"`{name}`" not in text:
+                    missing.append(f"{task} {kind}: {name}")
+    for factory in (build_detection_transforms, CopyPaste):
+        missing += [f"{factory.__name__}: {n}" for n in inspect.signature(factory).parameters if f"`{n}`" not in text]
+    missing += [f"data.{key}" for key in DEFAULTS["data"] if f"`{key}`" not in text]
+    assert not missing, f"undocumented on docs/training.md: {missing}"
