@@ -257,7 +257,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 
 
 def test_training_page_documents_every_dataset_option() -> None:
-    """Each constructor argument of every dataset type, and every ``data.*`` recipe key, is on the page."""
+    """Each constructor argument of every dataset type, and every recipe key, is on the page."""
     import inspect
 
     from msfusion.data.detection_transforms import CopyPaste, build_detection_transforms
@@ -275,4 +275,7 @@ def test_training_page_documents_every_dataset_option() -> None:
     for factory in (build_detection_transforms, CopyPaste):
         missing += [f"{factory.__name__}: {n}" for n in inspect.signature(factory).parameters if f"`{n}`" not in text]
     missing += [f"data.{key}" for key in DEFAULTS["data"] if f"`{key}`" not in text]
+    for section, keys in DEFAULTS.items():
+        if isinstance(keys, dict) and section != "data":
+            missing += [f"{section}.{key}" for key in keys if f"`{section}.{key}`" not in text]
     assert not missing, f"undocumented on docs/training.md: {missing}"
