@@ -42,6 +42,12 @@ present on one side only passes only when its score ties the lowest score kept
   ``labels`` (D,) int64, ``masks`` (D, 1, H, W) for mask models and
   ``semantic`` (H, W) for Panoptic FPN, D dynamic. Panoptic FPN's merge is a
   Python loop over segments: run ``panoptic_merge`` on these outputs.
+  torchvision traces its resize scale in float32 where PyTorch works in
+  float64: at some image sizes the graph resizes one pixel differently and
+  the boxes move by about a pixel (measured: a tiny FCOS exported at 96x80
+  matches at 64x80, 72x72, 59x133 and 200x150, not at 59x101 or 43x101);
+  images already at the detector's test size (short side ``min_size``) are
+  not resized and match.
 - RT-DETR(v2): the same input and outputs; the graph resizes every image to
   the detector's square, so H and W are dynamic and D is ``num_top``.
 - Deformable DETR keeps the aspect ratio, and transformers' deformable
@@ -222,6 +228,10 @@ def _output_to(log: Path) -> Iterator[None]:
             # Python-level streams too: a test runner may have replaced sys.stdout by an object of its own.
             with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file), warnings.catch_warnings():
                 warnings.simplefilter("default")  # tracer warnings once per place, into the log
+                # Written here, not through a test runner's or logger's own warning hook.
+                warnings.showwarning = lambda message, category, filename, lineno, f=None, line=None: file.write(
+                    warnings.formatwarning(message, category, filename, lineno, line)
+                )
                 yield
         finally:
             for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
