@@ -132,6 +132,7 @@ def _detr_twin(arch: str) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_rt_detr_exports_with_dynamic_image_size(tmp_path):
     pytest.importorskip("transformers")
     report = export_onnx(_detr_twin("rt_detr"), tmp_path / "rt_detr.onnx", (1, 3, 96, 80))
@@ -229,3 +230,14 @@ def test_every_registered_detector_has_a_family():
     assert not uncovered, f"no export family test covers {uncovered}"
     assert set(FAMILIES) == set(DETECTOR_DYNAMIC)
     assert detector_family(_torchvision_twin("fcos")) == "torchvision" and detector_family(nn.Identity()) is None
+
+
+@pytest.mark.slow
+def test_cednet_pyramid_detector_exports(tmp_path):
+    """CEDNet's own P3-P7 pyramid crops with a ceil division that ONNX's truncating Div once turned into a floor."""
+    torch.manual_seed(0)
+    model = msfusion.create_model("test_retinanet_cednet", score_thresh=0.0, detections_per_img=10)
+    nn.init.normal_(model.head.classification_head.cls_logits.weight, std=0.5)
+    report = export_onnx(model, tmp_path / "cednet.onnx", (1, 3, 96, 80))
+    assert report["exporter"] == "torchscript"
+    _check(report)
