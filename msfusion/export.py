@@ -168,18 +168,17 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: in
     kwargs: dict[str, Any] = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # torch >= 2.5 takes the choice; older torch only has this exporter
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected here
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            **kwargs,
-        )
+    # Tracer warnings about shape arithmetic are expected: export_onnx sends them to the log.
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes=axes,
+        opset_version=opset,
+        **kwargs,
+    )
 
 
 def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
@@ -188,19 +187,17 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int) ->
     auto = getattr(Dim, "AUTO", None)
     if auto is None:
         raise RuntimeError("this torch has no Dim.AUTO (torch >= 2.6 needed for automatic dynamic shapes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (x,),
-            input_names=["images"],
-            output_names=["logits"],
-            # By position: forward's argument is called ``images``, ``x``, ... depending on the model.
-            dynamic_shapes=({0: auto, 2: auto, 3: auto},),
-            opset_version=max(opset, _DYNAMO_MIN_OPSET),
-            dynamo=True,
-            verbose=False,
-        )
+    program = torch.onnx.export(
+        model,
+        (x,),
+        input_names=["images"],
+        output_names=["logits"],
+        # By position: forward's argument is called ``images``, ``x``, ... depending on the model.
+        dynamic_shapes=({0: auto, 2: auto, 3: auto},),
+        opset_version=max(opset, _DYNAMO_MIN_OPSET),
+        dynamo=True,
+        verbose=False,
+    )
     program.save(str(path))
 
 
