@@ -1,4 +1,9 @@
-"""``msfusion export MODEL|--checkpoint PATH --onnx OUT``: ONNX with dynamic H/W, checked by onnxruntime."""
+"""``msfusion export MODEL|--checkpoint PATH --onnx OUT``: ONNX checked by onnxruntime, detectors included.
+
+The exporters' own output (tracer warnings, graphs printed on failure) goes to
+``OUT.log`` beside the ``.onnx`` file; the terminal gets the report, or a
+short reason per route tried and the log's path.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +15,31 @@ from msfusion.export import EXPORTERS
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, help="export a model to ONNX and check it with onnxruntime")
+    p = subparsers.add_parser(
+        name, help="export a model (segmentor, classifier, detector) to ONNX, checked by onnxruntime"
+    )
     p.add_argument("model", nargs="?", help="a registered model name (random weights), or use --checkpoint")
     p.add_argument(
         "--checkpoint",
         help="a .safetensors checkpoint of ours (the model is rebuilt from its .json)",
     )
-    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--onnx", required=True, help="output .onnx file (the exporters' log goes to OUT.log)")
     p.add_argument("--num-classes", type=int, help="class count for a model given by name")
     p.add_argument(
         "--input",
         type=parse_size,
         default=(512, 512),
-        help="example input HxW or N (N x N); H and W stay dynamic where the model allows. Default 512x512",
+        help="example input HxW or N (N x N); H and W stay dynamic where the model allows (a detector's image: "
+        "it resizes it as in PyTorch; YOLO uses its own image_size). Default 512x512",
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; the dynamo exporter uses >= 18)")
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,
         default="auto",
-        help="auto: torch.export (dynamo) first, then TorchScript with dynamic H/W, then TorchScript at the "
-        "fixed input shape; the first whose graph passes the onnxruntime check is kept",
+        help="auto: segmentors and classifiers try torch.export (dynamo), then TorchScript with dynamic H/W, then "
+        "TorchScript at the fixed input shape; detectors try TorchScript dynamic, then fixed (YOLO: ultralytics' "
+        "exporter); the first whose graph passes the onnxruntime check is kept",
     )
     p.set_defaults(func=run)
     return p
@@ -38,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 def run(args: argparse.Namespace) -> int:
     import msfusion
-    from msfusion.export import DEFAULT_OPSET, export_onnx, require_export_deps
+    from msfusion.export import export_onnx, require_export_deps
 
     if bool(args.model) == bool(args.checkpoint):
         raise ValueError("give either a model name or --checkpoint PATH (not both)")
@@ -54,9 +63,14 @@ def run(args: argparse.Namespace) -> int:
         require_export_deps()
     except ImportError as err:
         raise ValueError(str(err)) from err
-    report = export_onnx(model, args.onnx, (1, 3, height, width), args.opset or DEFAULT_OPSET, exporter=args.exporter)
+    report = export_onnx(model, args.onnx, (1, 3, height, width), args.opset, exporter=args.exporter)
     print(json.dumps(report, indent=2))
-    axes = ", ".join(report["dynamic_axes"]) or "none (fixed input shape)"
     print(f"max |PyTorch - onnxruntime| = {report['max_abs_diff']:.2e} (fp32, {report['exporter']} exporter)")
-    print(f"dynamic axes: {axes}")
+    if "dynamic" in report:  # a detector: what stays dynamic, in words
+        print(f"dynamic: {report['dynamic']}")
+    else:
+        print(f"dynamic axes: {', '.join(report['dynamic_axes']) or 'none (fixed input shape)'}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"exporter log: {report['log']}")
     return 0

@@ -216,7 +216,7 @@ class CascadeRoIHeads(nn.Module):
                     )
             else:
                 scores.append(F.softmax(class_logits, -1))
-            counts = [len(r) for r in rois]
+            counts = [r.shape[0] for r in rois]  # shape[0], not len(): ONNX traces keep it dynamic
             decoded = stage.box_coder.decode(box_regression.detach(), rois).reshape(-1, 4)
             rois = [
                 box_ops.clip_boxes_to_image(b, shape)
@@ -241,7 +241,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image: every (box, class) pair above the threshold, per-class NMS, the best detections."""
         result = []
-        for b, s in zip(boxes, scores.split([len(b) for b in boxes]), strict=True):
+        for b, s in zip(boxes, scores.split([b.shape[0] for b in boxes]), strict=True):
             num_classes = s.shape[1]
             labels = torch.arange(num_classes, device=s.device).view(1, -1).expand_as(s)
             b = b[:, None, :].expand(-1, num_classes, 4)[:, 1:].reshape(-1, 4)

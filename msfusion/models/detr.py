@@ -305,6 +305,13 @@ _CLASSES = {
 }
 
 
+def _traced_value(value: Tensor | float, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """A 0-dim tensor of ``value``; a traced size stays traced (``torch.as_tensor`` would freeze it in the trace)."""
+    if isinstance(value, Tensor):
+        return value.to(dtype=dtype, device=device)
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 def _loss_weight(config: PreTrainedConfig, key: str) -> float | None:
     """Deformable DETR's weight of a ``loss_dict`` term (its loss_dict is unweighted; aux terms end in _i)."""
     head, _, tail = key.rpartition("_")
@@ -439,12 +446,26 @@ class DetrDetector(nn.Module):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"DetrDetector expects (3, H, W) images, got {tuple(image.shape)}")
             h, w = image.shape[-2:]
-            sy, sx = (1.0, 1.0) if self.training and not self.train_resize else self._scale(h, w)
-            size = (max(1, round(h * sy)), max(1, round(w * sx)))
-            if size != (h, w):
+            if torch.jit.is_tracing():
+                # ONNX export (one image): sizes are traced tensors, so the graph keeps H and W dynamic.
+                size = self._traced_size(h, w)
+            else:
+                sy, sx = (1.0, 1.0) if self.training and not self.train_resize else self._scale(h, w)
+                size = (max(1, round(h * sy)), max(1, round(w * sx)))
+            if torch.jit.is_tracing() or size != (h, w):
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             resized.append((image - self.image_mean) / self.image_std)
             scales.append((size[0] / h, size[1] / w))
+        if torch.jit.is_tracing():
+            if len(resized) != 1:
+                raise ValueError("ONNX export of a DETR detector takes one image per call")
+            image = resized[0]
+            size_h, size_w = image.shape[-2:]
+            d = self.size_divisor
+            pad_h, pad_w = (d - size_h % d) % d, (d - size_w % d) % d
+            batch = F.pad(image, (0, pad_w, 0, pad_h))[None]
+            mask = F.pad(torch.ones_like(image[0], dtype=torch.long), (0, pad_w, 0, pad_h))[None]
+            return batch, mask, scales, [(size_h, size_w)]
         d = self.size_divisor
         H = math.ceil(max(im.shape[-2] for im in resized) / d) * d
         W = math.ceil(max(im.shape[-1] for im in resized) / d) * d
@@ -454,6 +475,15 @@ class DetrDetector(nn.Module):
             batch[i, :, : im.shape[-2], : im.shape[-1]] = im
             mask[i, : im.shape[-2], : im.shape[-1]] = 1
         return batch, mask, scales, [tuple(im.shape[-2:]) for im in resized]
+
+    def _traced_size(self, h: Tensor, w: Tensor) -> tuple[Tensor | int, Tensor | int]:
+        """``_scale``'s resize for traced sizes (0-dim tensors), in float64 as Python computes it."""
+        if self.image_size is not None:
+            return self.image_size, self.image_size
+        hf, wf = _traced_value(h, torch.float64), _traced_value(w, torch.float64)
+        # min(min_size / short side, max_size / long side) is _scale's "cap the long side" rule.
+        s = torch.minimum(self.min_size / torch.minimum(hf, wf), self.max_size / torch.maximum(hf, wf))
+        return (hf * s).round().clamp(min=1).long(), (wf * s).round().clamp(min=1).long()
 
     def _reference(self, size: tuple[int, int], batch: Tensor) -> tuple[int, int]:
         return size if self.boxes_on_valid else tuple(batch.shape[-2:])
@@ -495,10 +525,12 @@ class DetrDetector(nn.Module):
             rh, rw = self._reference(sizes[b], batch)
             sy, sx = scales[b]
             boxes = box_convert(pred_boxes[b, query].float(), "cxcywh", "xyxy")
-            boxes = boxes * boxes.new_tensor([rw / sx, rh / sy, rw / sx, rh / sy])
+            # torch.stack keeps traced sizes in the ONNX graph (new_tensor would freeze the export size's).
+            factor = [_traced_value(v, boxes.dtype, boxes.device) for v in (rw / sx, rh / sy)]
+            boxes = boxes * torch.stack(factor * 2)
             h, w = images[b].shape[-2:]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            limit = [_traced_value(v, boxes.dtype, boxes.device) for v in (w, h)]
+            boxes = torch.minimum(boxes.clamp(min=0), torch.stack(limit * 2))
             results.append({"boxes": boxes, "labels": index[b] % K + 1, "scores": values[b]})
         return results
 

@@ -214,9 +214,12 @@ class PanopticFPN(GeneralizedRCNN):
         detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
         for i, (det, (h, w), size) in enumerate(zip(detections, image_list.image_sizes, original_sizes, strict=True)):
             sem_logits = logits[i : i + 1, :, :h, :w]
-            if (h, w) != size:
+            # While tracing (ONNX export) the sizes are traced values: always resize, so other sizes stay right.
+            if torch.jit.is_tracing() or (h, w) != size:
                 sem_logits = F.interpolate(sem_logits, size=size, mode="bilinear", align_corners=False)
             det["semantic"] = sem_logits[0].argmax(0)
+            if torch.jit.is_tracing():
+                continue  # ONNX export: the merge (a Python loop over segments) runs on the graph's outputs
             det["panoptic"], det["segments_info"] = panoptic_merge(
                 det["scores"], det["labels"], det["masks"], det["semantic"], self.num_things,
                 self.score_thresh, self.overlap_thresh, self.stuff_area,

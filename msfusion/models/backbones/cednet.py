@@ -660,8 +660,9 @@ class CEDNet(nn.Module):
 
 
 def _crop(x: Tensor, size: tuple[int, int], reduction: int) -> Tensor:
-    # Ceil division in integers (not math.ceil on floats) so that tracing keeps it symbolic.
-    return x[..., : -(-size[0] // reduction), : -(-size[1] // reduction)]
+    # Ceil division in integers (not math.ceil on floats) so that tracing keeps it symbolic; on non-negative
+    # numbers, since ONNX's integer Div truncates and -(-n // r) would come out as floor.
+    return x[..., : (size[0] + reduction - 1) // reduction, : (size[1] + reduction - 1) // reduction]
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
