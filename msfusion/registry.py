@@ -186,6 +186,7 @@ def create_model(
     *,
     num_classes: int | None = None,
     pretrained: str | Path | bool | None = None,
+    pretrained_partial: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     **kwargs: Any,
@@ -204,6 +205,13 @@ def create_model(
             timm, torchvision ResNet). Names resolve through the torch.hub /
             Hugging Face caches with the SHA-256 checked; with
             ``HF_HUB_OFFLINE=1`` nothing is downloaded (see ``msfusion.weights``).
+            Loaded by ``msfusion.weights.load_pretrained`` (the loader a recipe's
+            ``model.pretrained`` uses too); when a tensor is skipped, a warning
+            carries its report: every skipped tensor with its shape in the file
+            and in the model and the reason.
+        pretrained_partial: also load a file that fits only in part (a tensor of
+            another shape outside the head, tensors missing from the file);
+            without it such a file is refused with the table of what does not fit.
         features_only: return a backbone whose ``forward`` gives a list of
             feature maps, fine to coarse, described by ``feature_info``.
         out_indices: which of the backbone's outputs to return.
@@ -261,9 +269,13 @@ def create_model(
 
     model.model_cfg = {"name": name, "kwargs": recordable(build_kwargs, f"create_model({name!r})")}
     if pretrained:
+        import warnings
+
         from msfusion.weights import load_pretrained
 
-        load_pretrained(model, pretrained, name)
+        report = load_pretrained(model, pretrained, name, partial=pretrained_partial)
+        if report.skipped:
+            warnings.warn(str(report), stacklevel=2)
     return model
 
 
