@@ -94,8 +94,9 @@ def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
     """Switch on activation recomputation in ``model``'s backbone (``train.grad_checkpointing``).
 
     Uses the backbone's ``set_grad_checkpointing`` (MSCAN, CEDNet, and timm
-    models behind the timm adapter), or the model's own; ``ValueError`` names
-    the backbone when it has none.
+    models behind the timm adapter; a torchvision detector's backbone wrapper
+    passes it on to the backbone it wraps), or the model's own; ``ValueError``
+    names the backbone when it has none.
     """
     backbone = getattr(model, "backbone", model)
     for part in (backbone, getattr(backbone, "model", None), model):
