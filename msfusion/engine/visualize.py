@@ -213,19 +213,25 @@ def plot_training_curve(
     names = validation_series(evals, task)
     if names:
         eval_steps = [e["step"] for e in evals]
+        lines = []
         for n, name in enumerate(names):
             # Mask metrics dashed beside the box metrics of the same colour; one marker per evaluation.
             style = "--" if name.startswith("segm_") else "-"
-            colour = f"C{n % 3}"
-            ax_val.plot(eval_steps, [100 * e[name] for e in evals], style, marker="o", color=colour, label=name)
-            last = 100 * evals[-1][name]
-            if last == last:  # the value of the last evaluation, readable without a ruler
-                ax_val.annotate(
-                    f"{last:.1f}", (eval_steps[-1], last), xytext=(4, 0), textcoords="offset points", fontsize=7
-                )
+            values = [100 * e[name] for e in evals]
+            lines += ax_val.plot(eval_steps, values, style, marker="o", color=f"C{n % 3}", label=name)
+        # The legend carries the last evaluation's values, readable without a ruler even when they are low.
+        entries = [f"{name}  {100 * evals[-1][name]:.1f}" for name in names]
+        ax_val.legend(
+            lines,
+            entries,
+            loc="best",
+            fontsize=8,
+            ncol=2 if len(names) > 3 else 1,
+            title=f"% at step {eval_steps[-1]}",
+            title_fontsize=8,
+        )
         ax_val.set_ylim(0, 100)
         ax_val.set_ylabel("%")
-        ax_val.legend(loc="lower right", fontsize=8, ncol=2 if len(names) > 3 else 1)
         if steps:
             ax_val.set_xlim(ax_loss.get_xlim())
     else:
