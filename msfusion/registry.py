@@ -66,6 +66,8 @@ class PaperFigures:
 
 
 KINDS = ("backbone", "classifier", "segmentor", "neck", "addon", "head", "detector")
+# The kinds whose models have a ``features_only`` form, a backbone (an ImageNet classifier without its head).
+_BACKBONE_KINDS = ("backbone", "classifier")
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _kinds: dict[str, str] = {}
@@ -134,7 +136,12 @@ def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bo
 
     Args:
         pattern: fnmatch pattern, e.g. ``"segnext_*"``.
-        kind: only names of this kind (one of ``KINDS``).
+        kind: only names of this kind (one of ``KINDS``). ``"backbone"``
+            lists every name that ``create_model(name, features_only=True)``
+            builds: the registered backbones and the ImageNet classifiers
+            (MSCAN, CEDNet, TopFormer, the MSCSA classifiers), whose
+            ``features_only`` form is their backbone; timm names work too but
+            are not listed (``timm.list_models()``).
         include_test: also list the tiny ``test_*`` variants used by the test
             suite (listed anyway when the pattern starts with ``test``).
     """
@@ -142,7 +149,8 @@ def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bo
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     names = sorted(n for n in _entrypoints if fnmatch.fnmatch(n, pattern))
     if kind is not None:
-        names = [n for n in names if _kinds[n] == kind]
+        kinds = _BACKBONE_KINDS if kind == "backbone" else (kind,)
+        names = [n for n in names if _kinds[n] in kinds]
     if not include_test and not pattern.startswith("test"):
         names = [n for n in names if not n.startswith("test_")]
     return names
@@ -240,7 +248,7 @@ def create_model(
 
     if is_model(name):
         kind = _kinds[name]
-        if features_only and kind not in ("backbone", "classifier"):
+        if features_only and kind not in _BACKBONE_KINDS:
             hint = _feature_backbone.get(name)
             use = f" Use its backbone instead: create_model({hint!r}, features_only=True)." if hint else ""
             raise ValueError(f"{name!r} is a {kind}, which has no features_only form.{use}")
