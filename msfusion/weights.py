@@ -501,8 +501,9 @@ class LoadReport:
 
     def summary(self) -> str:
         source = f" ({self.weights})" if self.weights else ""
-        share = self.loaded / max(self.expected, 1)
-        text = f"{self.path}{source}: loaded {self.loaded} of {self.expected} {self.what} ({share:.0%})"
+        # Rounded down: 548 of 550 is 99 %, never a "100 %" beside skipped tensors.
+        share = 100 * self.loaded // max(self.expected, 1)
+        text = f"{self.path}{source}: loaded {self.loaded} of {self.expected} {self.what} ({share}%)"
         if self.not_in_file:
             text += f"; {self.not_in_file}"
         if self.skipped:

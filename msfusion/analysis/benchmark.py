@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils import benchmark
 
 __all__ = ["MODES", "benchmark_modes", "time_call", "latency_stats", "environment", "cpu_model"]
 
@@ -40,6 +39,10 @@ def time_call(fn: Callable[[], Any], runs: int, warmup: int, device: torch.devic
     Timed with ``torch.utils.benchmark.timer``, which waits for the GPU's
     kernels when CUDA is available, so a call's time includes its work.
     """
+    # Imported here: torch.utils.benchmark loads cpp_extension, which logs a CUDA notice on CPU-only machines
+    # with a CUDA build of torch; environment() (used by every training run) must not print it.
+    from torch.utils import benchmark
+
     del device  # benchmark.timer synchronises CUDA itself
     for _ in range(warmup):
         fn()
@@ -60,6 +63,8 @@ def latency_stats(times: Sequence[float], batch: int = 1, label: str = "") -> di
     ``noisy`` is its warning that the IQR exceeds 10 % of the median (a busy
     machine, frequency scaling, too few runs).
     """
+    from torch.utils import benchmark
+
     task = benchmark.TaskSpec(stmt=label or "model(x)", setup="", num_threads=torch.get_num_threads())
     measurement = benchmark.Measurement(number_per_run=1, raw_times=list(times), task_spec=task)
     return dict(

@@ -75,8 +75,10 @@ def format_results(header: dict[str, Any], results: list[dict[str, Any]]) -> lis
     """The lines ``msfusion bench`` prints: what was measured, on what, then one row per mode."""
     env = header["environment"]
     lines = [
-        f"{header['model']} at {header['input']} on {env['device']}, {env['threads']} threads, torch {env['torch']}",
-        f"{header['warmup']} warm-up calls, then {header['runs']} timed calls per mode (ms; FPS at the median)",
+        f"{header['model']} at {header['input']} on {env['device']}, {env['threads']} "
+        f"thread{'' if env['threads'] == 1 else 's'}, torch {env['torch']}",
+        f"{header['warmup']} warm-up call{'' if header['warmup'] == 1 else 's'}, then {header['runs']} timed "
+        f"call{'' if header['runs'] == 1 else 's'} per mode (ms; FPS at the median)",
         f"  {'mode':<22}{'min':>8}{'median':>9}{'IQR':>8}{'FPS':>8}{'vs fp32':>9}{'max |diff|':>12}",
     ]
     for r in results:
