@@ -80,7 +80,8 @@ def overlay(
     masks = torch.from_numpy(np.stack([packed == c for c in colours]))
     rgb = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in colours]
     # In float [0, 1], then rounded: a uint8 image would be truncated by the cast back.
-    drawn = draw_segmentation_masks(torch.from_numpy(image).permute(2, 0, 1).double() / 255, masks, alpha, rgb)
+    # torch.tensor copies: an image read from a file may be a read-only array.
+    drawn = draw_segmentation_masks(torch.tensor(image).permute(2, 0, 1).double() / 255, masks, alpha, rgb)
     return (drawn * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
