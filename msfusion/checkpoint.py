@@ -288,7 +288,9 @@ def _from_timm_layout(part: nn.Module, state: dict[str, Tensor]) -> tuple[dict[s
     return mapped, [k for k in state if k not in used]
 
 
-def adapt_layout(model: nn.Module, state: dict[str, Tensor], path: str | Path = "") -> dict[str, Tensor]:
+def adapt_layout(
+    model: nn.Module, state: dict[str, Tensor], path: str | Path = "", unused: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """Bring a state dict of any supported layout to ``model``'s keys.
 
     In order: the model's ``checkpoint_filter_fn`` (official layouts); a timm
@@ -296,7 +298,8 @@ def adapt_layout(model: nn.Module, state: dict[str, Tensor], path: str | Path = 
     backbone; and a backbone's file (ours, official, timm) into the
     ``backbone.`` of a composed model. The file's tensors that the
     features-only backbone has no place for (its classifier) are dropped
-    with a warning that names them, never silently.
+    with a warning that names them, never silently; given an ``unused``
+    dict, they are put there (under the file's names) instead of warned.
     """
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if callable(filter_fn):
@@ -312,18 +315,22 @@ def adapt_layout(model: nn.Module, state: dict[str, Tensor], path: str | Path = 
         if part is not model and callable(part_filter):
             part_state = part_filter(part_state)
         part_keys = part.state_dict()
-        unused = [k for k in part_state if k not in part_keys]
-        if _is_timm_features(part) and len(unused) > len(part_state) / 2:
+        leftover = [k for k in part_state if k not in part_keys]
+        source = part_state
+        if _is_timm_features(part) and len(leftover) > len(part_state) / 2:
             found = _from_timm_layout(part, part_state)
             if found is None:
                 continue
-            part_state, unused = found
-        if len(unused) > len(part_state) / 2:
+            part_state, leftover = found
+        if len(leftover) > len(part_state) / 2:
             continue
-        if unused:
+        if leftover and unused is not None:
+            unused.update({k: source[k] for k in leftover})
+        elif leftover:
             warnings.warn(
-                f"{path}: {len(unused)} tensor(s) of the file have no place in the features-only "
-                f"{type(part).__name__} and were not used: {', '.join(unused[:8])}{'...' if len(unused) > 8 else ''}",
+                f"{path}: {len(leftover)} tensor(s) of the file have no place in the features-only "
+                f"{type(part).__name__} and were not used: {', '.join(leftover[:8])}"
+                f"{'...' if len(leftover) > 8 else ''}",
                 stacklevel=3,
             )
         return {prefix + k: v for k, v in part_state.items() if k in part_keys}

@@ -117,6 +117,8 @@ class PaperFigures:
 
 
 KINDS = ("backbone", "classifier", "segmentor", "neck", "addon", "head", "detector")
+# The kinds whose models have a ``features_only`` form, a backbone (an ImageNet classifier without its head).
+_BACKBONE_KINDS = ("backbone", "classifier")
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _kinds: dict[str, str] = {}
@@ -185,7 +187,12 @@ def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bo
 
     Args:
         pattern: fnmatch pattern, e.g. ``"segnext_*"``.
-        kind: only names of this kind (one of ``KINDS``).
+        kind: only names of this kind (one of ``KINDS``). ``"backbone"``
+            lists every name that ``create_model(name, features_only=True)``
+            builds: the registered backbones and the ImageNet classifiers
+            (MSCAN, CEDNet, TopFormer, the MSCSA classifiers), whose
+            ``features_only`` form is their backbone; timm names work too but
+            are not listed (``timm.list_models()``).
         include_test: also list the tiny ``test_*`` variants used by the test
             suite (listed anyway when the pattern starts with ``test``).
     """
@@ -193,7 +200,8 @@ def list_models(pattern: str = "*", kind: str | None = None, *, include_test: bo
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     names = sorted(n for n in _entrypoints if fnmatch.fnmatch(n, pattern))
     if kind is not None:
-        names = [n for n in names if _kinds[n] == kind]
+        kinds = _BACKBONE_KINDS if kind == "backbone" else (kind,)
+        names = [n for n in names if _kinds[n] in kinds]
     if not include_test and not pattern.startswith("test"):
         names = [n for n in names if not n.startswith("test_")]
     return names
@@ -237,6 +245,7 @@ def create_model(
     *,
     num_classes: int | None = None,
     pretrained: str | Path | bool | None = None,
+    pretrained_partial: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     **kwargs: Any,
@@ -255,6 +264,13 @@ def create_model(
             timm, torchvision ResNet). Names resolve through the torch.hub /
             Hugging Face caches with the SHA-256 checked; with
             ``HF_HUB_OFFLINE=1`` nothing is downloaded (see ``msfusion.weights``).
+            Loaded by ``msfusion.weights.load_pretrained`` (the loader a recipe's
+            ``model.pretrained`` uses too); when a tensor is skipped, a warning
+            carries its report: every skipped tensor with its shape in the file
+            and in the model and the reason.
+        pretrained_partial: also load a file that fits only in part (a tensor of
+            another shape outside the head, tensors missing from the file);
+            without it such a file is refused with the table of what does not fit.
         features_only: return a backbone whose ``forward`` gives a list of
             feature maps, fine to coarse, described by ``feature_info``.
         out_indices: which of the backbone's outputs to return.
@@ -283,7 +299,7 @@ def create_model(
 
     if is_model(name):
         kind = _kinds[name]
-        if features_only and kind not in ("backbone", "classifier"):
+        if features_only and kind not in _BACKBONE_KINDS:
             hint = _feature_backbone.get(name)
             use = f" Use its backbone instead: create_model({hint!r}, features_only=True)." if hint else ""
             raise ValueError(f"{name!r} is a {kind}, which has no features_only form.{use}")
@@ -312,9 +328,13 @@ def create_model(
 
     model.model_cfg = {"name": name, "kwargs": recordable(build_kwargs, f"create_model({name!r})")}
     if pretrained:
+        import warnings
+
         from msfusion.weights import load_pretrained
 
-        load_pretrained(model, pretrained, name)
+        report = load_pretrained(model, pretrained, name, partial=pretrained_partial)
+        if report.skipped:
+            warnings.warn(str(report), stacklevel=2)
     return model
 
 

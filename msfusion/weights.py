@@ -24,13 +24,29 @@ Where files live, and how they are found:
   not in the cache is a ``WeightsError`` naming the file to place and the
   folder to place it in. The variables are read at every call.
 
-Checksums: the SegNeXt / MSCAN files are published by mmsegmentation with the
-first 8 hex digits of their SHA-256 in the file name (``...-119e8c9f.pth``),
-which is all that was published; that prefix is checked, as
-``torch.hub.download_url_to_file(hash_prefix=...)`` does. Hub files are
-stored under their full SHA-256 (the git-LFS object id) and checked against
-it. A file whose hash differs is renamed ``<file>.sha256-mismatch`` (kept for
+Checksums, and exactly what is checked:
+
+- SegNeXt / MSCAN files: mmsegmentation published only the first 8 hex
+  digits of their SHA-256, in the file name (``...-119e8c9f.pth``); that
+  prefix is checked, by ``torch.hub.download_url_to_file(hash_prefix=...)``
+  while downloading and again for a file found in the cache.
+- Hugging Face hub files (timm weights): a cache entry that links to a blob
+  named by its SHA-256 (the git-LFS object id, the hub cache's normal layout)
+  is checked against that name. A cache entry stored as a plain file
+  (Windows without symlinks, a cache copied with ``cp -L``) carries no hash:
+  it is checked against the SHA-256 the hub publishes for it (one metadata
+  request); with ``HF_HUB_OFFLINE=1``, or when that request fails, it is
+  loaded unchecked, with a warning that says so and why.
+- A local file given by its path (``pretrained=PATH``) is the user's: it is
+  read safely (safetensors, or ``torch.load(weights_only=True)``), not hashed.
+
+A file whose hash differs is renamed ``<file>.sha256-mismatch`` (kept for
 inspection, never loaded) and the error says so.
+
+Loading: :func:`load_pretrained` is the one loader, for
+``create_model(pretrained=...)`` and a recipe's ``model.pretrained`` alike;
+its :class:`LoadReport` lists every skipped tensor with its shape in the file
+and in the model and the reason.
 
 SegNeXt: Guo et al., "SegNeXt: Rethinking Convolutional Attention Design for
 Semantic Segmentation", NeurIPS 2022, arXiv:2209.08575. Its Sec. 4.1 trains
@@ -54,7 +70,7 @@ from typing import Any
 
 from torch import nn
 
-from msfusion.checkpoint import CLASSIFIER_PREFIXES, CheckpointError, load_checkpoint
+from msfusion.checkpoint import CLASSIFIER_PREFIXES, CheckpointError
 
 __all__ = [
     "Weights",
@@ -66,8 +82,12 @@ __all__ = [
     "timm_weights",
     "resolve_weights",
     "load_pretrained",
+    "LoadReport",
+    "SkippedTensor",
+    "MIN_PRETRAINED_SHARE",
     "weights_file",
     "hub_offline",
+    "hub_download_command",
     "torch_hub_dir",
     "hf_hub_cache",
     "sha256_file",
@@ -232,8 +252,30 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_published_sha256(entry: Weights, path: Path) -> tuple[str | None, str]:
+    """The SHA-256 the Hugging Face hub publishes for a cached file, asked over the network.
+
+    Returns the hash, or None and why it could not be had (offline, no
+    ``huggingface_hub``, a network error, a file not stored with git-LFS).
+    """
+    if hub_offline():
+        return None, "HF_HUB_OFFLINE is set, so the hub cannot be asked for the file's SHA-256"
+    commit = path.parent.name if re.match(r"^[0-9a-f]{40}$", path.parent.name) else None
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().get_paths_info(entry.hf_hub_id, [entry.hf_filename], revision=commit)
+    except Exception as err:  # ImportError, network and HTTP errors: the check is skipped, and said so
+        return None, f"asking the hub for the file's SHA-256 failed ({type(err).__name__}: {err})"
+    lfs = getattr(info[0], "lfs", None) if info else None
+    sha = getattr(lfs, "sha256", None) if lfs is not None else None
+    if not sha:
+        return None, f"the hub publishes no git-LFS SHA-256 for {entry.hf_filename} in {entry.hf_hub_id}"
+    return str(sha), f"the git-LFS SHA-256 the hub publishes for revision {commit or 'main'}"
+
+
 def _expected_hash(entry: Weights, path: Path) -> tuple[str | None, str]:
-    """The hash (or prefix) ``path`` must have, and where that expectation comes from."""
+    """The hash (or prefix) ``path`` must have and where that comes from; or None and why there is none."""
     if entry.sha256:
         return entry.sha256, "the weights table"
     if entry.sha256_prefix:
@@ -241,15 +283,21 @@ def _expected_hash(entry: Weights, path: Path) -> tuple[str | None, str]:
     if entry.hf_hub_id:
         blob = path.resolve().name
         if _SHA256.match(blob):
-            return blob, "the hub's git-LFS object id"
-    return None, ""
+            return blob, "the hub's git-LFS object id (the name of the cache's blob)"
+        # A cache entry stored as a plain file (Windows without symlinks, a cache copied with cp -L):
+        # its name says nothing, so the hash is asked of the hub.
+        sha, origin = _hub_published_sha256(entry, path)
+        if sha is not None:
+            return sha, origin
+        return None, f"it is a plain file in the hub cache, not a link to a blob named by its SHA-256, and {origin}"
+    return None, "no checksum is published for it"
 
 
 def _verify(entry: Weights, path: Path) -> None:
-    """Check ``path`` against the entry's hash; move a mismatching file aside and raise."""
+    """Check ``path`` against the entry's hash; move a mismatching file aside and raise; warn when unchecked."""
     expected, origin = _expected_hash(entry, path)
     if expected is None:
-        warnings.warn(f"{path}: no published checksum for {entry.name!r}; the file is used unchecked", stacklevel=3)
+        warnings.warn(f"{path} ({entry.name}) is used without a SHA-256 check: {origin}", stacklevel=3)
         return
     actual = sha256_file(path)
     if actual.startswith(expected):
@@ -287,11 +335,23 @@ def weights_file(entry: Weights) -> Path:
     return torch_hub_dir() / entry.filename
 
 
+def hub_download_command() -> str:
+    """The download command of the installed ``huggingface_hub``: ``hf download`` (0.34 and later), else the older
+    ``huggingface-cli download``."""
+    import importlib.util
+
+    try:
+        has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    except ModuleNotFoundError:  # huggingface_hub itself is missing: name the current command
+        return "pip install huggingface_hub && hf download"
+    return "hf download" if has_hf else "huggingface-cli download"
+
+
 def _missing(entry: Weights, why: str) -> WeightsError:
     if entry.hf_hub_id:
         cache = hf_hub_cache()
         where = (
-            f"the Hugging Face hub cache {cache}: run `huggingface-cli download {entry.hf_hub_id} "
+            f"the Hugging Face hub cache {cache}: run `{hub_download_command()} {entry.hf_hub_id} "
             f"{entry.hf_filename} --cache-dir {cache}` on a machine with internet and copy that folder here"
         )
     else:
@@ -323,10 +383,14 @@ def resolve_weights(entry: Weights) -> Path:
 
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=None, progress=True)
-            except Exception as err:  # network errors come in many types
+                # torch.hub checks the hash (or its published prefix) while downloading and keeps no bad file.
+                prefix = entry.sha256 or entry.sha256_prefix
+                torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=prefix, progress=True)
+            except Exception as err:  # network errors and torch.hub's hash mismatch come in many types
                 path.unlink(missing_ok=True)
                 raise _missing(entry, f"the download failed ({type(err).__name__}: {err})") from err
+            if prefix:
+                return path
     _verify(entry, path)
     return path
 
@@ -390,50 +454,205 @@ def resolve_pretrained(model_name: str, model: nn.Module, spec: str | Path | boo
     return resolve_weights(entry), entry
 
 
-def load_pretrained(model: nn.Module, spec: str | Path | bool, model_name: str | None = None) -> dict[str, list[str]]:
-    """Initialise ``model`` from ``spec`` (True, a weights name, or a path); returns what ``load_checkpoint`` did.
+# A pretrained file must fill at least this share of the tensors it is meant for, or it is of another family.
+MIN_PRETRAINED_SHARE = 0.5
 
-    Every tensor the file has for the model must load. Tensors the file
-    cannot have are allowed to stay as initialised, and reported: the
-    classifier of another class count (fine-tuning, as timm and
-    mmsegmentation do), the decoder when the file is an encoder, and layers
-    msfusion adds to a backbone (ViTDet's simple pyramid). Anything else
-    missing, unexpected or of another shape is a ``CheckpointError``.
+
+@dataclass(frozen=True)
+class SkippedTensor:
+    """A tensor of the file or of the model that was not loaded, and why.
+
+    Attributes:
+        key: the name (the model's; the file's when the model has no place for it).
+        file_shape: its shape in the file, None when the file has no such tensor.
+        model_shape: its shape in the model, None when the model has no such tensor.
+        reason: why it was not loaded.
+        allowed: the loader accepts this skip (a head of another class count,
+            a part the file cannot have); False: refused unless ``partial``.
     """
-    model_name = model_name or (getattr(model, "model_cfg", None) or {}).get("name") or type(model).__name__
-    path, entry = resolve_pretrained(model_name, model, spec)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = load_checkpoint(model, path, strict=False)
-    unexplained = [k for k in result["missing"] if not _may_stay_initialised(k)]
-    # A classifier file given to a features-only model: its head has no place there.
-    own_top = {k.split(".", 1)[0] for k in model.state_dict()}
-    headless = [
-        k for k in result["unexpected"] if k.startswith(CLASSIFIER_PREFIXES) and k.split(".", 1)[0] not in own_top
-    ]
-    unexpected = [k for k in result["unexpected"] if k not in headless]
-    if headless:
-        warnings.warn(f"{path}: the model has no classifier; not used: {', '.join(headless)}", stacklevel=2)
-    if unexplained or unexpected:
-        raise CheckpointError(
-            f"{path} ({entry.name if entry else 'local file'}) does not fit {model_name!r}: "
-            f"{len(unexplained)} missing tensors ({', '.join(unexplained[:6])}{'...' if len(unexplained) > 6 else ''}), "
-            f"{len(unexpected)} unexpected ({', '.join(unexpected[:6])}). "
-            "Is it a file of this variant?"
-        )
-    for w in caught:
-        text = str(w.message)
-        if "dropped" in text or "not used" in text or (result["missing"] and "strict=False" in text):
-            warnings.warn(w.message, stacklevel=2)
-    return result
+
+    key: str
+    file_shape: tuple[int, ...] | None
+    model_shape: tuple[int, ...] | None
+    reason: str
+    allowed: bool
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_pretrained` did: counts, and a row for every skipped tensor.
+
+    ``str(report)`` is the summary line followed by the table; the same text
+    for ``create_model(pretrained=...)`` (a warning, when anything was skipped)
+    and a recipe's ``model.pretrained`` (printed by ``msfusion train``).
+    """
+
+    path: Path
+    weights: str | None
+    loaded: int
+    expected: int
+    what: str
+    skipped: tuple[SkippedTensor, ...]
+    not_in_file: str = ""
+
+    @property
+    def refused(self) -> list[SkippedTensor]:
+        return [row for row in self.skipped if not row.allowed]
+
+    def summary(self) -> str:
+        source = f" ({self.weights})" if self.weights else ""
+        # Rounded down: 548 of 550 is 99 %, never a "100 %" beside skipped tensors.
+        share = 100 * self.loaded // max(self.expected, 1)
+        text = f"{self.path}{source}: loaded {self.loaded} of {self.expected} {self.what} ({share}%)"
+        if self.not_in_file:
+            text += f"; {self.not_in_file}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped"
+        return text
+
+    def table(self, limit: int | None = None) -> str:
+        """The skipped tensors: key, shape in the file, shape in the model, reason (``limit`` rows at most)."""
+        if not self.skipped:
+            return ""
+
+        def shape(value: tuple[int, ...] | None) -> str:
+            return "-" if value is None else ("x".join(map(str, value)) or "scalar")
+
+        rows = [("tensor", "in file", "in model", "reason")]
+        shown = self.skipped if limit is None else self.skipped[:limit]
+        rows += [(r.key, shape(r.file_shape), shape(r.model_shape), r.reason) for r in shown]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [
+            "  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+            for row in rows
+        ]
+        lines.insert(1, "  " + "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        if limit is not None and len(self.skipped) > limit:
+            lines.append(f"  ... and {len(self.skipped) - limit} more")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        table = self.table()
+        return self.summary() + (":\n" + table if table else "")
+
+
+def _head_key(key: str) -> bool:
+    """A tensor of the classifier or of a segmentation head: its shape follows the class count."""
+    return key.startswith(CLASSIFIER_PREFIXES)
 
 
 def _may_stay_initialised(key: str) -> bool:
+    """Parts a backbone or classifier file cannot hold: heads, decoders, necks, add-ons, ViTDet's pyramid."""
     return (
-        key.startswith(CLASSIFIER_PREFIXES)
+        _head_key(key)
         or "simple_pyramid." in key
         or key.startswith(("decode_head.", "auxiliary_head.", "neck.", "addon."))
     )
+
+
+def load_pretrained(
+    model: nn.Module, spec: str | Path | bool, model_name: str | None = None, *, partial: bool = False
+) -> LoadReport:
+    """Initialise ``model`` from ``spec`` (True, a weights name, or a path): the one pretrained loader.
+
+    ``create_model(pretrained=...)`` and a recipe's ``model.pretrained`` both
+    call it. The file is read safely (``read_state_dict``) and brought to the
+    model's keys (official SegNeXt / mmsegmentation, timm and torchvision
+    layouts, an encoder file into a composed model's ``backbone.``). Every
+    tensor that fits by name and shape is loaded; every other one is a row
+    of the report with its shape in the file and in the model. Accepted
+    without ``partial``: a head of another class count (fine-tuning, as timm
+    and mmsegmentation do), parts the file cannot have (the decoder of an
+    encoder file, necks, add-ons), the classifier of a file given to a
+    features-only model. Refused without ``partial``: a tensor of another
+    shape outside the head, a tensor missing from the file, a tensor of the
+    file with no place in the model. A file that fills less than
+    ``MIN_PRETRAINED_SHARE`` of what it is meant for is of another family
+    and refused even when nothing else is wrong.
+
+    Args:
+        model: the freshly built model.
+        spec: True (the variant's default weights), a weights name
+            (``list_weights()``), or a file path.
+        model_name: for messages and for ``True`` (default: ``model.model_cfg``'s name).
+        partial: load whatever fits (``model.pretrained_partial``), however little.
+
+    Returns:
+        The :class:`LoadReport`.
+
+    Raises:
+        CheckpointError: with the summary and the table of refused tensors.
+        WeightsError, FileNotFoundError: the file cannot be found or trusted.
+    """
+    from msfusion.checkpoint import adapt_layout, read_state_dict
+
+    model_name = model_name or (getattr(model, "model_cfg", None) or {}).get("name") or type(model).__name__
+    path, entry = resolve_pretrained(model_name, model, spec)
+    no_place: dict[str, Any] = {}
+    state = adapt_layout(model, read_state_dict(path), path, unused=no_place)
+    own = model.state_dict()
+    encoder_only = (
+        bool(state)
+        and all(k.startswith("backbone.") for k in state)
+        and any(not k.startswith("backbone.") for k in own)
+    )
+    target = [k for k in own if k.startswith("backbone.")] if encoder_only else list(own)
+    own_top = {k.split(".", 1)[0] for k in own}
+    rows: list[SkippedTensor] = [
+        SkippedTensor(k, tuple(v.shape), None, "no place in a features-only backbone (the file's head)", True)
+        for k, v in no_place.items()
+    ]
+    fits = {}
+    for key, tensor in state.items():
+        if key not in own:
+            headless = _head_key(key) and key.split(".", 1)[0] not in own_top
+            reason = "the model has no classifier" if headless else "no place in the model"
+            rows.append(SkippedTensor(key, tuple(tensor.shape), None, reason, headless))
+        elif tuple(tensor.shape) != tuple(own[key].shape):
+            head = _head_key(key)
+            reason = (
+                "another shape in the head (another class count): initialised"
+                if head
+                else ("another shape outside the head")
+            )
+            rows.append(SkippedTensor(key, tuple(tensor.shape), tuple(own[key].shape), reason, head))
+        else:
+            fits[key] = tensor
+    for key in target:
+        if key not in state:
+            allowed = _may_stay_initialised(key)
+            reason = "not in the file: initialised (a part the file cannot have)" if allowed else "not in the file"
+            rows.append(SkippedTensor(key, None, tuple(own[key].shape), reason, allowed))
+    loaded = sum(k in fits for k in target)
+    report = LoadReport(
+        path=Path(path),
+        weights=entry.name if entry else None,
+        loaded=loaded,
+        expected=len(target),
+        what="backbone tensors" if encoder_only else "model tensors",
+        skipped=tuple(rows),
+        not_in_file=f"the other {len(own) - len(target)} (decoder) initialised: an encoder file"
+        if encoder_only
+        else "",
+    )
+    hint = (
+        "To initialise from it anyway, set model.pretrained_partial: true in a recipe, or pass "
+        "pretrained_partial=True to create_model."
+    )
+    if loaded < MIN_PRETRAINED_SHARE * len(target) and not partial:
+        raise CheckpointError(
+            f"{report.summary()}. The file does not fit {model_name!r}: at least {MIN_PRETRAINED_SHARE:.0%} must "
+            f"load; is it a checkpoint of this family? {hint}"
+        )
+    refused = report.refused
+    if refused and not partial:
+        table = LoadReport(report.path, report.weights, loaded, len(target), report.what, tuple(refused))
+        raise CheckpointError(
+            f"{report.summary()}; {len(refused)} refused, the file does not fit {model_name!r}: is it a file of "
+            f"this variant? {hint}\n{table.table(limit=20)}"
+        )
+    model.load_state_dict(fits, strict=False)
+    return report
 
 
 # ---------------------------------------------------------------- the table

@@ -21,7 +21,8 @@ import msfusion as mf
 from msfusion.models.segmentor import Segmentor
 
 MODEL_KINDS = ("backbone", "classifier", "segmentor")
-ALL = [n for kind in MODEL_KINDS for n in mf.list_models(kind=kind, include_test=True)]
+# list_models(kind="backbone") also lists the classifiers (their features_only form): each name once.
+ALL = list(dict.fromkeys(n for kind in MODEL_KINDS for n in mf.list_models(kind=kind, include_test=True)))
 PARTS = [(n, kind) for kind in ("neck", "addon", "head") for n in mf.list_models(kind=kind, include_test=True)]
 REAL_LIMIT = 6_000_000
 PART_INFO = [

@@ -79,6 +79,10 @@ def test_list_models_by_kind():
     assert "segnext_t" not in mf.list_models(kind="classifier")
     assert {"ham", "uper", "mlp", "fcn"} <= set(mf.list_models(kind="head"))
     assert mf.model_kind("mscan_t") == "classifier"
+    # Backbones: every name create_model(name, features_only=True) builds, the ImageNet classifiers included.
+    backbones = mf.list_models(kind="backbone")
+    assert {"mscan_t", "mscan_l", "cednet_next_t", "topformer_b_cls"} <= set(backbones) and "segnext_t" not in backbones
+    assert set(mf.list_models(kind="classifier")) <= set(backbones)
     with pytest.raises(ValueError, match="kind must be one of"):
         mf.list_models(kind="decoder")
 

@@ -36,8 +36,8 @@ def test_overlay_leaves_background_and_ignored_pixels_untouched():
     out = overlay(image, colorize(label, palette), alpha=0.5)
     untouched = (label == 0) | (label == 255)
     assert np.array_equal(out[untouched], image[untouched])
-    drawn = np.round(image[label == 1] * 0.5 + np.array(palette[1]) * 0.5).astype(np.uint8)
-    assert np.array_equal(out[label == 1], drawn)
+    drawn = np.round(image[label == 1] * 0.5 + np.array(palette[1]) * 0.5)
+    assert np.abs(out[label == 1].astype(int) - drawn).max() <= 1  # torchvision blends in float, then rounds
 
 
 def _text_height(canvas: Image.Image, picture_width: int, swatch: int) -> int:

@@ -43,15 +43,12 @@ from torch import nn
 
 from msfusion.checkpoint import (
     CheckpointError,
-    adapt_layout,
     atomic_write,
     read_metadata,
-    read_state_dict,
     save_checkpoint,
 )
 
 __all__ = [
-    "MIN_PRETRAINED_SHARE",
     "capture_rng_state",
     "restore_rng_state",
     "existing_checkpoints",
@@ -63,11 +60,7 @@ __all__ = [
     "save_best",
     "non_finite_tensors",
     "check_finite_weights",
-    "load_pretrained",
 ]
-
-# A ``model.pretrained`` file must fill at least this share of the tensors it is meant for.
-MIN_PRETRAINED_SHARE = 0.5
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -372,59 +365,3 @@ def check_finite_weights(model: nn.Module, source: str | Path) -> None:
             f"{', ...' if len(bad) > 5 else ''}); the run had diverged, so every score or prediction would be NaN "
             "or empty. Use an earlier checkpoint of the run (iter_*.safetensors, best.safetensors)."
         )
-
-
-def _groups(keys: Sequence[str], limit: int = 4) -> str:
-    """``"decode_head.conv_seg (2), backbone.block4 (40)"``: keys counted by their first two parts."""
-    counts: dict[str, int] = {}
-    for key in keys:
-        prefix = ".".join(key.split(".")[:2])
-        counts[prefix] = counts.get(prefix, 0) + 1
-    parts = [f"{prefix} ({n})" for prefix, n in list(counts.items())[:limit]]
-    return ", ".join(parts) + (f", ... ({len(counts) - limit} more groups)" if len(counts) > limit else "")
-
-
-def load_pretrained(model: nn.Module, path: str | Path, *, partial: bool = False) -> str:
-    """Initialise ``model`` from ``path`` (``model.pretrained``): load what fits, refuse what barely fits.
-
-    Tensors whose name and shape match are loaded (through the model's
-    ``checkpoint_filter_fn`` for official layouts). A file whose keys all start
-    with ``backbone.`` is an encoder checkpoint and is measured against the
-    backbone's tensors; any other against the whole model. When less than
-    ``MIN_PRETRAINED_SHARE`` of them load, the file is almost surely of another
-    model family, and training from scratch with a warning would waste the run.
-
-    Args:
-        model: the freshly built model.
-        path: the checkpoint.
-        partial: load whatever fits, however little.
-
-    Returns:
-        A one-line summary (loaded count, groups of tensors not loaded).
-
-    Raises:
-        CheckpointError: too little fits and ``partial`` is False.
-    """
-    # Official, timm and torchvision layouts, and a backbone's file into a composed model.
-    state = adapt_layout(model, read_state_dict(path), path)
-    own = model.state_dict()
-    encoder_only = bool(state) and all(k.startswith("backbone.") for k in state)
-    target = [k for k in own if k.startswith("backbone.")] if encoder_only else list(own)
-    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    missing = [k for k in target if k not in fits]
-    unused = [k for k in state if k not in fits]
-    share = (len(target) - len(missing)) / max(len(target), 1)
-    what = "backbone tensors" if encoder_only else "model tensors"
-    summary = f"{path}: loaded {len(target) - len(missing)} of {len(target)} {what} ({share:.0%})"
-    if missing:
-        summary += f"; not in the file or another shape: {_groups(missing)}"
-    if unused:
-        summary += f"; {len(unused)} tensors of the file unused: {_groups(unused)}"
-    if share < MIN_PRETRAINED_SHARE and not partial:
-        name = (getattr(model, "model_cfg", None) or {}).get("name", type(model).__name__)
-        raise CheckpointError(
-            f"{summary}. At least {MIN_PRETRAINED_SHARE:.0%} must load: is it a checkpoint of {name!r}'s family? "
-            "To initialise from it anyway, set model.pretrained_partial: true."
-        )
-    model.load_state_dict(fits, strict=False)
-    return summary

@@ -10,7 +10,7 @@ Measured on 2 CPU cores: see the ``README.txt`` of a report.
 The report folder holds:
 
 - ``metrics.json``, ``metrics_per_class.csv``, ``per_class.txt``: held-out scores;
-- ``training_curve.png``: loss, learning rate and validation mIoU;
+- ``training_curve.png``: loss, learning rate and validation mIoU / mAcc / aAcc (%);
 - ``predictions.png``: image | ground truth | prediction | overlay for
   validation images;
 - ``README.txt``: what to look at;
@@ -159,7 +159,7 @@ def run_demo(
     save_metrics(metrics, out_dir, "metrics")
     table = format_metrics_table(metrics)
     (out_dir / "per_class.txt").write_text(table + "\n")
-    plot_training_curve(summary["history"], summary["evals"], out_dir / "training_curve.png")
+    plot_training_curve(summary["history"], summary["evals"], out_dir / "training_curve.png", "segmentation")
     images, labels, preds = [], [], []
     for index in range(min(num_examples, len(val))):
         sample = val[index]

@@ -3,7 +3,8 @@
 For each input ``<stem>.<ext>`` three PNGs are written to the output folder:
 
 - ``<stem>_label.png``: the class id of every pixel, for programs: an 8-bit
-  PNG (mode 'L') for up to 256 classes, a 16-bit PNG beyond (an 8-bit file
+  palette PNG (mode 'P': the ids unchanged, shown in the class colours by
+  image viewers) for up to 256 classes, a 16-bit PNG beyond (an 8-bit file
   would silently write class 299 as 43);
 - ``<stem>_color.png``: the class colours (the training set's palette);
 - ``<stem>_overlay.png``: the image blended with the colours, and a legend of
@@ -29,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from msfusion.engine.evaluator import check_slide_window, segment_with_config
-from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay
+from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay, save_label_png
 
 __all__ = ["collect_images", "iter_images", "predict_array", "predict_files"]
 
@@ -237,8 +238,8 @@ def predict_files(
             "color": str(out_dir / f"{stem}_color.png"),
             "overlay": str(out_dir / f"{stem}_overlay.png"),
         }
-        # 16-bit PNG beyond 256 classes (PIL writes a uint16 array as mode I;16).
-        Image.fromarray(label).save(paths["label"])
+        # A palette PNG (ids unchanged, shown in colour by viewers); 16-bit grey beyond 256 classes.
+        save_label_png(label, palette, paths["label"])
         Image.fromarray(color).save(paths["color"])
         add_legend(overlay(image, color, alpha), classes, palette, present).save(paths["overlay"])
         written.append(paths)

@@ -45,7 +45,6 @@ from msfusion.engine.checkpointing import (
     capture_rng_state,
     check_same_model,
     latest_checkpoint,
-    load_pretrained,
     load_training_state,
     non_finite_tensors,
     prepare_work_dir,
@@ -95,8 +94,9 @@ def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
     """Switch on activation recomputation in ``model``'s backbone (``train.grad_checkpointing``).
 
     Uses the backbone's ``set_grad_checkpointing`` (MSCAN, CEDNet, and timm
-    models behind the timm adapter), or the model's own; ``ValueError`` names
-    the backbone when it has none.
+    models behind the timm adapter; a torchvision detector's backbone wrapper
+    passes it on to the backbone it wraps), or the model's own; ``ValueError``
+    names the backbone when it has none.
     """
     backbone = getattr(model, "backbone", model)
     for part in (backbone, getattr(backbone, "model", None), model):
@@ -121,21 +121,53 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def git_commit(folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The git commit of the msfusion source in use and whether it has local changes; None outside git.
+
+    Asks ``git`` about the folder of the package (a source checkout, an
+    editable install); an installed wheel, a missing ``git`` or any git error
+    gives None, never an exception.
+    """
+    import subprocess
+
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
+
+    def ask(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout.strip()
+
+    try:
+        commit = ask("rev-parse", "HEAD")
+        dirty = bool(ask("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 def write_run_record(path: Path, cfg: Mapping[str, Any], device: torch.device, world_size: int) -> None:
-    """``run.json``: library versions, device, seed, command line and the exact recipe of this run."""
-    import platform
+    """``run.json``: versions (msfusion and its git commit, torch, torchvision, timm, numpy, Python), the device
+    model and threads, seed, command line and the exact recipe of this run."""
     import sys
 
     import timm
 
+    from msfusion.analysis.benchmark import environment
     from msfusion.version import __version__
 
+    env = environment(device)
     record = {
         "msfusion": __version__,
-        "torch": torch.__version__,
+        "git": git_commit(),
+        "torch": env["torch"],
+        "torchvision": env["torchvision"],
         "timm": timm.__version__,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "numpy": env["numpy"],
+        "python": env["python"],
+        "device": env["device"],
+        "cpu": env["cpu"],
+        "gpu": env["gpu"],
+        "threads": env["threads"],
+        "cpu_count": env["cpu_count"],
         "world_size": world_size,
         "seed": cfg["train"]["seed"],
         "command": sys.argv,
@@ -228,13 +260,15 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
     else:
         model = create_model(cfg["model"]["name"], **kwargs)
     if cfg["model"]["pretrained"]:
-        from msfusion.weights import resolve_pretrained
+        from msfusion.weights import load_pretrained
 
-        # A weights name (``mscan_t.in1k``) resolves through the hub caches, hash-checked; a path stays a path.
-        weights_path, _ = resolve_pretrained(cfg["model"]["name"], model, cfg["model"]["pretrained"])
-        summary = load_pretrained(model, weights_path, partial=cfg["model"].get("pretrained_partial", False))
+        # The loader of create_model(pretrained=...): a weights name (``mscan_t.in1k``) resolves through the
+        # hub caches, hash-checked, a path stays a path; the report lists every skipped tensor and why.
+        report = load_pretrained(
+            model, cfg["model"]["pretrained"], cfg["model"]["name"], partial=cfg["model"].get("pretrained_partial")
+        )
         if os.environ.get("RANK", "0") == "0":
-            print(f"model.pretrained: {summary}", flush=True)
+            print(f"model.pretrained: {report}", flush=True)
     return model
 
 
@@ -440,8 +474,9 @@ class Trainer:
         self.evals = list(state.get("evals", []))
         self.best = dict(state.get("best", {}))
         self.last_checkpoint = weights
-        if changed and self.dist.is_main:
-            print(f"resumed at step {self.step} with the recipe's new optimiser settings: {', '.join(changed)}")
+        if self.dist.is_main:
+            news = f", with the recipe's new optimiser settings: {', '.join(changed)}" if changed else ""
+            print(f"resumed from step {self.step} ({weights}){news}", flush=True)
         return True
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -539,7 +574,7 @@ class Trainer:
             # The pictures of the run so far, rewritten at every evaluation.
             from msfusion.engine.visualize import plot_training_curve, write_metrics_csv
 
-            plot_training_curve(self.history, self.evals, self.work_dir / "training_curve.png")
+            plot_training_curve(self.history, self.evals, self.work_dir / "training_curve.png", self.task.name)
             write_metrics_csv(self.evals, self.work_dir / "metrics.csv")
         barrier()
         return metrics

@@ -1,7 +1,7 @@
 """Pictures of a run: colour masks, overlays with a legend, the training curve, the confusion matrix, a prediction grid.
 
-Everything is drawn with PIL and matplotlib's non-interactive ``Agg`` backend,
-so it works on headless machines.
+Everything is drawn with PIL, torchvision's ``draw_segmentation_masks`` and
+matplotlib's non-interactive ``Agg`` backend, so it works on headless machines.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ __all__ = [
     "default_palette",
     "colorize",
     "overlay",
+    "save_label_png",
     "add_legend",
     "legend_font_size",
+    "CURVE_METRICS",
+    "validation_series",
     "plot_training_curve",
     "plot_confusion_matrix",
     "write_metrics_csv",
@@ -57,17 +60,52 @@ def overlay(
 ) -> np.ndarray:
     """Blend class colours into an (H, W, 3) uint8 image where a class is drawn.
 
-    Pixels listed in ``keep`` (an (H, W) bool mask) are left exactly as they
-    are; by default those whose colour is black (the background class of the
-    VOC colour map) or white (ignored pixels), so the background is not
-    darkened, as torchvision's ``draw_segmentation_masks`` leaves undrawn
-    pixels untouched.
+    Drawn with torchvision's ``draw_segmentation_masks`` (one boolean mask per
+    colour), as the detection pictures are. Pixels listed in ``keep`` (an
+    (H, W) bool mask) are left exactly as they are; by default those whose
+    colour is black (the background class of the VOC colour map) or white
+    (ignored pixels), so the background is not darkened.
     """
+    import torch
+    from torchvision.utils import draw_segmentation_masks
+
     if keep is None:
         keep = np.all(color_mask == 0, axis=-1) | np.all(color_mask == 255, axis=-1)
-    blended = image.astype(np.float32) * (1.0 - alpha) + color_mask.astype(np.float32) * alpha
-    blended = blended.round().clip(0, 255).astype(np.uint8)
-    return np.where(keep[..., None], image, blended).astype(np.uint8)
+    # One mask per distinct colour: colours packed into one integer, so np.unique stays fast on large images.
+    packed = color_mask.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int64)
+    packed[keep] = -1
+    colours = [int(c) for c in np.unique(packed) if c >= 0]
+    if not colours:
+        return image.copy()
+    masks = torch.from_numpy(np.stack([packed == c for c in colours]))
+    rgb = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in colours]
+    # In float [0, 1], then rounded: a uint8 image would be truncated by the cast back.
+    # torch.tensor copies: an image read from a file may be a read-only array.
+    drawn = draw_segmentation_masks(torch.tensor(image).permute(2, 0, 1).double() / 255, masks, alpha, rgb)
+    return (drawn * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_label_png(label: np.ndarray, palette: Sequence[Color], path: str | Path) -> Path:
+    """Write (H, W) class ids as a PNG: a palette PNG up to 256 classes, a 16-bit grey PNG beyond.
+
+    A palette (mode 'P') PNG stores the class id of each pixel unchanged (read
+    back with ``np.asarray(Image.open(path))``) and carries the class colours,
+    so image viewers show it in colour, as the Pascal VOC and Cityscapes label
+    files do. Beyond 256 classes an 8-bit file cannot hold the ids: the file is
+    16-bit grey (mode 'I;16'), which viewers show dark.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if int(label.max(initial=0)) > 255 or len(palette) > 256:
+        Image.fromarray(label.astype(np.uint16)).save(path)
+        return path
+    picture = Image.fromarray(label.astype(np.uint8))  # mode 'L'; putpalette makes it 'P', the ids unchanged
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    picture.putpalette(table.reshape(-1).tolist())
+    picture.save(path)
+    return path
 
 
 def legend_font_size(height: int) -> int:
@@ -122,17 +160,40 @@ def add_legend(
     return canvas
 
 
-def _metric_series(evals: Sequence[dict[str, Any]]) -> list[str]:
-    """Scalar validation metrics present in every evaluation, primary ones first."""
-    keys = [k for k in evals[0] if k != "step" and all(isinstance(e.get(k), (int, float)) for e in evals)]
-    order = ("mIoU", "mAcc", "aAcc", "bbox_mAP", "segm_mAP", "top1", "PQ")
-    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))[:4]
+# The validation metrics each task's curve shows (fractions, plotted in percent); every other number of an
+# evaluation (image, detection and TP/FP/FN counts, per-size AP, thing/stuff splits) stays in metrics.csv.
+CURVE_METRICS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("mIoU", "mAcc", "aAcc"),
+    "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75"),
+    "panoptic": ("PQ", "SQ", "RQ"),
+}
 
 
-def plot_training_curve(history: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss and learning rate against the step, and the validation metrics, in one PNG.
+def validation_series(evals: Sequence[dict[str, Any]], task: str | None = None) -> list[str]:
+    """The metrics the validation panel plots: the task's :data:`CURVE_METRICS` present in every evaluation.
 
-    Metrics that are fractions (mIoU, mAcc, aAcc, AP) are drawn in percent.
+    Args:
+        evals: one dict per evaluation (``step`` and the metrics, fractions).
+        task: ``segmentation``, ``detection`` or ``panoptic``; None: whichever
+            task's metrics the evaluations hold.
+    """
+    if task is not None and task not in CURVE_METRICS:
+        raise ValueError(f"unknown task {task!r} for a training curve; choose one of {sorted(CURVE_METRICS)}")
+    names = CURVE_METRICS[task] if task else tuple(k for keys in CURVE_METRICS.values() for k in keys)
+    return [k for k in names if evals and all(isinstance(e.get(k), (int, float)) for e in evals)]
+
+
+def plot_training_curve(
+    history: Sequence[dict[str, Any]],
+    evals: Sequence[dict[str, Any]],
+    path: str | Path,
+    task: str | None = None,
+) -> Path:
+    """Loss and learning rate against the step, and the task's validation metrics in percent, in one PNG.
+
+    The validation panel draws :func:`validation_series` (mIoU / mAcc / aAcc;
+    box and mask AP / AP50 / AP75; PQ / SQ / RQ) on a 0-100 % axis; counts are
+    never drawn. NaN values (an AP with no ground truth) leave a gap.
     """
     import matplotlib
 
@@ -150,18 +211,33 @@ def plot_training_curve(history: Sequence[dict[str, Any]], evals: Sequence[dict[
     ax_lr.plot(steps, [h["lr"] for h in history], color="tab:orange", alpha=0.7, label="learning rate")
     ax_lr.set_ylabel("lr (first group)", color="tab:orange")
     ax_loss.set_title("training")
-    if evals:
-        names = _metric_series(evals)
-        fractions = all(0.0 <= e[k] <= 1.0 for e in evals for k in names if e[k] == e[k])
-        for name, style in zip(names, ("-o", "--", ":", "-."), strict=False):
-            values = [(100 if fractions else 1) * e[name] for e in evals]
-            ax_val.plot([e["step"] for e in evals], values, style, label=name)
-        if fractions:
-            ax_val.set_ylim(0, 100)
-        ax_val.legend(loc="lower right")
-        ax_val.set_ylabel("%" if fractions else "value")
+    names = validation_series(evals, task)
+    if names:
+        eval_steps = [e["step"] for e in evals]
+        lines = []
+        for n, name in enumerate(names):
+            # Mask metrics dashed beside the box metrics of the same colour; one marker per evaluation.
+            style = "--" if name.startswith("segm_") else "-"
+            values = [100 * e[name] for e in evals]
+            lines += ax_val.plot(eval_steps, values, style, marker="o", color=f"C{n % 3}", label=name)
+        # The legend carries the last evaluation's values, readable without a ruler even when they are low.
+        entries = [f"{name}  {100 * evals[-1][name]:.1f}" for name in names]
+        ax_val.legend(
+            lines,
+            entries,
+            loc="best",
+            fontsize=8,
+            ncol=2 if len(names) > 3 else 1,
+            title=f"% at step {eval_steps[-1]}",
+            title_fontsize=8,
+        )
+        ax_val.set_ylim(0, 100)
+        ax_val.set_ylabel("%")
+        if steps:
+            ax_val.set_xlim(ax_loss.get_xlim())
     else:
-        ax_val.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax_val.transAxes)
+        what = "no evaluation yet" if not evals else "no curve metric in the evaluations"
+        ax_val.text(0.5, 0.5, what, ha="center", va="center", transform=ax_val.transAxes)
     ax_val.set_xlabel("step")
     ax_val.set_title("validation")
     ax_val.grid(alpha=0.3)

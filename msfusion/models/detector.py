@@ -115,6 +115,23 @@ class DetectorBackbone(FeatureChain):
         self.names = [_level_name(f["reduction"]) for f in self.feature_info]
         self.strides = [f["reduction"] for f in self.feature_info]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's activations in the backward pass (``train.grad_checkpointing``).
+
+        The switch goes to the backbone (MSCAN, CEDNet, a timm model behind
+        the timm adapter); the add-on and the neck keep their activations.
+        ``ValueError`` names a backbone that has no such switch.
+        """
+        for part in (self.backbone, getattr(self.backbone, "model", None)):
+            switch = getattr(part, "set_grad_checkpointing", None)
+            if callable(switch):
+                switch(enable)
+                return
+        raise ValueError(
+            f"train.grad_checkpointing: the detector's backbone {type(self.backbone).__name__} has no "
+            "set_grad_checkpointing(); MSCAN, CEDNet and timm backbones have one. Set train.grad_checkpointing=false."
+        )
+
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         # The detector's resized, normalised batch: a NaN pixel would otherwise give no detection at all.
         check_finite_input(images, "detector's image batch (resized and normalised)")
