@@ -1,6 +1,6 @@
-"""The documentation site (``docs/``, ``mkdocs.yml``) is never wrong: its examples run here.
+"""The documentation site (``docs/``, ``mkdocs.yml``) and the README are never wrong: their examples run here.
 
-- Every ```` ```python ```` block of every page runs, in a fresh temporary
+- Every ```` ```python ```` block of every page, and of ``README.md``, runs, in a fresh temporary
   folder, at the tiny size the page uses. A block marked ```` ```{.python
   continuation} ```` runs in the namespace of the blocks before it on the same
   page; a block marked ```` ```{.python notest} ```` (needs data, a download
@@ -14,6 +14,9 @@
   the real command-line parser (command names and flags exist).
 - The model pages together list every registered model, the CLI reference
   names every option, and ``mkdocs build --strict`` succeeds.
+- ``README.md`` is a front page of at most 300 lines that keeps the test
+  command CI runs, and every relative link of it and of the pages points to
+  a file (and heading) that exists.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
+README = ROOT / "README.md"
+#: The pages whose examples run, recipes are validated and command lines are parsed: the site and the README.
+CHECKED = [*PAGES, README]
 FENCE_RE = re.compile(
     r"^(?P<indent>[ ]*)(?P<fence>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ ]*$",
     re.MULTILINE | re.DOTALL,
@@ -95,10 +101,10 @@ def test_fence_parser_sees_the_markers() -> None:
     assert all(b.code.strip() for b in found)
 
 
-PYTHON_PAGES = [p for p in PAGES if any(b for b in blocks(p, "python") if "notest" not in b.options)]
+PYTHON_PAGES = [p for p in CHECKED if any(b for b in blocks(p, "python") if "notest" not in b.options)]
 
 
-@pytest.mark.parametrize("page", PYTHON_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an example must never download
@@ -117,22 +123,15 @@ def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _dataset_types(task: str) -> dict[str, type]:
-    if task == "segmentation":
-        from msfusion.data import DATASET_TYPES
+    import msfusion.data  # noqa: F401  (importing it registers every built-in dataset)
+    from msfusion.data.registry import datasets
 
-        return dict(DATASET_TYPES)
-    if task == "detection":
-        from msfusion.data.detection_build import _types
-
-        return _types()
-    from msfusion.engine.panoptic import _types
-
-    return _types()
+    return dict(datasets(task))
 
 
 RECIPES = [
     b
-    for p in PAGES
+    for p in CHECKED
     for b in blocks(p, "yaml")
     if isinstance(yaml.safe_load(b.code), dict) and set(yaml.safe_load(b.code)) & RECIPE_SECTIONS
 ]
@@ -181,7 +180,7 @@ def _command_lines(code: str) -> Iterator[list[str]]:
                 segment.append(token)
 
 
-BASH = [b for p in PAGES for b in blocks(p, "bash") if any(True for _ in _command_lines(b.code))]
+BASH = [b for p in CHECKED for b in blocks(p, "bash") if any(True for _ in _command_lines(b.code))]
 
 
 def test_bash_commands_found() -> None:
@@ -260,7 +259,8 @@ def test_training_page_documents_every_dataset_option() -> None:
     """Each constructor argument of every dataset type, and every recipe key, is on the page."""
     import inspect
 
-    from msfusion.data.detection_transforms import CopyPaste, build_detection_transforms
+    from msfusion.data.detection_transforms import CopyPaste
+    from msfusion.data.registry import get_transform, transform_types
     from msfusion.engine.config import DEFAULTS
 
     text = (DOCS / "training.md").read_text()
@@ -272,10 +272,79 @@ def test_training_page_documents_every_dataset_option() -> None:
             for name in inspect.signature(cls).parameters:
                 if name not in ("self", "kind") and f"`{name}`" not in text:
                     missing.append(f"{task} {kind}: {name}")
-    for factory in (build_detection_transforms, CopyPaste):
+    # Every registered detection pipeline (`transforms: {kind: ...}`) with its options, and copy-paste's.
+    pipelines = [get_transform(kind, task="detection") for kind in transform_types("detection")]
+    missing += [f"transforms kind {kind}" for kind in transform_types("detection") if f"`{kind}`" not in text]
+    for factory in (*pipelines, CopyPaste):
         missing += [f"{factory.__name__}: {n}" for n in inspect.signature(factory).parameters if f"`{n}`" not in text]
     missing += [f"data.{key}" for key in DEFAULTS["data"] if f"`{key}`" not in text]
     for section, keys in DEFAULTS.items():
         if isinstance(keys, dict) and section != "data":
             missing += [f"{section}.{key}" for key in keys if f"`{section}.{key}`" not in text]
     assert not missing, f"undocumented on docs/training.md: {missing}"
+
+
+def test_readme_is_a_front_page() -> None:
+    """At most 300 lines; it keeps the test command of ``.ci/run`` and leads into the site."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300, f"README.md has {len(text.splitlines())} lines; move details to docs/"
+    assert "## Tests\n\n```bash\npython -m pytest -q\n```" in text
+    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+    assert any(b.lang == "python" and "notest" not in b.options for b in blocks(README)), "README runs no example"
+    linked = {target.split("#")[0] for _, target in _relative_links(README)}
+    pages = [str(p.relative_to(ROOT)) for p in PAGES if p != DOCS / "index.md"]  # the README is the home page
+    missing = [p for p in pages if p not in linked]
+    assert not missing, f"README.md does not link to {missing}"
+
+
+LINK_RE = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """The anchor of a heading, as Python-Markdown's ``toc`` extension (MkDocs) and GitHub both make it."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip()).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _relative_links(page: Path) -> list[tuple[int, str]]:
+    """(line, target) of every link to a file or anchor in ``page``, outside code blocks and code spans."""
+    text = page.read_text()
+    text = FENCE_RE.sub(lambda m: "\n" * m.group(0).count("\n"), text)  # no code blocks, same line numbers
+    links = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for match in LINK_RE.finditer(re.sub(r"`[^`]*`", "", line)):
+            target = match.group(1)
+            if not re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+                links.append((number, target))
+    return links
+
+
+def _broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    broken = []
+    for number, target in _relative_links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        where = f"{page.relative_to(root)}:{number}: {target}"
+        if not dest.exists():
+            broken.append(f"{where} (no such file)")
+        elif anchor and dest.suffix == ".md":
+            headings = {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+?)\s*$", dest.read_text(), re.MULTILINE)}
+            if anchor not in headings:
+                broken.append(f"{where} (no heading #{anchor} in {dest.relative_to(root)})")
+    return broken
+
+
+def test_link_checker_finds_broken_links(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n[ok](#a-page) [gone](missing.md) [bad anchor](#nowhere) `[code](x.md)`\n")
+    broken = _broken_links(page, root=tmp_path)
+    assert len(broken) == 2 and "missing.md (no such file)" in broken[0] and "#nowhere" in broken[1]
+    assert _slug("FINE's attention strategies (Table 3) on a whole detector") == (
+        "fines-attention-strategies-table-3-on-a-whole-detector"
+    )
+
+
+@pytest.mark.parametrize("page", CHECKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_existing_files(page: Path) -> None:
+    broken = _broken_links(page)
+    assert not broken, "broken links:\n" + "\n".join(broken)
