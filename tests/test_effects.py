@@ -133,8 +133,26 @@ def test_output_folder_of_another_benchmark_or_configuration_is_refused(tmp_path
     (mine / "runs").mkdir()
     (mine / "runs" / "tiny.tiny_a.s0.json").write_text("{}")
     E.prepare_out_dir(mine, TINY_BUDGET, overwrite=False)  # the same configuration resumes
+    E.prepare_out_dir(mine, TINY_BUDGET, overwrite=True)  # ... even with --overwrite: results are never lost
+    assert (mine / "runs" / "tiny.tiny_a.s0.json").exists()
     more_steps = E.Budget(**{**TINY_BUDGET.__dict__, "steps": 3})
     with pytest.raises(ValueError, match="another configuration.*steps"):
         E.prepare_out_dir(mine, more_steps, overwrite=False)
     E.prepare_out_dir(mine, more_steps, overwrite=True)
     assert not (mine / "runs").exists()  # the old configuration's results are gone
+
+
+def test_pair_report_from_hand_made_runs_of_three_seeds():
+    def run(seed, miou):
+        return {"seed": seed, "scores": {"mIoU": miou}, "params": 10, "macs": 20, "image_size": 32,
+                "train_time_s": 1.0, "curve": [[1, 2.0]]}  # fmt: skip
+
+    base = [run(s, v) for s, v in enumerate((0.50, 0.52, 0.54))]
+    treat = [run(s, v) for s, v in enumerate((0.55, 0.58, 0.58))]
+    pair = E.summarise_pair(TINY, base, treat)
+    assert pair["arms"]["baseline"]["scores"]["mIoU"] == pytest.approx([50.0, 52.0, 54.0])
+    assert pair["arms"]["baseline"]["summary"]["mIoU"]["std"] == pytest.approx(2.0)
+    diff = pair["difference"]["mIoU"]
+    assert diff["differences"] == pytest.approx([5.0, 6.0, 4.0]) and diff["mean"] == pytest.approx(5.0)
+    assert diff["ci95"] == pytest.approx([5.0 - 4.303 / math.sqrt(3), 5.0 + 4.303 / math.sqrt(3)])
+    assert pair["verdict"] == "shows" and "tiny B beats tiny A by +5.00 mIoU points" in pair["text"]

@@ -563,27 +563,29 @@ def prepare_out_dir(out_dir: Path, budget: Budget, overwrite: bool) -> None:
     """Accept ``out_dir`` for this budget: new, or holding the same benchmark's results (resumed).
 
     Another benchmark's folder, or this benchmark's with another configuration, is refused unless
-    ``overwrite``, which deletes this benchmark's files there (and nothing else).
+    ``overwrite``, which deletes this benchmark's files there (and nothing else). Results of the same
+    configuration are always kept and resumed, ``overwrite`` or not: they would only be trained again.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     wanted = {"benchmark": BENCHMARK, "format": FORMAT_VERSION, "configuration": budget.configuration()}
     config_path = out_dir / CONFIG_FILE
-    if config_path.exists():
-        found = _read_json(config_path)
-        if found != wanted and not overwrite:
-            theirs = found.get("configuration", {}) if isinstance(found, dict) else {}
-            changed = sorted(k for k in wanted["configuration"] if theirs.get(k) != wanted["configuration"][k])
-            raise ValueError(
-                f"{out_dir} holds results of another configuration (differs in: {', '.join(changed) or 'format'}); "
-                "resume with the same options, choose another --out, or pass --overwrite to delete them"
-            )
-    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    found = _read_json(config_path) if config_path.exists() else None
+    if found == wanted:
+        return
+    if found is not None and not overwrite:
+        theirs = found.get("configuration", {}) if isinstance(found, dict) else {}
+        changed = sorted(k for k in wanted["configuration"] if theirs.get(k) != wanted["configuration"][k])
+        raise ValueError(
+            f"{out_dir} holds results of another configuration (differs in: {', '.join(changed) or 'format'}); "
+            "resume with the same options, choose another --out, or pass --overwrite to delete them"
+        )
+    if found is None and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(
             f"{out_dir} is not empty and holds no {BENCHMARK} results ({CONFIG_FILE} is missing); "
             "choose another --out, or pass --overwrite to write there anyway"
         )
-    if overwrite:
+    if found is not None:  # --overwrite of this benchmark's other results; another folder's files stay
         for name in ("runs", "work"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
         for name in (CONFIG_FILE, "effects.json", "effects.png"):
@@ -788,7 +790,7 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
         ax_score.set_xticklabels(
             [
                 f"{pair['arms'][r]['label']}\n{pair['arms'][r]['params'] / 1e6:.2f} M, "
-                f"{pair['arms'][r]['macs'] / 1e9:.2f} GMACs"
+                f"{pair['arms'][r]['macs'] / 1e9:.3f} GMACs"
                 for r in ("baseline", "treatment")
             ],
             fontsize=8,
@@ -802,7 +804,13 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
             delta = f"delta {diff['mean']:+.2f} (1 seed)"
         else:
             delta = f"delta {diff['mean']:+.2f}, 95% CI [{diff['ci95'][0]:+.2f}, {diff['ci95'][1]:+.2f}]"
-        ax_score.set_title(f"{pair['title']}\n{delta}: {pair['verdict']}", fontsize=9)
+        others = [
+            f"{METRIC_LABELS.get(m, m)} {pair['difference'][m]['mean']:+.2f}"
+            for m in pair["metrics"]
+            if m != metric and pair["difference"][m] is not None
+        ]
+        also = f"\n(also: {', '.join(others)})" if others else ""
+        ax_score.set_title(f"{pair['title']}\n{label} {delta}: {pair['verdict']}{also}", fontsize=9)
         ax_score.legend(loc="best", fontsize=7)
         ax_score.grid(axis="y", alpha=0.3)
         for role in ("baseline", "treatment"):
@@ -816,7 +824,6 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
         ax_curve.set_xlabel("step")
         ax_curve.set_ylabel("training loss")
         if any(c for r in ("baseline", "treatment") for c in pair["arms"][r]["curves"]):
-            ax_curve.set_yscale("log")
             ax_curve.legend(loc="upper right", fontsize=7)
         ax_curve.set_title("training curves (one line per seed)", fontsize=9)
         ax_curve.grid(alpha=0.3)

@@ -26,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: 3 on CPU, 5 on CUDA, 1 quick)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the mode's)")
     p.add_argument(
-        "--overwrite", action="store_true", help="delete results of another configuration in --out and start over"
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out holding other results (results of the same options are always resumed)",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
