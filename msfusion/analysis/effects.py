@@ -786,6 +786,14 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
                     x + 0.25, s["mean"], yerr=[[s["mean"] - low], [high - s["mean"]]], fmt="s", color="black",
                     capsize=5, zorder=4, label="mean +- 95% CI" if x else None,
                 )  # fmt: skip
+        shown = [v for r in ("baseline", "treatment") for v in pair["arms"][r]["scores"][metric] if v is not None]
+        shown += [
+            b for r in ("baseline", "treatment") for b in (pair["arms"][r]["summary"][metric] or {}).get("ci95") or []
+        ]
+        if shown:
+            # At least 2 points of axis, so that a tiny difference does not fill the panel.
+            middle, half = (max(shown) + min(shown)) / 2, max((max(shown) - min(shown)) * 0.6, 1.0)
+            ax_score.set_ylim(max(middle - half, 0.0), middle + half)  # scores are percentages
         ax_score.set_xticks([0, 1])
         ax_score.set_xticklabels(
             [
@@ -833,7 +841,7 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
         f"data, {report['device']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.2 * len(pairs))))  # room for the suptitle
     path = Path(path)
     fig.savefig(path, dpi=90)
     plt.close(fig)
