@@ -156,3 +156,32 @@ def test_pair_report_from_hand_made_runs_of_three_seeds():
     assert diff["differences"] == pytest.approx([5.0, 6.0, 4.0]) and diff["mean"] == pytest.approx(5.0)
     assert diff["ci95"] == pytest.approx([5.0 - 4.303 / math.sqrt(3), 5.0 + 4.303 / math.sqrt(3)])
     assert pair["verdict"] == "shows" and "tiny B beats tiny A by +5.00 mIoU points" in pair["text"]
+
+
+def test_hard_shapes_variant_takes_colour_away_and_adds_tiny_objects():
+    import numpy as np
+    from matplotlib.colors import rgb_to_hsv
+
+    from msfusion.data.shapes import ShapesDataset
+
+    def stats(variant):
+        data = ShapesDataset("train", 20, 64, seed=3, with_instances=True, variant=variant)
+        hue_right, pixels, tiny = 0, 0, 0
+        for i in range(len(data)):
+            image, mask, instances, _ = data._render(i)
+            hue = rgb_to_hsv(image[mask > 0] / 255.0)[:, 0]
+            nearest = np.round(hue * 6).astype(int) % 6 + 1  # class k has hue 60 * (k - 1) degrees
+            hue_right += int((nearest == mask[mask > 0]).sum())
+            pixels += int((mask > 0).sum())
+            tiny += int((instances.reshape(len(instances), -1).sum(1) <= 30).sum())
+        return hue_right / pixels, tiny
+
+    default_hue, default_tiny = stats("default")
+    hard_hue, hard_tiny = stats("hard")
+    assert default_hue > 0.8 and hard_hue < 0.35  # colour says the class in one variant only
+    assert hard_tiny > 2 * default_tiny
+    first = ShapesDataset("val", 2, 64, seed=3, variant="hard")._render(1)
+    again = ShapesDataset("val", 2, 64, seed=3, variant="hard")._render(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # generated from the seed
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ShapesDataset(variant="harder")
