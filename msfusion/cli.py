@@ -31,6 +31,7 @@ COMMANDS = {
     "gradmap": "gradmap",
     "erf": "erf",
     "heatmap": "heatmap",
+    "effects": "effects",
 }
 
 

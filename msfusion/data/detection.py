@@ -196,7 +196,7 @@ class ShapesDetection(DetectionDataset):
 
     Args:
         split, num_images, image_size, seed, max_objects, min_object_size,
-            max_object_fraction: as ``ShapesDataset``.
+            max_object_fraction, variant: as ``ShapesDataset``.
         transforms, copy_paste, aug_seed: as ``DetectionDataset``.
     """
 
@@ -212,6 +212,7 @@ class ShapesDetection(DetectionDataset):
         transforms: DetectionTransforms | Mapping[str, Any] | None = None,
         copy_paste: bool | float | Mapping[str, Any] = False,
         aug_seed: int | None = None,
+        variant: str = "default",
     ) -> None:
         from msfusion.data.shapes import SHAPE_CLASSES, ShapesDataset
 
@@ -224,6 +225,7 @@ class ShapesDetection(DetectionDataset):
             max_objects=max_objects,
             min_object_size=min_object_size,
             max_object_fraction=max_object_fraction,
+            variant=variant,
         )
         super().__init__(SHAPE_CLASSES, range(len(SHAPE_CLASSES)), transforms, copy_paste, aug_seed)
         self.palette = self.shapes.palette

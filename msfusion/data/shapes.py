@@ -28,6 +28,21 @@ Generation of image ``i`` of split ``s``:
   ones and the masks keep only what is visible.
 
 A few milliseconds per 128x128 image on one CPU core (numpy and PIL ImageDraw).
+
+``variant="hard"`` (used by ``msfusion effects``, never by the demo) makes
+multi-scale fusion matter; the default images above are unchanged by it:
+
+- colour is independent of the class: every object takes a random hue
+  (saturation 0.5-1, still above the background's 0.35), so shape and scale
+  decide the class, not colour;
+- more and tinier objects: 3..``max_objects`` "parent" objects of 8 pixels to
+  ``max_object_fraction`` of the short side, each parent of 16 pixels or more
+  with 1-4 same-class "satellites" of 3-7 pixels placed 0.7-1.4 parent
+  diameters from its centre, plus 0-2 lone tiny objects of any class;
+- context a small receptive field cannot see: a satellite of 3-7 pixels is too
+  small for its outline to say its class, but its parent a parent diameter
+  away has the same class, so features that fuse a wide context into the
+  fine levels can label it and purely local ones must guess.
 """
 
 from __future__ import annotations
@@ -50,6 +65,11 @@ _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _HUE_JITTER = 25.0
 _RANDOM_HUE_PROB = 0.05
 _MIN_OBJECTS = 3
+SHAPE_VARIANTS = ("default", "hard")
+# The "hard" variant (module doc): satellites and lone tiny objects, in pixels.
+_TINY_SIZE = (3.0, 7.0)
+_PARENT_MIN_SIZE = 8.0
+_SATELLITE_PARENT_MIN = 16.0
 
 
 def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
@@ -106,9 +126,13 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image + _noise(rng, rng.uniform(2.0, 8.0), image.shape)
 
 
-def _object_texture(rng: np.random.Generator, label: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Colours ``(P, 3)`` of an object's pixels at coordinates ``ys, xs``."""
-    if rng.random() < _RANDOM_HUE_PROB:
+def _object_texture(
+    rng: np.random.Generator, label: int, ys: np.ndarray, xs: np.ndarray, any_hue: bool = False
+) -> np.ndarray:
+    """Colours ``(P, 3)`` of an object's pixels at coordinates ``ys, xs`` (``any_hue``: class-independent)."""
+    if any_hue:
+        hue = rng.uniform(0.0, 360.0)
+    elif rng.random() < _RANDOM_HUE_PROB:
         hue = rng.uniform(0.0, 360.0)
     else:
         hue = _CLASS_HUES[label] + rng.uniform(-_HUE_JITTER, _HUE_JITTER)
@@ -161,6 +185,7 @@ def render_shapes(
     max_objects: int = 8,
     min_object_size: float = 4.0,
     max_object_fraction: float = 0.6,
+    variant: str = "default",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render one shapes image.
 
@@ -171,30 +196,41 @@ def render_shapes(
         max_objects: Most objects drawn (at least 3 are).
         min_object_size: Smallest circumscribed diameter, in pixels.
         max_object_fraction: Largest diameter as a fraction of the short side.
+        variant: ``"default"`` or ``"hard"`` (module doc); ``min_object_size``
+            applies to the default variant only.
 
     Returns:
         image ``(H, W, 3)`` uint8, semantic mask ``(H, W)`` uint8 (0 =
         background), visible instance masks ``(N, H, W)`` bool and their
         labels ``(N,)`` int64 (1..K-1), in drawing order.
     """
+    if variant not in SHAPE_VARIANTS:
+        raise ValueError(f"shapes variant must be one of {SHAPE_VARIANTS}, got {variant!r}")
     image = _background(rng, height, width)
-    count = int(rng.integers(_MIN_OBJECTS, max(max_objects, _MIN_OBJECTS) + 1))
     largest = max(max_object_fraction * min(height, width), min_object_size)
-    sizes = np.exp(rng.uniform(np.log(min_object_size), np.log(largest), count))
-    order = np.argsort(-(np.log(sizes) + rng.normal(0.0, 0.5, count)))
-    labels = rng.integers(1, len(SHAPE_CLASSES), count)
+    if variant == "hard":
+        objects = _hard_layout(rng, height, width, max_objects, max(largest, _PARENT_MIN_SIZE))
+    else:
+        count = int(rng.integers(_MIN_OBJECTS, max(max_objects, _MIN_OBJECTS) + 1))
+        sizes = np.exp(rng.uniform(np.log(min_object_size), np.log(largest), count))
+        order = np.argsort(-(np.log(sizes) + rng.normal(0.0, 0.5, count)))
+        labels = rng.integers(1, len(SHAPE_CLASSES), count)
+        # Centres are drawn while drawing (below), in this order: the default images stay as they were.
+        objects = [(int(labels[i]), float(sizes[i]), None) for i in order]
     owner = np.full((height, width), -1, dtype=np.int16)
-    for slot, index in enumerate(order):
+    for slot, (label, size, centre) in enumerate(objects):
         canvas = Image.new("L", (width, height), 0)
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        cx, cy = centre if centre is not None else (rng.uniform(0, width), rng.uniform(0, height))
         angle = rng.uniform(0.0, 2.0 * np.pi)
-        _draw_shape(ImageDraw.Draw(canvas), int(labels[index]), cx, cy, sizes[index] / 2, angle, rng)
+        _draw_shape(ImageDraw.Draw(canvas), label, cx, cy, size / 2, angle, rng)
         ys, xs = np.nonzero(np.asarray(canvas))
+        if len(ys) == 0:  # a hard-variant object too thin to cover a pixel (centres are always inside)
+            continue
         owner[ys, xs] = slot
-        texture = _object_texture(rng, int(labels[index]), ys.astype(np.float32), xs.astype(np.float32))
-        image[ys, xs] = texture
+        image[ys, xs] = _object_texture(rng, label, ys.astype(np.float32), xs.astype(np.float32), variant == "hard")
     image += _noise(rng, 3.0, image.shape)
-    drawn_labels = labels[order]
+    count = len(objects)
+    drawn_labels = np.array([label for label, _, _ in objects], dtype=np.int64)
     visible = [slot for slot in range(count) if (owner == slot).any()]
     instance_masks = np.zeros((len(visible), height, width), dtype=bool)
     for row, slot in enumerate(visible):
@@ -202,6 +238,41 @@ def render_shapes(
     mask = np.where(owner >= 0, drawn_labels[np.maximum(owner, 0)], 0).astype(np.uint8)
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     return image, mask, instance_masks, drawn_labels[visible].astype(np.int64)
+
+
+def _hard_layout(
+    rng: np.random.Generator, height: int, width: int, max_objects: int, largest: float
+) -> list[tuple[int, float, tuple[float, float]]]:
+    """Objects of the ``"hard"`` variant as ``(label, diameter, (cx, cy))`` in drawing order (module doc).
+
+    Parents are drawn largest first (with jitter, so large ones sometimes cover
+    small ones), each followed by its satellites, so that a parent never hides
+    its own satellites; lone tiny objects come last.
+    """
+    count = int(rng.integers(_MIN_OBJECTS, max(max_objects, _MIN_OBJECTS) + 1))
+    sizes = np.exp(rng.uniform(np.log(_PARENT_MIN_SIZE), np.log(largest), count))
+    order = np.argsort(-(np.log(sizes) + rng.normal(0.0, 0.5, count)))
+    labels = rng.integers(1, len(SHAPE_CLASSES), count)
+    objects: list[tuple[int, float, tuple[float, float]]] = []
+    for index in order:
+        label, size = int(labels[index]), float(sizes[index])
+        cx, cy = float(rng.uniform(0, width)), float(rng.uniform(0, height))
+        objects.append((label, size, (cx, cy)))
+        if size < _SATELLITE_PARENT_MIN:
+            continue
+        for _ in range(int(rng.integers(1, 5))):
+            angle = rng.uniform(0.0, 2.0 * np.pi)
+            distance = size * rng.uniform(0.7, 1.4)
+            # Kept inside the frame, so that every satellite is seen with its parent's context.
+            centre = (
+                float(np.clip(cx + distance * np.cos(angle), 1.0, width - 1.0)),
+                float(np.clip(cy + distance * np.sin(angle), 1.0, height - 1.0)),
+            )
+            objects.append((label, float(rng.uniform(*_TINY_SIZE)), centre))
+    for _ in range(int(rng.integers(0, 3))):
+        centre = (float(rng.uniform(0, width)), float(rng.uniform(0, height)))
+        objects.append((int(rng.integers(1, len(SHAPE_CLASSES))), float(rng.uniform(*_TINY_SIZE)), centre))
+    return objects
 
 
 @register_dataset("shapes", task="segmentation")
@@ -219,6 +290,8 @@ class ShapesDataset(SegmentationDataset):
         min_object_size: Smallest object diameter in pixels.
         max_object_fraction: Largest object diameter / short image side.
         aug_seed: Seed for reproducible augmentation (not for generation).
+        variant: ``"default"`` (the demo's images) or ``"hard"`` (class-independent
+            colours, tiny same-class satellites around larger objects; module doc).
     """
 
     def __init__(
@@ -233,11 +306,14 @@ class ShapesDataset(SegmentationDataset):
         min_object_size: float = 4.0,
         max_object_fraction: float = 0.6,
         aug_seed: int | None = None,
+        variant: str = "default",
     ) -> None:
         if split not in _SPLIT_IDS:
             raise ValueError(f"shapes split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if variant not in SHAPE_VARIANTS:
+            raise ValueError(f"shapes variant must be one of {SHAPE_VARIANTS}, got {variant!r}")
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if min(height, width) < 16:
             raise ValueError(f"image_size must be at least 16x16, got {height}x{width}")
@@ -250,6 +326,7 @@ class ShapesDataset(SegmentationDataset):
         self.max_objects = max_objects
         self.min_object_size = min_object_size
         self.max_object_fraction = max_object_fraction
+        self.variant = variant
 
     def __len__(self) -> int:
         return self.num_images
@@ -258,7 +335,7 @@ class ShapesDataset(SegmentationDataset):
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
         return render_shapes(
             rng, *self.image_size, self.max_objects, self.min_object_size,
-            self.max_object_fraction,
+            self.max_object_fraction, self.variant,
         )  # fmt: skip
 
     def load(self, index: int) -> RawSample:
