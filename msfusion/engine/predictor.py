@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msfusion.engine.evaluator import check_slide_window, segment_with_config
+from msfusion.engine.segmentation_eval import check_slide_window, segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay
 
 __all__ = ["collect_images", "iter_images", "predict_array", "predict_files"]

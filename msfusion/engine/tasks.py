@@ -1,10 +1,11 @@
-"""Tasks: what the task-neutral trainer asks of a task (data, loss, evaluation).
+"""The segmentation task, and the face of the task registry.
 
-The trainer (``msfusion.engine.trainer``) knows nothing about segmentation: it
-asks a :class:`Task` for the datasets, the batch layout, the loss of a batch
-and an evaluation. A detection task adds a subclass here (``loss`` = the
-torchvision detector's loss dict summed; ``evaluate`` = COCO AP) and registers
-it in ``TASKS``; no second loop.
+The trainer (``msfusion.engine.trainer``) and the commands know nothing about
+segmentation: they ask a :class:`Task` (``msfusion.engine.task_base``) for the
+datasets, the batch layout, the loss of a batch, the evaluator, the files to
+write and the demo. Detection (``msfusion.engine.detection``) and panoptic
+segmentation (``msfusion.engine.panoptic``) are the other registered tasks;
+:func:`get_task` looks any of them up by name.
 
 Segmentation (as in the official SegNeXt configs, after mmsegmentation): cross-entropy with ignore index 255,
 averaged over labelled pixels (``train.avg_non_ignore``; the paper recipes divide by all pixels, as
@@ -15,18 +16,36 @@ its weight (``model.auxiliary_weights``; SegNeXt has none).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo
-from msfusion.engine.task_base import Task
+from msfusion.engine.task_base import (
+    PredictOptions,
+    Task,
+    build_task,
+    demo_tasks,
+    get_task,
+    list_tasks,
+    register_task,
+)
 from msfusion.layers import is_channels_last
 
-__all__ = ["Task", "SegmentationTask", "TASKS", "build_task"]
+__all__ = [
+    "PredictOptions",
+    "SegmentationTask",
+    "Task",
+    "build_task",
+    "demo_tasks",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]
 
 
 def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
@@ -60,11 +79,20 @@ def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[
     return cfg
 
 
+@register_task
 class SegmentationTask(Task):
-    """Semantic segmentation: CE (ignore 255) + weighted auxiliary CE; mIoU evaluation."""
+    """Semantic segmentation: CE (ignore 255) + weighted auxiliary CE; mIoU evaluation.
+
+    Evaluation uses the recipe's test mode (``eval``: whole or slide windows,
+    multi-scale + flip TTA); ``msfusion eval`` writes the metrics JSON, the
+    per-class CSV and the confusion-matrix picture; ``msfusion predict``
+    writes label, colour and overlay PNGs.
+    """
 
     name = "segmentation"
     primary_metric = "mIoU"
+    demo_dir = "msfusion_demo"
+    demo_entry = "msfusion.engine.demo:run_demo"
 
     def __init__(self, ignore_index: int = 255) -> None:
         self.ignore_index = ignore_index
@@ -73,6 +101,11 @@ class SegmentationTask(Task):
 
     def setup(self, model: nn.Module) -> None:
         self.auxiliary_weights = tuple(getattr(model, "auxiliary_weights", ()) or ())
+
+    def dataset_types(self) -> Mapping[str, Any]:
+        from msfusion.data import DATASET_TYPES
+
+        return DATASET_TYPES
 
     def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
         return _dataset_kwargs(data, split, seed)
@@ -92,6 +125,13 @@ class SegmentationTask(Task):
         from msfusion.data import collate_segmentation
 
         return collate_segmentation(samples)
+
+    @staticmethod
+    def compose(**kwargs: Any) -> nn.Module:
+        """``model.compose`` of a segmentation recipe: ``build_segmentor(backbone=..., neck=..., head=...)``."""
+        from msfusion.models.segmentor import build_segmentor
+
+        return build_segmentor(**kwargs)
 
     def model_kwargs(self, dataset: Any) -> dict[str, Any]:
         return {"num_classes": dataset.num_classes}
@@ -137,40 +177,102 @@ class SegmentationTask(Task):
         logs["loss"] = total.item()
         return total, logs
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        cfg: Mapping[str, Any],
-        device: torch.device,
-        dist_info: DistInfo,
-    ) -> dict[str, Any]:
-        from msfusion.engine.evaluator import evaluate_segmentation
+    def evaluator(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> Any:
+        from msfusion.engine.segmentation_eval import SegmentationEvaluator
 
-        return evaluate_segmentation(
-            model,
-            dataset,
-            eval_cfg=cfg["eval"],
-            device=device,
-            amp=cfg["train"]["amp"],
-            dist_info=dist_info,
-            progress=cfg["train"]["progress"],
+        return SegmentationEvaluator(
+            dataset.num_classes,
+            getattr(dataset, "ignore_index", 255),
+            getattr(dataset, "classes", None),
+            cfg["eval"],
+            dist_info.device,
         )
 
+    def eval_loader(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> Any:
+        from msfusion.engine.evaluation import shard_loader
 
-TASKS: dict[str, type[Task]] = {"segmentation": SegmentationTask}
+        return shard_loader(dataset, dist_info)  # one image at a time: each is scored at its own size
 
+    def write_eval_outputs(
+        self, metrics: dict[str, Any], cfg: Mapping[str, Any], checkpoint: str | Path, out_dir: str | Path
+    ) -> list[Path]:
+        """``<ckpt>_eval_<mode>[_tta].json`` (with the checkpoint and test options), ``..._per_class.csv`` and
+        ``..._confusion.png``; ``confusion_matrix`` is taken out of ``metrics`` into the picture."""
+        from msfusion.engine.segmentation_metrics import save_metrics
+        from msfusion.engine.visualize import plot_confusion_matrix
 
-def build_task(name: str) -> Task:
-    """The task of a recipe's ``task`` key."""
-    if name == "detection" and name not in TASKS:
-        from msfusion.engine.detection import DetectionTask  # loaded on demand: it needs torchvision's detectors
+        ecfg = cfg["eval"]
+        setting = {"mode": ecfg["mode"], "tta": ecfg["tta"]}
+        if ecfg["mode"] == "slide":
+            setting.update(crop_size=list(ecfg["crop_size"]), stride=list(ecfg["stride"]))
+        if ecfg["tta"]:
+            setting.update(scales=list(ecfg["scales"]), flip=ecfg["flip"])
+        confusion = metrics.pop("confusion_matrix", None)
+        record = {"checkpoint": str(Path(checkpoint).resolve()), "eval": setting, **metrics}
+        stem = f"{Path(checkpoint).stem}_eval_{ecfg['mode']}" + ("_tta" if ecfg["tta"] else "")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        paths = list(save_metrics(record, out_dir, stem))
+        if confusion is not None:
+            names = [r["class"] for r in metrics["per_class"]]
+            paths.append(plot_confusion_matrix(confusion, names, Path(out_dir) / f"{stem}_confusion.png"))
+        return paths
 
-        TASKS[name] = DetectionTask
-    if name == "panoptic" and name not in TASKS:
-        from msfusion.engine.panoptic import PanopticTask  # loaded on demand, as detection
+    def format_metrics(self, metrics: Mapping[str, Any]) -> str:
+        """The per-class IoU / Acc table, then aAcc, mIoU, mAcc as one JSON line (for scripts)."""
+        from msfusion.engine.segmentation_metrics import format_metrics_table
 
-        TASKS[name] = PanopticTask
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name]()
+        summary = json.dumps({k: metrics[k] for k in ("aAcc", "mIoU", "mAcc")})
+        return f"{format_metrics_table(dict(metrics))}\n{summary}"
+
+    def check_predict_options(self, options: PredictOptions) -> None:
+        from msfusion.engine.segmentation_eval import check_slide_window
+
+        if options.slide is not None:
+            crop, stride = options.slide
+            check_slide_window((crop, crop), (stride, stride))
+
+    def predict_files(
+        self,
+        model: nn.Module,
+        inputs: Iterable[str | Path],
+        out_dir: str | Path,
+        meta: Mapping[str, Any],
+        options: PredictOptions,
+    ) -> list[Path]:
+        """Label, colour and overlay PNGs, with the test options of the checkpoint's recipe unless overridden."""
+        from msfusion.engine.predictor import predict_files
+
+        recipe = meta.get("config") or {}
+        eval_cfg = dict(recipe.get("eval") or {})
+        if options.tta:
+            eval_cfg["tta"] = True
+        if options.slide:
+            crop, stride = options.slide
+            eval_cfg.update(mode="slide", crop_size=[crop, crop], stride=[stride, stride])
+        resize = options.resize
+        if resize == "recipe":
+            resize = (recipe.get("data") or {}).get("eval_scale")
+        return predict_files(
+            model,
+            inputs,
+            out_dir,
+            classes=meta.get("classes"),
+            palette=meta.get("palette"),
+            eval_cfg=eval_cfg,
+            resize=resize,
+            device=options.device,
+            on_bad_file=options.on_bad_file,
+            progress=options.progress,
+        )
+
+    def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
+        return f"wrote {len(written)} x 3 PNGs (label, color, overlay) to {out_dir}"
+
+    def describe_demo(self, result: Mapping[str, Any]) -> str:
+        metrics = result["metrics"]
+        return (
+            f"{result['table']}\n"
+            f"mIoU {100 * metrics['mIoU']:.2f} % on {metrics['num_images']} held-out images; "
+            f"training {result['train_time_s']:.0f} s, total {result['wall_time_s']:.0f} s\n"
+            f"report: {result['out_dir']} (start with README.txt)"
+        )
