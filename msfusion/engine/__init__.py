@@ -10,7 +10,7 @@ tasks), ``trainer`` (the task-neutral training loop, 1 process or DDP),
 ``DatasetEvaluator`` per task), ``results`` (metric files),
 ``checkpointing`` (atomic, resumable state), ``distributed``,
 ``segmentation_eval`` and ``segmentation_metrics`` (segmentation test modes
-and mIoU), ``panoptic_metrics`` (PQ), ``predictor``, ``visualize`` and
+and mIoU), ``panoptic_metrics`` (PQ), ``segmentation_predict``, ``image_files``, ``visualize`` and
 ``demo``.
 """
 

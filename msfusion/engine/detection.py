@@ -750,7 +750,7 @@ def predict_detection_files(
     """
     from PIL import Image
 
-    from msfusion.engine.predictor import iter_images
+    from msfusion.engine.image_files import iter_images
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -314,7 +314,7 @@ def predict_panoptic_files(
     from PIL import Image
 
     from msfusion.data.coco_panoptic import id_to_rgb
-    from msfusion.engine.predictor import iter_images
+    from msfusion.engine.image_files import iter_images
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,7 @@ class SegmentationTask(Task):
         options: PredictOptions,
     ) -> list[Path]:
         """Label, colour and overlay PNGs, with the test options of the checkpoint's recipe unless overridden."""
-        from msfusion.engine.predictor import predict_files
+        from msfusion.engine.segmentation_predict import predict_files
 
         recipe = meta.get("config") or {}
         eval_cfg = dict(recipe.get("eval") or {})
