@@ -48,16 +48,14 @@ __all__ = [
 ]
 
 
-def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
+def _dataset_kwargs(data_cfg: Mapping[str, Any], split: str, seed: int, types: Mapping[str, Any]) -> dict[str, Any]:
     """The dataset description of ``split`` with the recipe's transforms and policies filled in."""
-    from msfusion.data import DATASET_TYPES
-
     cfg = dict(data_cfg[split])
     if not cfg:
         return {}
     if "type" not in cfg:
-        raise ValueError(f"data.{split} needs a 'type' (one of {sorted(DATASET_TYPES)})")
-    accepted = set(inspect.signature(DATASET_TYPES[cfg["type"]]).parameters) if cfg["type"] in DATASET_TYPES else set()
+        raise ValueError(f"data.{split} needs a 'type' (one of {sorted(types)})")
+    accepted = set(inspect.signature(types[cfg["type"]]).parameters) if cfg["type"] in types else set()
     if "transforms" not in cfg:
         if split == "train":
             cfg["transforms"] = {
@@ -108,7 +106,7 @@ class SegmentationTask(Task):
         return DATASET_TYPES
 
     def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
-        return _dataset_kwargs(data, split, seed)
+        return _dataset_kwargs(data, split, seed, self.dataset_types())
 
     def build_dataset(self, description: dict[str, Any]) -> Any:
         from msfusion.data import build_dataset
