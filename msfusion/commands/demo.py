@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from msfusion.engine.task_base import build_task, demo_tasks
+    from msfusion.engine.tasks import build_task, demo_tasks
 
     task = build_task(args.task)
     if not task.demo_entry:

@@ -201,7 +201,7 @@ def evaluate(
     from msfusion.checkpoint import load_checkpoint, read_metadata
     from msfusion.engine.checkpointing import check_finite_weights
     from msfusion.engine.distributed import init_distributed
-    from msfusion.engine.task_base import build_task
+    from msfusion.engine.tasks import build_task
     from msfusion.engine.trainer import build_model
 
     cfg = resolve_recipe(recipe, overrides, **sections)
@@ -299,7 +299,8 @@ def predict(
     """
     from msfusion.checkpoint import read_metadata
     from msfusion.engine.checkpointing import check_finite_weights
-    from msfusion.engine.task_base import PredictOptions, build_task
+    from msfusion.engine.task_base import PredictOptions
+    from msfusion.engine.tasks import build_task
     from msfusion.registry import load_model
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)

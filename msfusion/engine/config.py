@@ -293,7 +293,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     _check_keys(cfg, DEFAULTS)
     full = merge_config(DEFAULTS, cfg)
     _check_finite(full, "")
-    from msfusion.engine.task_base import get_task, list_tasks
+    from msfusion.engine.tasks import get_task, list_tasks
 
     if full["task"] not in list_tasks():
         raise ConfigError(f"task must be one of {list_tasks()}, got {full['task']!r}")

@@ -58,7 +58,8 @@ from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo, all_gather_objects
 from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_loader
-from msfusion.engine.task_base import PredictOptions, Task, register_task
+from msfusion.engine.task_base import PredictOptions, Task
+from msfusion.engine.tasks import register_task
 
 __all__ = [
     "DetectionTask",

@@ -45,7 +45,8 @@ from msfusion.engine.detection import DetectionTask
 from msfusion.engine.distributed import DistInfo, all_gather_objects
 from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_indices, shard_loader
 from msfusion.engine.panoptic_metrics import PanopticQuality
-from msfusion.engine.task_base import PredictOptions, register_task
+from msfusion.engine.task_base import PredictOptions
+from msfusion.engine.tasks import register_task
 
 __all__ = [
     "PanopticTask",

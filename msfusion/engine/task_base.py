@@ -1,4 +1,4 @@
-"""The task interface and the task registry.
+"""The task interface: what the trainer and the commands ask of a task.
 
 A :class:`Task` owns everything that differs between segmentation, detection
 and panoptic segmentation, so that the trainer and the commands never ask
@@ -6,83 +6,29 @@ which task they run: its dataset types, batches and loss (training), its
 :class:`~msfusion.engine.evaluation.DatasetEvaluator` (the shared evaluation
 loop does the rest), the files ``msfusion eval`` writes, what ``msfusion
 predict`` writes, and the embedded demo. The task is chosen once, from a
-recipe's ``task`` key or a checkpoint sidecar's, with :func:`get_task`.
+recipe's ``task`` key or a checkpoint sidecar's, with ``get_task``.
 
-Tasks register by name (:func:`register_task`). The built-in ones are
-imported on first use (detection and panoptic need torchvision's detectors),
-so ``get_task("segmentation")`` stays light.
-
-In a module of its own so that the tasks (segmentation in ``tasks.py``,
-detection, panoptic) import it without importing each other.
+Tasks register by name in ``msfusion.engine.tasks`` (``register_task``,
+``get_task``). The interface is in a module of its own so that the tasks
+(``segmentation``, ``detection``, ``panoptic``) import it without importing
+each other.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo
 
-__all__ = [
-    "PredictOptions",
-    "Task",
-    "build_task",
-    "demo_tasks",
-    "get_task",
-    "list_tasks",
-    "register_task",
-]
-
-# Built-in tasks and the module that registers each (imported on first use).
-_BUILTIN_MODULES = {
-    "segmentation": "msfusion.engine.tasks",
-    "detection": "msfusion.engine.detection",
-    "panoptic": "msfusion.engine.panoptic",
-}
-_TASKS: dict[str, type[Task]] = {}
-
-T = TypeVar("T", bound="type[Task]")
-
-
-def register_task(cls: T) -> T:
-    """Class decorator: make a :class:`Task` subclass available as ``task: <cls.name>`` in recipes."""
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TypeError(f"register_task takes a Task subclass, got {cls!r}")
-    _TASKS[cls.name] = cls
-    return cls
-
-
-def list_tasks() -> list[str]:
-    """The names a recipe's ``task`` key accepts."""
-    return sorted(set(_TASKS) | set(_BUILTIN_MODULES))
-
-
-def get_task(name: str) -> type[Task]:
-    """The task class registered as ``name``.
-
-    Raises:
-        ValueError: an unknown name (the message lists the tasks).
-    """
-    if name not in _TASKS and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _TASKS:
-        close = difflib.get_close_matches(str(name), list_tasks(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown task {name!r}; choose one of {list_tasks()}.{hint}")
-    return _TASKS[name]
-
-
-def build_task(name: str) -> Task:
-    """A fresh task of a recipe's ``task`` key (tasks keep per-run state, e.g. the last detections)."""
-    return get_task(name)()
+__all__ = ["PredictOptions", "Task"]
 
 
 @dataclass(frozen=True)
@@ -296,16 +242,11 @@ class Task(ABC):
     ) -> dict[str, Any]:
         """Train on synthetic shapes, evaluate, write a report folder; returns ``metrics``, ``table``, times, paths."""
         if not self.demo_entry:
-            raise ValueError(f"the {self.name} task has no embedded demo; demos: {demo_tasks()}")
+            raise ValueError(f"the {self.name} task has no embedded demo")
         module, function = self.demo_entry.split(":")
         demo = getattr(importlib.import_module(module), function)
         return demo(out_dir, overrides, progress=progress, overwrite=overwrite)
 
     def describe_demo(self, result: Mapping[str, Any]) -> str:
         """The lines ``msfusion demo`` prints after :meth:`run_demo`."""
-        raise ValueError(f"the {self.name} task has no embedded demo; demos: {demo_tasks()}")
-
-
-def demo_tasks() -> list[str]:
-    """The tasks with an embedded demo (``msfusion demo --task``)."""
-    return [name for name in list_tasks() if get_task(name).demo_entry]
+        raise ValueError(f"the {self.name} task has no embedded demo")

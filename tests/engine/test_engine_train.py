@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from msfusion.checkpoint import CheckpointError
 from msfusion.engine import checkpointing
 from msfusion.engine.config import load_config
-from msfusion.engine.tasks import SegmentationTask
+from msfusion.engine.segmentation import SegmentationTask
 from msfusion.engine.trainer import NonFiniteLossError, StepBatches, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
