@@ -9,11 +9,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p = subparsers.add_parser(name, help="the embedded demo: train, evaluate, write a report folder (no download)")
     p.add_argument(
         "--task",
-        choices=("segmentation", "detection"),
         default="segmentation",
         help="segmentation (SegNeXt-T, default) or detection (FCOS on a ResNet-18, COCO box AP)",
     )
-    p.add_argument("--out", help="report folder (default: msfusion_demo, or msfusion_demo_detection)")
+    p.add_argument("--out", help="report folder (default: the task's, msfusion_demo or msfusion_demo_detection)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -34,32 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from msfusion.engine.demo import run_demo
+    from msfusion.engine.tasks import build_task, demo_tasks
 
+    task = build_task(args.task)
+    if not task.demo_entry:
+        raise ValueError(f"--task {args.task}: no embedded demo for this task; choose one of {demo_tasks()}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.task == "detection":
-        from msfusion.engine.detection_demo import run_detection_demo
-
-        result = run_detection_demo(
-            args.out or "msfusion_demo_detection", args.overrides, not args.no_progress, overwrite=args.overwrite
-        )
-        print(result["table"])
-        metrics = result["metrics"]
-        print(
-            f"box AP {100 * metrics['bbox_AP']:.1f}, AP50 {100 * metrics['bbox_AP50']:.1f} on "
-            f"{metrics['num_images']} held-out images; training {result['train_time_s']:.0f} s, "
-            f"total {result['wall_time_s']:.0f} s"
-        )
-        print(f"report: {result['out_dir']} (start with README.txt)")
-        return 0
-    result = run_demo(
-        args.out or "msfusion_demo", args.overrides, progress=not args.no_progress, overwrite=args.overwrite
-    )
-    print(result["table"])
-    print(
-        f"mIoU {100 * result['metrics']['mIoU']:.2f} % on {result['metrics']['num_images']} held-out images; "
-        f"training {result['train_time_s']:.0f} s, total {result['wall_time_s']:.0f} s"
-    )
-    print(f"report: {result['out_dir']} (start with README.txt)")
+    result = task.run_demo(args.out or task.demo_dir, args.overrides, not args.no_progress, args.overwrite)
+    print(task.describe_demo(result))
     return 0

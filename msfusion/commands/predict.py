@@ -44,96 +44,28 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     return p
 
 
-def _refuse_options(task: str, args: argparse.Namespace) -> None:
-    """Options a detection or panoptic checkpoint would otherwise ignore silently."""
-    if task == "detection":
-        why = {
-            "--slide": "sliding windows are a segmentation test: a detector resizes each whole image itself (its "
-            "min_size / max_size), and windows would cut objects apart",
-            "--resize": "a detector resizes each image itself to its test size (its min_size / max_size, or "
-            "image_size for RT-DETR); to test at another size, build the model with other values",
-        }
-    elif task == "panoptic":
-        why = {
-            "--tta": "the panoptic merge has no test-time augmentation",
-            "--slide": "Panoptic FPN resizes each whole image itself",
-            "--resize": "Panoptic FPN resizes each image itself (its min_size / max_size)",
-            "--fast": "not implemented for panoptic models",
-        }
-    else:
-        return
-    given = {"--tta": args.tta, "--slide": args.slide, "--resize": args.resize is not None, "--fast": args.fast}
-    for option, reason in why.items():
-        if given[option]:
-            raise ValueError(f"{option} is not available for a {task} checkpoint: {reason}. Run without {option}.")
-
-
 def run(args: argparse.Namespace) -> int:
-    from msfusion.checkpoint import read_metadata
+    import msfusion as mf
     from msfusion.commands import checkpoint_file, int_pair, output_folder
-    from msfusion.engine.checkpointing import check_finite_weights
-    from msfusion.engine.evaluator import check_slide_window
-    from msfusion.engine.predictor import predict_files
-    from msfusion.registry import load_model
 
     # Every option is checked before the model is loaded, so a typo fails at once.
     checkpoint_file(args.checkpoint)
     output_folder(args.out)
-    slide = None
-    if args.slide:
-        crop, stride = int_pair(args.slide, "--slide", "512,341 (crop,stride)")
-        check_slide_window((crop, crop), (stride, stride))
-        slide = {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]}
+    slide = tuple(int_pair(args.slide, "--slide", "512,341 (crop,stride)")) if args.slide else None
     resize = "recipe"
     if args.resize is not None:
-        resize = None if args.resize.lower() == "none" else int_pair(args.resize, "--resize", "2048,512 or none")
-    meta = read_metadata(args.checkpoint)
-    _refuse_options(meta.get("task", "segmentation"), args)
-    model = load_model(args.checkpoint)
-    check_finite_weights(model, args.checkpoint)
-    model = model.to(args.device).eval()
-    if args.fast:
-        from msfusion.engine.fast_inference import optimize_for_inference
-
-        model = optimize_for_inference(model)
-    if meta.get("task") == "panoptic":
-        from msfusion.engine.panoptic import predict_panoptic_files
-
-        written = predict_panoptic_files(
-            model, args.inputs, args.out, classes=meta.get("classes"), palette=meta.get("palette") or None,
-            device=args.device, on_bad_file="skip" if args.skip_bad else "raise", progress=not args.no_progress,
-        )  # fmt: skip
-        print(f"wrote {len(written)} panoptic PNGs with a legend (and id PNGs, segment JSONs) to {args.out}")
-        return 0
-    if meta.get("task") == "detection":
-        from msfusion.engine.detection import predict_detection_files
-
-        written = predict_detection_files(
-            model, args.inputs, args.out, classes=meta.get("classes"), palette=meta.get("palette") or None,
-            device=args.device, on_bad_file="skip" if args.skip_bad else "raise", progress=not args.no_progress,
-            tta=args.tta,
-        )  # fmt: skip
-        print(f"wrote {len(written)} PNGs with boxes, masks, class names and scores (and JSONs) to {args.out}")
-        return 0
-    recipe = meta.get("config") or {}
-    eval_cfg = dict(recipe.get("eval") or {})
-    if args.tta:
-        eval_cfg["tta"] = True
-    if slide:
-        eval_cfg.update(slide)
-    if resize == "recipe":
-        resize = (recipe.get("data") or {}).get("eval_scale")
-    written = predict_files(
-        model,
+        resize = None if args.resize.lower() == "none" else tuple(int_pair(args.resize, "--resize", "2048,512 or none"))
+    result = mf.predict(
+        args.checkpoint,
         args.inputs,
         args.out,
-        classes=meta.get("classes"),
-        palette=meta.get("palette"),
-        eval_cfg=eval_cfg,
+        tta=args.tta,
+        slide=slide,
         resize=resize,
+        fast=args.fast,
         device=args.device,
-        on_bad_file="skip" if args.skip_bad else "raise",
+        skip_bad=args.skip_bad,
         progress=not args.no_progress,
     )
-    print(f"wrote {len(written)} x 3 PNGs (label, color, overlay) to {args.out}")
+    print(result.summary)
     return 0

@@ -55,9 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
+    import msfusion as mf
     from msfusion.checkpoint import CheckpointError
-    from msfusion.engine.config import load_config
-    from msfusion.engine.trainer import NonFiniteLossError, train
+    from msfusion.engine.trainer import NonFiniteLossError
 
     overrides = list(args.overrides)
     if args.work_dir:
@@ -72,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.progress=false")
     if args.grad_checkpointing:
         overrides.append("train.grad_checkpointing=true")
-    cfg = load_config(args.config, overrides)
     try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        summary = mf.train(args.config, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     except (NonFiniteLossError, CheckpointError) as err:
         print(f"msfusion train: error: {err}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ __all__ = [
     "NULLABLE_KEYS",
     "ConfigError",
     "load_config",
+    "read_recipe",
     "merge_config",
     "apply_overrides",
     "validate_config",
@@ -151,7 +152,6 @@ OPEN_KEYS = ("model.kwargs", "data.train", "data.val", "optim.custom_keys")
 NULLABLE_KEYS = ("optim.layer_decay",)
 
 _CHOICES = {
-    "task": ("segmentation", "detection", "panoptic"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("whole", "slide"),
@@ -293,6 +293,10 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     _check_keys(cfg, DEFAULTS)
     full = merge_config(DEFAULTS, cfg)
     _check_finite(full, "")
+    from msfusion.engine.tasks import get_task, list_tasks
+
+    if full["task"] not in list_tasks():
+        raise ConfigError(f"task must be one of {list_tasks()}, got {full['task']!r}")
     for path, choices in _CHOICES.items():
         value = _get(full, path)
         if value not in choices:
@@ -337,8 +341,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     compose = full["model"]["compose"]
     if compose is not None:
         allowed = {"backbone", "addon", "neck", "head", "backbone_kwargs", "addon_kwargs", "neck_kwargs", "head_kwargs"}
-        if full["task"] in ("detection", "panoptic"):
-            allowed |= {"arch", "fine"}  # build_detector's (and build_panoptic_fpn's) composition keys
+        allowed |= get_task(full["task"]).compose_keys  # e.g. build_detector's arch
         if not isinstance(compose, Mapping) or "backbone" not in compose or set(compose) - allowed:
             raise ConfigError(
                 f"model.compose must be a mapping with a backbone and any of {sorted(allowed - {'backbone'})}, "
@@ -467,6 +470,30 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     return out
 
 
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The raw keys of a YAML recipe (``yaml.safe_load``), top-level keys checked; no defaults filled in.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: unreadable YAML, a top level that is not a mapping, unknown keys (with a did-you-mean).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    raw = dict(loaded or {})
+    try:
+        _check_keys(raw, DEFAULTS)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read a YAML recipe (``yaml.safe_load``), apply ``--set`` overrides, validate, fill defaults.
 
@@ -474,22 +501,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[
         FileNotFoundError: no such file.
         ConfigError: unreadable YAML, unknown keys (with a did-you-mean), bad values.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        raw = dict(loaded or {})
-        try:
-            _check_keys(raw, DEFAULTS)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+    raw = read_recipe(path) if path is not None else {}
     return validate_config(apply_overrides(raw, overrides))
 
 

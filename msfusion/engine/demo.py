@@ -137,8 +137,8 @@ def run_demo(
         overwrite: replace an earlier demo run in ``out_dir``; without it that is an error.
     """
     from msfusion.data.segmentation_transforms import denormalize
-    from msfusion.engine.evaluator import segment
-    from msfusion.engine.metrics import format_metrics_table, save_metrics
+    from msfusion.engine.segmentation_eval import segment
+    from msfusion.engine.segmentation_metrics import format_metrics_table, save_metrics
     from msfusion.engine.visualize import plot_training_curve, prediction_grid
 
     out_dir = Path(out_dir)

@@ -55,14 +55,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 
-from msfusion.data.registry import dataset_types as registered_dataset_types
-from msfusion.engine.distributed import DistInfo
-from msfusion.engine.task_base import Task
+from msfusion.engine.distributed import DistInfo, all_gather_objects
+from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_loader
+from msfusion.engine.task_base import PredictOptions, Task
+from msfusion.engine.tasks import register_task
 
 __all__ = [
     "DetectionTask",
+    "COCOEvaluator",
     "COCO_STATS",
     "evaluate_detection",
     "detections_to_coco",
@@ -110,13 +111,22 @@ def model_predicts_masks(model: Mapping[str, Any]) -> bool | None:
     return False if name.startswith(box_only) else None
 
 
+@register_task
 class DetectionTask(Task):
     """Object detection / instance segmentation with torchvision detectors (module doc)."""
 
     name = "detection"
     primary_metric = "bbox_AP"
     dataset_example = "{type: coco, images: DIR, annotations: FILE}"
-    dataset_types = ", ".join(registered_dataset_types("detection"))
+    compose_keys = frozenset({"arch", "fine"})
+    demo_dir = "msfusion_demo_detection"
+    demo_entry = "msfusion.engine.detection_demo:run_detection_demo"
+    predict_refusals = {
+        "--slide": "sliding windows are a segmentation test: a detector resizes each whole image itself (its "
+        "min_size / max_size), and windows would cut objects apart",
+        "--resize": "a detector resizes each image itself to its test size (its min_size / max_size, or "
+        "image_size for RT-DETR); to test at another size, build the model with other values",
+    }
 
     def __init__(self, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> None:
         self.score_thresh = score_thresh
@@ -133,7 +143,7 @@ class DetectionTask(Task):
         return build_detector(kwargs.pop("arch"), **kwargs)
 
     def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
-        return _train_dataset_cfg(data, split, seed, self.dataset_types)
+        return _train_dataset_cfg(data, split, seed, ", ".join(sorted(self.dataset_types())))
 
     def build_datasets(self, cfg: Mapping[str, Any]) -> tuple[Any, Any | None]:
         self.model_predicts_masks = model_predicts_masks(cfg["model"])
@@ -177,54 +187,72 @@ class DetectionTask(Task):
         logs["loss"] = float(total.detach())
         return total, logs
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        cfg: Mapping[str, Any],
-        device: torch.device,
-        dist_info: DistInfo,
-    ) -> dict[str, Any]:
-        metrics, results = evaluate_detection(
-            model,
+    def check_test_options(self, eval_cfg: Mapping[str, Any], fast: bool = False) -> None:
+        detection_test_flip(eval_cfg)  # slide, multi-scale, flip off: refused with the reason
+
+    def evaluator(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> COCOEvaluator:
+        return COCOEvaluator(
             dataset,
             tta=detection_test_flip(cfg.get("eval") or {}),
-            device=device,
-            amp=cfg["train"]["amp"],
-            dist_info=dist_info,
-            batch_size=max(1, cfg["data"]["batch_size"] // max(dist_info.world_size, 1)),
-            num_workers=cfg["data"]["num_workers"],
-            progress=cfg["train"]["progress"],
             score_thresh=self.score_thresh,
             iou_thresh=self.iou_thresh,
+            dist_info=dist_info,
         )
-        self.last_results = results
-        return metrics
 
-    def write_outputs(self, metrics: Mapping[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
-        """``<stem>.json`` (metrics) and ``<stem>_results.json`` (detections, COCO result format)."""
-        from msfusion.checkpoint import atomic_write
+    def eval_loader(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> Any:
+        return shard_loader(
+            dataset,
+            dist_info,
+            batch_size=max(1, cfg["data"]["batch_size"] // max(dist_info.world_size, 1)),
+            num_workers=cfg["data"]["num_workers"],
+            collate_fn=_collate,
+        )
+
+    def finish_evaluation(self, evaluator: Any) -> None:
+        self.last_results = evaluator.results  # the detections, for the COCO result file
+
+    def write_eval_outputs(
+        self, metrics: dict[str, Any], cfg: Mapping[str, Any], checkpoint: str | Path, out_dir: str | Path
+    ) -> list[Path]:
+        """``<ckpt>_eval[_tta].json`` (metrics) and ``<ckpt>_eval[_tta]_results.json`` (detections, COCO format)."""
+        from msfusion.engine.results import write_json
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = [out_dir / f"{stem}.json", out_dir / f"{stem}_results.json"]
-        for path, value in zip(paths, (_json_safe(dict(metrics)), self.last_results), strict=True):
-            text = json.dumps(value, indent=1 if path == paths[0] else None)
-            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
-        return paths
+        stem = f"{Path(checkpoint).stem}_eval" + ("_tta" if cfg["eval"]["tta"] else "")
+        return [
+            write_json(out_dir / f"{stem}.json", metrics),
+            write_json(out_dir / f"{stem}_results.json", self.last_results, indent=None),
+        ]
 
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_detection_metrics(metrics)
 
+    def predict_files(
+        self,
+        model: nn.Module,
+        inputs: Iterable[str | Path],
+        out_dir: str | Path,
+        meta: Mapping[str, Any],
+        options: PredictOptions,
+    ) -> list[Path]:
+        return predict_detection_files(
+            model, inputs, out_dir, classes=meta.get("classes"), palette=meta.get("palette") or None,
+            device=options.device, on_bad_file=options.on_bad_file, progress=options.progress, tta=options.tta,
+        )  # fmt: skip
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+    def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
+        return f"wrote {len(written)} PNGs with boxes, masks, class names and scores (and JSONs) to {out_dir}"
+
+    def describe_demo(self, result: Mapping[str, Any]) -> str:
+        metrics = result["metrics"]
+        return (
+            f"{result['table']}\n"
+            f"box AP {100 * metrics['bbox_AP']:.1f}, AP50 {100 * metrics['bbox_AP50']:.1f} on "
+            f"{metrics['num_images']} held-out images; training {result['train_time_s']:.0f} s, "
+            f"total {result['wall_time_s']:.0f} s\n"
+            f"report: {result['out_dir']} (start with README.txt)"
+        )
 
 
 _DEFAULT_TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -474,7 +502,74 @@ def error_analysis(
     return {"TP": tp, "FP": fp, "FN": fn, "precision": precision, "recall": recall, "F1": f1}
 
 
-@torch.no_grad()
+class COCOEvaluator(DatasetEvaluator):
+    """COCO box (and mask) AP, per-class AP and the error analysis of detections (module doc).
+
+    Each batch (``collate_detection``: lists of (3, H_i, W_i) images and their
+    ``image_id``) is detected with :func:`detect` (``tta``: the horizontal
+    flip); the detections are kept in COCO result format, gathered over ranks
+    and scored with pycocotools against ``dataset.coco_gt()``. After
+    :meth:`evaluate`, ``results`` holds every rank's detections.
+    ``dist_info``: under DDP (each rank ran its share) the detections are
+    gathered from every rank.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        tta: bool = False,
+        score_thresh: float = 0.5,
+        iou_thresh: float = 0.5,
+        dist_info: DistInfo | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.dist_info = dist_info or DistInfo()
+        self.tta = tta
+        self.score_thresh = score_thresh
+        self.iou_thresh = iou_thresh
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []
+        self.with_masks = False
+
+    def run(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> list[dict[str, Tensor]]:
+        return detect(model, [im.to(device) for im in batch["images"]], flip=self.tta)
+
+    def process(self, batch: Mapping[str, Any], outputs: list[dict[str, Tensor]]) -> None:
+        for output, image_id in zip(outputs, batch["image_id"], strict=True):
+            self.with_masks = self.with_masks or "masks" in output
+            self.results.extend(detections_to_coco(output, image_id, self.dataset.label_to_category))
+            self.image_ids.append(int(image_id))
+
+    def evaluate(self) -> dict[str, Any]:
+        gathered = [(self.results, self.image_ids, self.with_masks)]
+        if self.dist_info.distributed:
+            gathered = all_gather_objects(gathered[0])
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
+        with_masks = any(part[2] for part in gathered)
+        self.results = results
+        gt = self.dataset.coco_gt()
+        metrics: dict[str, Any] = {}
+        kinds = ["bbox"]
+        if with_masks and all("segmentation" in a for a in gt.dataset["annotations"]):
+            kinds.append("segm")
+        per_class = {int(c): {"class": str(gt.cats[c].get("name", c)), "category_id": int(c)} for c in sorted(gt.cats)}
+        for kind in kinds:
+            stats, by_category = coco_evaluation(gt, results, kind, image_ids)
+            metrics.update({f"{kind}_{key}": value for key, value in stats.items()})
+            for category, value in by_category.items():
+                per_class[category][f"{kind}_AP"] = value
+        metrics["per_class"] = list(per_class.values())
+        metrics.update(error_analysis(gt, results, image_ids, self.score_thresh, self.iou_thresh))
+        metrics["num_images"] = len(image_ids)
+        metrics["num_detections"] = len(results)
+        return metrics
+
+
 def evaluate_detection(
     model: nn.Module,
     dataset: Any,
@@ -491,7 +586,9 @@ def evaluate_detection(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """COCO box (and mask) AP, per-class AP and the error analysis of ``model`` on ``dataset``.
 
-    ``tta``: horizontal-flip test-time augmentation (see :func:`detect`).
+    The shared loop (:func:`msfusion.engine.evaluation.evaluate`) with a
+    :class:`COCOEvaluator`. ``tta``: horizontal-flip test-time augmentation
+    (see :func:`detect`).
 
     Returns:
         ``(metrics, results)``: ``metrics`` has ``bbox_AP`` ... ``bbox_APl``
@@ -502,66 +599,11 @@ def evaluate_detection(
         ``num_detections``; ``results`` are the detections in COCO result
         format.
     """
-    from msfusion.engine.evaluator import autocast_context
-
     dist_info = dist_info or DistInfo()
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
-    loader = DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True, leave=False)
-    results: list[dict[str, Any]] = []
-    image_ids: list[int] = []
-    with_masks = False
-    try:
-        for batch in loader:
-            images = [im.to(device) for im in batch["images"]]
-            with autocast_context(device, amp):
-                outputs = detect(model, images, flip=tta)
-            for output, image_id in zip(outputs, batch["image_id"], strict=True):
-                with_masks = with_masks or "masks" in output
-                results.extend(detections_to_coco(output, image_id, dataset.label_to_category))
-                image_ids.append(int(image_id))
-            if bar is not None:
-                bar.update(len(images))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    if dist_info.distributed:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * dist_info.world_size
-        dist.all_gather_object(gathered, (results, image_ids, with_masks))
-        results = [r for part in gathered for r in part[0]]
-        image_ids = [i for part in gathered for i in part[1]]
-        with_masks = any(part[2] for part in gathered)
-    gt = dataset.coco_gt()
-    metrics: dict[str, Any] = {}
-    kinds = ["bbox"]
-    if with_masks and all("segmentation" in a for a in gt.dataset["annotations"]):
-        kinds.append("segm")
-    per_class = {int(c): {"class": str(gt.cats[c].get("name", c)), "category_id": int(c)} for c in sorted(gt.cats)}
-    for kind in kinds:
-        stats, by_category = coco_evaluation(gt, results, kind, image_ids)
-        metrics.update({f"{kind}_{key}": value for key, value in stats.items()})
-        for category, value in by_category.items():
-            per_class[category][f"{kind}_AP"] = value
-    metrics["per_class"] = list(per_class.values())
-    metrics.update(error_analysis(gt, results, image_ids, score_thresh, iou_thresh))
-    metrics["num_images"] = len(image_ids)
-    metrics["num_detections"] = len(results)
-    return metrics, results
+    evaluator = COCOEvaluator(dataset, tta=tta, score_thresh=score_thresh, iou_thresh=iou_thresh, dist_info=dist_info)
+    loader = shard_loader(dataset, dist_info, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    metrics = evaluate(model, loader, evaluator, device=device, amp=amp, progress=progress, dist_info=dist_info)
+    return metrics, evaluator.results
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -704,7 +746,7 @@ def predict_detection_files(
     """
     from PIL import Image
 
-    from msfusion.engine.predictor import iter_images
+    from msfusion.engine.image_files import iter_images
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

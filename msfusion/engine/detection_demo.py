@@ -95,6 +95,7 @@ def run_detection_demo(
 
     from msfusion.engine.demo import train_demo_recipe
     from msfusion.engine.detection import DetectionTask, draw_detections, format_detection_metrics
+    from msfusion.engine.results import write_json
     from msfusion.engine.visualize import plot_training_curve
     from msfusion.registry import load_model
 
@@ -108,7 +109,7 @@ def run_detection_demo(
         raise ValueError("the demo recipe must write a checkpoint at the last step (train.ckpt_interval > 0)")
     model = load_model(last).eval()
     metrics = task.evaluate(model, val, cfg, torch.device("cpu"), _single())
-    (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
+    write_json(out_dir / "metrics.json", metrics)
     (out_dir / "detections.json").write_text(json.dumps(task.last_results))
     # The demo evaluates once, at the end: the validation panel shows that evaluation (box AP / AP50 / AP75).
     evaluation = {"step": summary["step"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -147,12 +148,3 @@ def _single() -> Any:
     from msfusion.engine.distributed import DistInfo
 
     return DistInfo()
-
-
-def _finite(metrics: Any) -> Any:
-    # NaN (a class or size range without ground truth) as null, also inside the per-class rows.
-    if isinstance(metrics, dict):
-        return {k: _finite(v) for k, v in metrics.items()}
-    if isinstance(metrics, list):
-        return [_finite(v) for v in metrics]
-    return None if isinstance(metrics, float) and metrics != metrics else metrics

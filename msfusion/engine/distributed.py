@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "all_gather_objects",
     "init_distributed",
     "cleanup_distributed",
     "all_reduce_sum",
@@ -87,3 +88,12 @@ def broadcast_object(obj: object, src: int = 0) -> object:
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` in rank order (``[obj]`` in one process); picklable objects only."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[object] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]

@@ -37,16 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from msfusion.data import build_panoptic_dataset
 from msfusion.data.registry import dataset_types as registered_dataset_types
 from msfusion.engine.detection import DetectionTask
-from msfusion.engine.distributed import DistInfo
+from msfusion.engine.distributed import DistInfo, all_gather_objects
+from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_indices, shard_loader
 from msfusion.engine.panoptic_metrics import PanopticQuality
+from msfusion.engine.task_base import PredictOptions
+from msfusion.engine.tasks import register_task
 
 __all__ = [
     "PanopticTask",
+    "PanopticEvaluator",
     "build_panoptic_dataset",
     "evaluate_panoptic",
     "format_panoptic_metrics",
@@ -59,13 +62,21 @@ __all__ = [
 PANOPTIC_DATASET_TYPES = registered_dataset_types("panoptic")
 
 
+@register_task
 class PanopticTask(DetectionTask):
     """Panoptic segmentation with Panoptic FPN (module doc)."""
 
     name = "panoptic"
     primary_metric = "PQ"
     dataset_example = "{type: coco_panoptic, images: DIR, annotations: FILE}"
-    dataset_types = ", ".join(PANOPTIC_DATASET_TYPES)
+    demo_dir = None
+    demo_entry = None
+    predict_refusals = {
+        "--tta": "the panoptic merge has no test-time augmentation",
+        "--slide": "Panoptic FPN resizes each whole image itself",
+        "--resize": "Panoptic FPN resizes each image itself (its min_size / max_size)",
+        "--fast": "not implemented for panoptic models",
+    }
 
     @staticmethod
     def compose(**kwargs: Any) -> nn.Module:
@@ -83,46 +94,48 @@ class PanopticTask(DetectionTask):
     def model_kwargs(self, dataset: Any) -> dict[str, Any]:
         return {"num_classes": dataset.num_classes, "num_stuff_classes": dataset.num_stuff_classes}
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        dataset: Any,
-        cfg: Mapping[str, Any],
-        device: torch.device,
-        dist_info: DistInfo,
-    ) -> dict[str, Any]:
+    def check_test_options(self, eval_cfg: Mapping[str, Any], fast: bool = False) -> None:
+        given = [name for name, on in (("--tta", eval_cfg["tta"]), ("--mode slide", eval_cfg["mode"] == "slide"),
+                                        ("--fast", fast)) if on]  # fmt: skip
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not implemented for panoptic segmentation (Panoptic FPN resizes each whole "
+                "image itself, and its panoptic merge has no test-time augmentation); evaluate without them"
+            )
+
+    def evaluator(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> PanopticEvaluator:
+        return PanopticEvaluator(dataset, dist_info)
+
+    def finish_evaluation(self, evaluator: Any) -> None:
         self.last_results = []
-        return evaluate_panoptic(
-            model,
-            dataset,
-            device=device,
-            dist_info=dist_info,
-            batch_size=max(1, cfg["data"]["batch_size"] // max(dist_info.world_size, 1)),
-            num_workers=cfg["data"]["num_workers"],
-            progress=cfg["train"]["progress"],
-        )
 
-    def write_outputs(self, metrics: Mapping[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
-        """``<stem>.json``: the PQ family, per class included."""
-        from msfusion.checkpoint import atomic_write
+    def write_eval_outputs(
+        self, metrics: dict[str, Any], cfg: Mapping[str, Any], checkpoint: str | Path, out_dir: str | Path
+    ) -> list[Path]:
+        """``<ckpt>_eval.json``: the PQ family, per class included."""
+        from msfusion.engine.results import write_json
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{stem}.json"
-        text = json.dumps(_json_safe(dict(metrics)), indent=1)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-        return [path]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return [write_json(Path(out_dir) / f"{Path(checkpoint).stem}_eval.json", metrics)]
 
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_panoptic_metrics(metrics)
 
+    def predict_files(
+        self,
+        model: nn.Module,
+        inputs: Iterable[str | Path],
+        out_dir: str | Path,
+        meta: Mapping[str, Any],
+        options: PredictOptions,
+    ) -> list[Path]:
+        return predict_panoptic_files(
+            model, inputs, out_dir, classes=meta.get("classes"), palette=meta.get("palette") or None,
+            device=options.device, on_bad_file=options.on_bad_file, progress=options.progress,
+        )  # fmt: skip
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
+    def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
+        return f"wrote {len(written)} panoptic PNGs with a legend (and id PNGs, segment JSONs) to {out_dir}"
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,12 +144,54 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return collate_detection(batch)
 
 
-@torch.no_grad()
+class PanopticEvaluator(DatasetEvaluator):
+    """PQ, SQ, RQ of panoptic outputs against the dataset's panoptic ground truth (module doc).
+
+    The loader must yield this rank's share of ``dataset`` in order
+    (:func:`~msfusion.engine.evaluation.shard_loader` with the same
+    ``dist_info``): the ground truth of the i-th image processed is
+    ``dataset.load_panoptic(shard_indices(len(dataset), dist_info)[i])``.
+    The model's ``segments_info`` name classes by panoptic label (things
+    1..T, stuff T+1..T+S), as the dataset's ``load_panoptic`` does. Under DDP
+    the PQ sums of every rank are merged.
+    """
+
+    def __init__(self, dataset: Any, dist_info: DistInfo | None = None) -> None:
+        self.dataset = dataset
+        self.dist_info = dist_info or DistInfo()
+        self.indices = shard_indices(len(dataset), self.dist_info)
+        self.reset()
+
+    def reset(self) -> None:
+        things = range(1, self.dataset.num_things + 1)
+        stuff = range(self.dataset.num_things + 1, len(self.dataset.classes))
+        self.pq = PanopticQuality(things, stuff, names=dict(enumerate(self.dataset.classes)))
+        self.position = 0
+
+    def run(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> list[dict[str, Any]]:
+        return model([im.to(device) for im in batch["images"]])
+
+    def process(self, batch: Mapping[str, Any], outputs: list[dict[str, Any]]) -> None:
+        for output in outputs:
+            gt = self.dataset.load_panoptic(self.indices[self.position])
+            self.position += 1
+            gt_segments = [{"id": s["id"], "category_id": s["label"], "iscrowd": s["iscrowd"]} for s in gt.segments]
+            self.pq.update(output["panoptic"].cpu().numpy(), output["segments_info"], gt.ids, gt_segments, gt.path)
+
+    def evaluate(self) -> dict[str, Any]:
+        if self.dist_info.distributed:
+            gathered = all_gather_objects(self.pq.state())
+            self.pq.reset()
+            self.pq.merge(gathered)
+        return self.pq.compute()
+
+
 def evaluate_panoptic(
     model: nn.Module,
     dataset: Any,
     *,
     device: torch.device | str = "cpu",
+    amp: str = "none",
     dist_info: DistInfo | None = None,
     batch_size: int = 2,
     num_workers: int = 0,
@@ -144,48 +199,13 @@ def evaluate_panoptic(
 ) -> dict[str, Any]:
     """PQ, SQ, RQ (all / ``_th`` things / ``_st`` stuff, fractions), ``per_class`` and ``num_images``.
 
-    The model's ``segments_info`` name classes by panoptic label (things 1..T,
-    stuff T+1..T+S), as the dataset's ``load_panoptic`` does.
+    The shared loop (:func:`msfusion.engine.evaluation.evaluate`, with
+    autocast for ``amp``) and a :class:`PanopticEvaluator`.
     """
     dist_info = dist_info or DistInfo()
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    things = range(1, dataset.num_things + 1)
-    stuff = range(dataset.num_things + 1, len(dataset.classes))
-    pq = PanopticQuality(things, stuff, names=dict(enumerate(dataset.classes)))
-    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True, leave=False)
-    position = 0
-    try:
-        for batch in loader:
-            outputs = model([im.to(device) for im in batch["images"]])
-            for output in outputs:
-                gt = dataset.load_panoptic(indices[position])
-                position += 1
-                gt_segments = [{"id": s["id"], "category_id": s["label"], "iscrowd": s["iscrowd"]} for s in gt.segments]
-                pq.update(
-                    output["panoptic"].cpu().numpy(), output["segments_info"], gt.ids, gt_segments, gt.path
-                )  # fmt: skip
-            if bar is not None:
-                bar.update(len(outputs))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    if dist_info.distributed:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * dist_info.world_size
-        dist.all_gather_object(gathered, pq.state())
-        pq.reset()
-        pq.merge(gathered)
-    return pq.compute()
+    loader = shard_loader(dataset, dist_info, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    evaluator = PanopticEvaluator(dataset, dist_info)
+    return evaluate(model, loader, evaluator, device=device, amp=amp, progress=progress, dist_info=dist_info)
 
 
 def _cell(value: float) -> str:
@@ -267,7 +287,7 @@ def predict_panoptic_files(
     from PIL import Image
 
     from msfusion.data.coco_panoptic import id_to_rgb
-    from msfusion.engine.predictor import iter_images
+    from msfusion.engine.image_files import iter_images
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,26 @@
-"""The task interface of the trainer: what it asks of a task (data, batches, loss, evaluation).
+"""The task interface: what the trainer and the commands ask of a task.
 
-In a module of its own so that the tasks (segmentation in ``tasks.py``,
-detection, panoptic) import it without importing each other.
+A :class:`Task` owns everything that differs between segmentation, detection
+and panoptic segmentation, so that the trainer and the commands never ask
+which task they run: its dataset types, batches and loss (training), its
+:class:`~msfusion.engine.evaluation.DatasetEvaluator` (the shared evaluation
+loop does the rest), the files ``msfusion eval`` writes, what ``msfusion
+predict`` writes, and the embedded demo. The task is chosen once, from a
+recipe's ``task`` key or a checkpoint sidecar's, with ``get_task``.
+
+Tasks register by name in ``msfusion.engine.tasks`` (``register_task``,
+``get_task``). The interface is in a module of its own so that the tasks
+(``segmentation``, ``detection``, ``panoptic``) import it without importing
+each other.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,21 +28,72 @@ from torch import Tensor, nn
 
 from msfusion.engine.distributed import DistInfo
 
-__all__ = ["Task"]
+__all__ = ["PredictOptions", "Task"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``msfusion predict`` was asked for; a task refuses the options it cannot honour.
+
+    Attributes:
+        tta: test-time augmentation (the task's kind).
+        slide: ``(crop, stride)`` of a sliding-window test, or None.
+        resize: ``"recipe"`` (the training recipe's test scale), None (keep
+            the size) or ``(long, short)``.
+        fast: run an inference-optimised copy (:func:`msfusion.optimize_for_inference`).
+        device: the torch device.
+        on_bad_file: "raise" or "skip" unreadable images.
+        progress: show a progress bar.
+    """
+
+    tta: bool = False
+    slide: tuple[int, int] | None = None
+    resize: str | tuple[int, int] | None = "recipe"
+    fast: bool = False
+    device: str = "cpu"
+    on_bad_file: str = "raise"
+    progress: bool = True
+
+    def given(self) -> dict[str, bool]:
+        """The command-line spelling of each option and whether it was asked for."""
+        return {
+            "--tta": self.tta,
+            "--slide": self.slide is not None,
+            "--resize": self.resize != "recipe",
+            "--fast": self.fast,
+        }
 
 
 class Task(ABC):
-    """The interface the trainer uses. Subclasses implement the abstract methods.
+    """What the trainer and the commands ask of a task. Subclasses implement the abstract methods.
 
     Attributes:
         name: the ``task`` value of a recipe.
         primary_metric: the metric that selects the best checkpoint (higher is better).
+        dataset_example: a ``data.train`` value shown when a recipe has none.
+        compose_keys: ``model.compose`` keys the task's composer takes besides the parts.
+        demo_dir: the default report folder of ``msfusion demo --task <name>`` (None: no demo).
+        demo_entry: ``"module:function"`` of the demo, called as
+            ``function(out_dir, overrides, progress=..., overwrite=...)``. Named,
+            not imported: a demo trains through the trainer, which imports the tasks.
+        predict_refusals: ``{option: why}`` for ``msfusion predict`` options the task cannot honour.
     """
 
     name = "task"
     primary_metric = "score"
-    #: A ``data.train`` value shown when a recipe has none.
     dataset_example = "{type: folder, root: data/mine, split: train}"
+    compose_keys: frozenset[str] = frozenset()
+    demo_dir: str | None = None
+    demo_entry: str | None = None
+    predict_refusals: Mapping[str, str] = {}
+
+    # ---- data ---------------------------------------------------------------------------------------------
+
+    def dataset_types(self) -> Mapping[str, Callable[..., Any]]:
+        """The dataset classes a ``data.<split>.type`` may name, by name: the data registry's for this task."""
+        from msfusion.data.registry import datasets
+
+        return datasets(self.name)
 
     @abstractmethod
     def dataset_config(self, data: Mapping[str, Any], split: str, seed: int) -> dict[str, Any]:
@@ -66,6 +130,17 @@ class Task(ABC):
         """Move the tensors of a batch to ``device``."""
         return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
+    # ---- model and training -------------------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def compose(**kwargs: Any) -> nn.Module:
+        """The model of a recipe's ``model.compose`` (its parts by name) and ``model.kwargs``."""
+
+    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
+        """Model constructor arguments the data decides (e.g. the class count)."""
+        return {}
+
     def setup(self, model: nn.Module) -> None:
         """Read what the loss needs from the (unwrapped) model, once before training (optional)."""
         return None
@@ -80,7 +155,20 @@ class Task(ABC):
         synchronised over ranks.
         """
 
+    # ---- evaluation ---------------------------------------------------------------------------------------
+
+    def check_test_options(self, eval_cfg: Mapping[str, Any], fast: bool = False) -> None:
+        """Refuse test options (a recipe's ``eval`` section, ``--fast``) the task would ignore silently."""
+        return None
+
     @abstractmethod
+    def evaluator(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> Any:
+        """The :class:`~msfusion.engine.evaluation.DatasetEvaluator` of ``dataset`` under a recipe."""
+
+    @abstractmethod
+    def eval_loader(self, dataset: Any, cfg: Mapping[str, Any], dist_info: DistInfo) -> Any:
+        """The loader of this rank's share of ``dataset`` (:func:`~msfusion.engine.evaluation.shard_loader`)."""
+
     def evaluate(
         self,
         model: nn.Module,
@@ -89,8 +177,78 @@ class Task(ABC):
         device: torch.device,
         dist_info: DistInfo,
     ) -> dict[str, Any]:
-        """Metrics on ``dataset`` (must contain ``primary_metric``), the same on every rank."""
+        """Metrics on ``dataset`` (with ``primary_metric``), the same on every rank: the shared loop."""
+        from msfusion.engine.evaluation import evaluate
 
-    def model_kwargs(self, dataset: Any) -> dict[str, Any]:
-        """Model constructor arguments the data decides (e.g. the class count)."""
-        return {}
+        evaluator = self.evaluator(dataset, cfg, dist_info)
+        metrics = evaluate(
+            model,
+            self.eval_loader(dataset, cfg, dist_info),
+            evaluator,
+            device=device,
+            amp=cfg["train"]["amp"],
+            progress=cfg["train"]["progress"],
+            dist_info=dist_info,
+        )
+        self.finish_evaluation(evaluator)
+        return metrics
+
+    def finish_evaluation(self, evaluator: Any) -> None:
+        """Keep what an evaluation produced besides its metrics (e.g. detections), if any."""
+        return None
+
+    @abstractmethod
+    def write_eval_outputs(
+        self, metrics: dict[str, Any], cfg: Mapping[str, Any], checkpoint: str | Path, out_dir: str | Path
+    ) -> list[Path]:
+        """Write the files of ``msfusion eval`` (named by the checkpoint and the test options); their paths."""
+
+    @abstractmethod
+    def format_metrics(self, metrics: Mapping[str, Any]) -> str:
+        """The text ``msfusion eval`` prints."""
+
+    # ---- prediction ---------------------------------------------------------------------------------------
+
+    def check_predict_options(self, options: PredictOptions) -> None:
+        """Refuse ``msfusion predict`` options this task cannot honour (:attr:`predict_refusals`).
+
+        Raises:
+            ValueError: naming the option, the reason and the fix.
+        """
+        given = options.given()
+        for option, reason in self.predict_refusals.items():
+            if given[option]:
+                raise ValueError(
+                    f"{option} is not available for a {self.name} checkpoint: {reason}. Run without {option}."
+                )
+
+    @abstractmethod
+    def predict_files(
+        self,
+        model: nn.Module,
+        inputs: Iterable[str | Path],
+        out_dir: str | Path,
+        meta: Mapping[str, Any],
+        options: PredictOptions,
+    ) -> list[Path]:
+        """Predict image files with a checkpoint's model (``meta``: its sidecar); the pictures written."""
+
+    @abstractmethod
+    def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
+        """The line ``msfusion predict`` prints after writing."""
+
+    # ---- demo ---------------------------------------------------------------------------------------------
+
+    def run_demo(
+        self, out_dir: str | Path, overrides: Iterable[str] = (), progress: bool = True, overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Train on synthetic shapes, evaluate, write a report folder; returns ``metrics``, ``table``, times, paths."""
+        if not self.demo_entry:
+            raise ValueError(f"the {self.name} task has no embedded demo")
+        module, function = self.demo_entry.split(":")
+        demo = getattr(importlib.import_module(module), function)
+        return demo(out_dir, overrides, progress=progress, overwrite=overwrite)
+
+    def describe_demo(self, result: Mapping[str, Any]) -> str:
+        """The lines ``msfusion demo`` prints after :meth:`run_demo`."""
+        raise ValueError(f"the {self.name} task has no embedded demo")

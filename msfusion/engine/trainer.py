@@ -54,7 +54,7 @@ from msfusion.engine.checkpointing import (
 )
 from msfusion.engine.config import dump_config
 from msfusion.engine.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from msfusion.engine.evaluator import autocast_context
+from msfusion.engine.evaluation import autocast_context
 from msfusion.engine.optim import build_optimizer, build_scheduler
 from msfusion.engine.tasks import Task, build_task
 

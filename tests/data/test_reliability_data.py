@@ -17,8 +17,8 @@ from msfusion.cli import main
 from msfusion.data import FolderDataset
 from msfusion.data.image_io import read_image
 from msfusion.data.label_maps import InvalidSampleError
-from msfusion.engine.evaluator import segment
-from msfusion.engine.predictor import predict_array, predict_files
+from msfusion.engine.segmentation_eval import segment
+from msfusion.engine.segmentation_predict import predict_array, predict_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 

@@ -1,4 +1,4 @@
-"""Segmentation inference modes and the dataset evaluator.
+"""Segmentation test modes and the segmentation evaluator (mIoU family) of the shared evaluation loop.
 
 Test modes (as in the official SegNeXt test configs): ``whole`` (the full image at once; the
 segmentor pads to a multiple of 32 inside, as mmseg's ``size_divisor=32``),
@@ -15,35 +15,25 @@ metrics of the whole dataset.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 
 from msfusion.engine.distributed import DistInfo, all_reduce_sum
-from msfusion.engine.metrics import confusion_matrix, metrics_from_confusion
+from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_loader
+from msfusion.engine.segmentation_metrics import confusion_matrix, metrics_from_confusion
 
 __all__ = [
     "segment",
     "segment_with_config",
     "check_slide_window",
     "check_test_images",
+    "SegmentationEvaluator",
     "evaluate_segmentation",
-    "autocast_context",
 ]
-
-
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16"}; fp16 needs CUDA."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp 'fp16' needs CUDA; use amp=bf16 on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 @torch.no_grad()
@@ -149,7 +139,76 @@ def segment_with_config(model: nn.Module, images: Tensor, cfg: Mapping[str, Any]
     )
 
 
-@torch.no_grad()
+class SegmentationEvaluator(DatasetEvaluator):
+    """mIoU, mAcc, aAcc and per-class IoU / Acc from a confusion matrix summed over images and ranks.
+
+    Each sample (``"image"`` (3, H, W), ``"mask"`` (H, W)) is scored with the
+    test options of a recipe's ``eval`` section (:func:`segment_with_config`);
+    the scores are resized to the label's size before the arg-max.
+
+    Args:
+        num_classes: K.
+        ignore_index: label value that is not scored.
+        class_names: names of the K classes for the per-class table.
+        eval_cfg: ``mode``, ``crop_size``, ``stride``, ``tta``, ``scales``, ``flip``.
+        device: where the confusion matrix lives when this rank scored no image
+            (DDP with more ranks than images); otherwise beside the scores.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        eval_cfg: Mapping[str, Any] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = class_names
+        self.eval_cfg = dict(eval_cfg or {})
+        self.device = torch.device(device) if device is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.confusion: Tensor | None = None
+        self.num_images = 0
+
+    def run(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> Tensor:
+        image = batch["image"].unsqueeze(0).to(device)
+        try:
+            return segment_with_config(model, image, self.eval_cfg)
+        except (ValueError, FloatingPointError) as err:
+            raise type(err)(f"{batch.get('path', '?')}: {err}") from err
+
+    def process(self, batch: Mapping[str, Any], outputs: Tensor) -> None:
+        scores = outputs.float()
+        mask = batch["mask"].to(scores.device)
+        if scores.shape[-2:] != mask.shape[-2:]:
+            scores = F.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        pred = scores.argmax(dim=1)[0]
+        try:
+            counts = confusion_matrix(pred, mask, self.num_classes, self.ignore_index)
+        except ValueError as err:
+            raise ValueError(f"{batch.get('path', '?')}: {err}") from None
+        self.confusion = counts if self.confusion is None else self.confusion + counts
+        self.num_images += 1
+
+    def evaluate(self) -> dict[str, Any]:
+        device = self.confusion.device if self.confusion is not None else (self.device or torch.device("cpu"))
+        confusion = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=device)
+        if self.confusion is not None:
+            confusion += self.confusion
+        count = torch.tensor([self.num_images], dtype=torch.int64, device=device)
+        all_reduce_sum(confusion)
+        all_reduce_sum(count)
+        metrics = metrics_from_confusion(confusion.cpu(), self.class_names)
+        metrics["num_images"] = int(count.item())
+        # (K, K) pixel counts, rows the true class: ``msfusion eval`` draws it as a picture.
+        metrics["confusion_matrix"] = confusion.cpu().tolist()
+        return metrics
+
+
 def evaluate_segmentation(
     model: nn.Module,
     dataset: Any,
@@ -162,6 +221,9 @@ def evaluate_segmentation(
     num_workers: int = 0,
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` (samples with "image" and "mask"); returns metrics.
+
+    The shared loop (:func:`msfusion.engine.evaluation.evaluate`) with a
+    :class:`SegmentationEvaluator`.
 
     Args:
         model: a segmentor; put in eval mode here and restored afterwards.
@@ -176,50 +238,17 @@ def evaluate_segmentation(
         num_workers: DataLoader workers.
 
     Returns:
-        :func:`~msfusion.engine.metrics.metrics_from_confusion` output plus
-        ``"num_images"``.
+        :func:`~msfusion.engine.segmentation_metrics.metrics_from_confusion`
+        output plus ``"num_images"`` and ``"confusion_matrix"``.
     """
-    cfg = dict(eval_cfg or {})
     device = torch.device(device)
     dist_info = dist_info or DistInfo(device=device)
-    num_classes = dataset.num_classes
-    ignore_index = getattr(dataset, "ignore_index", 255)
-    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=num_workers)
-    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
-    was_training = model.training
-    model.eval()
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
-    try:
-        for sample in loader:
-            image = sample["image"].unsqueeze(0).to(device)
-            mask = sample["mask"].to(device)
-            try:
-                with autocast_context(device, amp):
-                    scores = segment_with_config(model, image, cfg)
-            except (ValueError, FloatingPointError) as err:
-                raise type(err)(f"{sample.get('path', '?')}: {err}") from err
-            scores = scores.float()
-            if scores.shape[-2:] != mask.shape[-2:]:
-                scores = F.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-            pred = scores.argmax(dim=1)[0]
-            try:
-                confusion += confusion_matrix(pred, mask, num_classes, ignore_index)
-            except ValueError as err:
-                raise ValueError(f"{sample.get('path', '?')}: {err}") from None
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    all_reduce_sum(confusion)
-    metrics = metrics_from_confusion(confusion.cpu(), getattr(dataset, "classes", None))
-    metrics["num_images"] = len(dataset)
-    # (K, K) pixel counts, rows the true class: ``msfusion eval`` draws it as a picture.
-    metrics["confusion_matrix"] = confusion.cpu().tolist()
-    return metrics
+    evaluator = SegmentationEvaluator(
+        dataset.num_classes,
+        getattr(dataset, "ignore_index", 255),
+        getattr(dataset, "classes", None),
+        eval_cfg,
+        device,
+    )
+    loader = shard_loader(dataset, dist_info, num_workers=num_workers)
+    return evaluate(model, loader, evaluator, device=device, amp=amp, progress=progress, dist_info=dist_info)

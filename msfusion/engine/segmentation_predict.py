@@ -1,4 +1,4 @@
-"""Prediction on image files: raw label PNGs, colour masks and overlays with a legend.
+"""Segmentation prediction on image files: raw label PNGs, colour masks and overlays with a legend.
 
 For each input ``<stem>.<ext>`` three PNGs are written to the output folder:
 
@@ -19,7 +19,7 @@ network and the scores are resized back, as in evaluation.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +29,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msfusion.engine.evaluator import check_slide_window, segment_with_config
+from msfusion.engine.image_files import collect_images, unique_stems
+from msfusion.engine.segmentation_eval import check_slide_window, segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay, save_label_png
 
-__all__ = ["collect_images", "iter_images", "predict_array", "predict_files"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, or found (sorted, not recursively) in named folders.
-
-    Raises:
-        FileNotFoundError: an input does not exist, or a folder holds no image.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"input not found: {path}")
-    return files
+__all__ = ["predict_array", "predict_files"]
 
 
 @torch.no_grad()
@@ -116,48 +94,6 @@ def predict_array(
     return label.astype(np.uint8 if scores.shape[1] <= 256 else np.uint16)
 
 
-def iter_images(
-    inputs: Iterable[str | Path], *, progress: bool = False, on_bad_file: str = "raise"
-) -> Iterator[tuple[Path, str, np.ndarray]]:
-    """``(path, unique output stem, (H, W, 3) uint8 image)`` for every image of ``inputs``.
-
-    An unreadable file raises, or with ``on_bad_file="skip"`` is reported and
-    skipped; ``progress`` shows a bar. Shared by the detection and panoptic
-    prediction commands.
-    """
-    from msfusion.data.image_io import read_image
-
-    files = collect_images(inputs)
-    pairs: Iterable = zip(files, _unique_stems(files), strict=True)
-    if progress:
-        from tqdm import tqdm
-
-        pairs = tqdm(list(pairs), desc="predict", unit="img")
-    for path, stem in pairs:
-        try:
-            array = read_image(path)
-        except (OSError, ValueError) as err:
-            if on_bad_file == "skip":
-                print(f"skipped {path}: {err}")
-                continue
-            raise
-        yield path, stem, array
-
-
-def _unique_stems(files: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in files:
-        stem = path.stem
-        if stem in seen:
-            seen[stem] += 1
-            stem = f"{stem}_{seen[stem]}"  # two inputs with one name must not overwrite each other
-        else:
-            seen[stem] = 0
-        stems.append(stem)
-    return stems
-
-
 def predict_files(
     model: nn.Module,
     inputs: Iterable[str | Path],
@@ -209,7 +145,7 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     written = []
-    iterator: Iterable[tuple[Path, str]] = zip(files, _unique_stems(files), strict=True)
+    iterator: Iterable[tuple[Path, str]] = zip(files, unique_stems(files), strict=True)
     if progress:
         from tqdm import tqdm
 

@@ -237,7 +237,7 @@ def test_detection_recipes_load_and_demo_yaml_matches() -> None:
     from msfusion.engine.config import load_config, validate_config
     from msfusion.engine.detection_demo import DETECTION_DEMO_RECIPE
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     recipes = sorted(root.glob("*_coco.yaml"))
     assert len(recipes) >= 10
     for path in recipes:

@@ -11,7 +11,6 @@ from the labels has Acc NaN, and the means skip NaN (``nanmean``);
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,25 +107,15 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def save_metrics(metrics: dict[str, Any], out_dir: str | Path, stem: str = "metrics") -> tuple[Path, Path]:
     """Write ``<stem>.json`` (NaN as null) and ``<stem>_per_class.csv``; returns both paths."""
     from msfusion.checkpoint import atomic_write
+    from msfusion.engine.results import write_json
 
     out_dir = Path(out_dir)
     json_path = out_dir / f"{stem}.json"
     csv_path = out_dir / f"{stem}_per_class.csv"
-    text = json.dumps(_json_safe(metrics), indent=2)
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+    write_json(json_path, metrics, indent=2)
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as handle:

@@ -3,7 +3,7 @@
 What is checked: the run finishes (a parameter without a gradient would make
 DDP fail at the second step), both ranks hold the same weights before and after
 training (one all-reduced update), the weights moved, and both ranks report the
-evaluation of the whole validation set. Unlike tests/test_detection_ddp.py,
+evaluation of the whole validation set. Unlike tests/engine/test_detection_ddp.py,
 the result is not compared with one process: RT-DETR's BatchNorm sees each
 rank's half batch, its denoising queries draw per-rank noise, and transformers
 normalises the box losses by each rank's own box count.

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from msfusion.checkpoint import CheckpointError
 from msfusion.engine import checkpointing
 from msfusion.engine.config import load_config
-from msfusion.engine.tasks import SegmentationTask
+from msfusion.engine.segmentation import SegmentationTask
 from msfusion.engine.trainer import NonFiniteLossError, StepBatches, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
@@ -174,7 +174,7 @@ def test_cross_entropy_denominator_follows_avg_non_ignore(avg_non_ignore):
 
 
 def test_paper_recipes_average_over_all_pixels_like_the_official_trainings():
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     paper = [
         p for p in configs.glob("*.yaml") if p.name.startswith(("segnext_", "topformer_", "upernet_", "semantic_fpn_"))
     ]

@@ -4,7 +4,7 @@ The tiny RetinaNet on a tiny CEDNet pyramid has no BatchNorm (LayerNorm only)
 and no dropout; RetinaNet's loss is a mean over images of per-image sums
 divided by that image's foreground anchors, so DDP's average of per-rank
 means is the global mean; Adam's ``eps=1`` keeps float-rounding noise from
-becoming full steps (see tests/test_ddp.py). The evaluation gathers every
+becoming full steps (see tests/engine/test_ddp.py). The evaluation gathers every
 rank's detections, so both processes report the metrics of the whole set.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(work_dir: str) -> dict:

@@ -9,7 +9,12 @@ import math
 import pytest
 import torch
 
-from msfusion.engine.metrics import confusion_matrix, format_metrics_table, metrics_from_confusion, save_metrics
+from msfusion.engine.segmentation_metrics import (
+    confusion_matrix,
+    format_metrics_table,
+    metrics_from_confusion,
+    save_metrics,
+)
 
 
 def test_confusion_matrix_by_hand_with_ignore():

@@ -43,7 +43,7 @@ def test_channels_last_training_path_matches_the_default(monkeypatch):
 
 def test_channels_last_segmentor_loss_matches_the_default():
     """A channels-last model's logits stay NHWC up to the loss, which reads them as rows of classes."""
-    from msfusion.engine.tasks import SegmentationTask
+    from msfusion.engine.segmentation import SegmentationTask
 
     torch.manual_seed(0)
     model = msfusion.create_model("test_segnext", num_classes=4).train()

@@ -15,7 +15,7 @@ from msfusion.engine.demo import DEMO_RECIPE
 from msfusion.engine.optim import build_optimizer, build_param_groups, build_scheduler, match_custom_key
 
 OFFICIAL_KEYS = {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_match_custom_key_longest_then_alphabetical_first_only():

@@ -19,7 +19,7 @@ from msfusion.engine.layer_decay import (
 from msfusion.engine.optim import build_optimizer, build_scheduler
 from msfusion.engine.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 VARIANTS = {
     # name: (drop path, layer-decay rule, num_layers); the official CEDNet mmseg configs
