@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from msfusion.engine.detection import COCO_STATS
-from msfusion.engine.metrics import confusion_matrix, metrics_from_confusion
+from msfusion.engine.segmentation_metrics import confusion_matrix, metrics_from_confusion
 from msfusion.engine.panoptic_metrics import PanopticQuality
 from msfusion.engine.visualize import (
     CURVE_METRICS,
