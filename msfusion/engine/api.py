@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Evaluation", "Predictions", "check_class_names", "evaluate", "predict", "resolve_recipe", "train"]
+__all__ = ["Evaluation", "Predictions", "check_category_ids", "check_class_names", "evaluate", "predict", "resolve_recipe", "train"]
 
 
 def resolve_recipe(
@@ -155,6 +155,27 @@ def check_class_names(
     warnings.warn(message, stacklevel=3)
 
 
+def check_category_ids(saved: Sequence[int] | None, wanted: Sequence[int] | None, checkpoint: str | Path) -> None:
+    """Warn when the checkpoint's COCO category ids differ from the evaluation data's (same class names).
+
+    Results are written with the evaluation data's own ids (label ``i`` becomes
+    ``data.val``'s category of label ``i``), so scores stay right when the
+    names (checked first) agree; the warning says the files number their
+    categories differently, which matters to anyone comparing result files.
+    """
+    if not saved or wanted is None or len(saved) != len(wanted):
+        return
+    wanted = [int(c) for c in wanted]
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(saved, wanted, strict=True)) if int(a) != b]
+    if differ:
+        shown = "; ".join(f"label {i}: id {a} in the checkpoint, {b} in data.val" for i, a, b in differ[:5])
+        warnings.warn(
+            f"{checkpoint}: the category ids differ from data.val's ({shown}{'; ...' if len(differ) > 5 else ''}) "
+            "while the class names agree; results are written with data.val's ids",
+            stacklevel=3,
+        )
+
+
 def evaluate(
     recipe: str | Path | Mapping[str, Any],
     checkpoint: str | Path,
@@ -224,6 +245,7 @@ def evaluate(
             "model.pretrained=CHECKPOINT); or pass --no-strict to score it with an untrained classifier."
         )
     check_class_names(meta.get("classes"), getattr(dataset, "classes", None), checkpoint, ignore_class_names)
+    check_category_ids(meta.get("category_ids"), getattr(dataset, "label_to_category", None), checkpoint)
     cfg["model"]["pretrained"] = None
     model = build_model(cfg, task, dataset)
     load_checkpoint(model, checkpoint, strict=strict)

@@ -364,6 +364,8 @@ class Trainer:
         return {
             "task": self.task.name,
             "classes": list(getattr(self.train_set, "classes", []) or []),
+            # COCO-style data: the category id of each label, compared by ``msfusion eval`` with its data's.
+            "category_ids": [int(c) for c in getattr(self.train_set, "label_to_category", None) or []],
             "palette": [list(c) for c in getattr(self.train_set, "palette", []) or []],
             "config": json.loads(json.dumps(self.cfg, default=str)),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,27 @@ def test_a_full_disk_names_the_checkpoint_that_is_still_good(tmp_path, monkeypat
     )
     with pytest.raises(CheckpointError, match=f"no best checkpoint existed yet, and the training checkpoint {first}"):
         checkpointing.save_best(tmp_path, model, {})
+
+
+def test_category_ids_that_differ_under_the_same_names_are_named_in_a_warning():
+    from msfusion.engine.api import check_category_ids
+
+    with pytest.warns(UserWarning, match="label 1: id 3 in the checkpoint, 7 in data.val"):
+        check_category_ids([0, 3, 5], [0, 7, 5], "ckpt.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_category_ids([0, 3, 5], [0, 3, 5], "ckpt.safetensors")  # the same ids: silent
+        check_category_ids(None, [0, 3, 5], "ckpt.safetensors")  # an older sidecar without ids: silent
+
+
+def test_the_training_sidecar_records_the_category_ids_of_coco_style_data():
+    from types import SimpleNamespace
+
+    from msfusion.engine.trainer import Trainer
+
+    trainer = SimpleNamespace(
+        task=SimpleNamespace(name="detection"),
+        train_set=SimpleNamespace(classes=["background", "a", "b"], label_to_category=[0, 3, 5], palette=[]),
+        cfg={},
+    )
+    assert Trainer._metadata(trainer)["category_ids"] == [0, 3, 5]
