@@ -264,6 +264,8 @@ def _as_float(full: dict[str, Any], path: str) -> float:
             value = float(value)
         except ValueError:
             raise ConfigError(f"{path} must be a number, got {value!r}") from None
+        # YAML reads "nan" and "inf" (without a dot) as strings: converted here, they must be checked here.
+        _check_finite(value, path)
         _set(full, path, value)
     if not _is_number(value):
         raise ConfigError(f"{path} must be a number, got {_describe(value)}")

@@ -326,6 +326,14 @@ def test_set_refuses_a_non_finite_number(value):
         load_config(None, [f"optim.lr={value}"])
 
 
+def test_a_recipe_number_written_nan_is_refused(tmp_path):
+    # YAML reads "lr: nan" (no dot) as the string "nan"; it must not become a float NaN unchecked.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: nan\n")
+    with pytest.raises(ConfigError, match="optim.lr is nan, which is not a finite number"):
+        load_config(recipe, [])
+
+
 # ---- a failed checkpoint write says what filled up and what is kept ---------------------------------------
 
 
