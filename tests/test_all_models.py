@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import msfusion as mf
-from msfusion.models.segmentor import Segmentor
+from msfusion.models.meta_arch.segmentor import Segmentor
 
 MODEL_KINDS = ("backbone", "classifier", "segmentor")
 ALL = [n for kind in MODEL_KINDS for n in mf.list_models(kind=kind, include_test=True)]

@@ -9,7 +9,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import msfusion as mf
 from msfusion.analysis.fusion_time import first_fusion_prefixes, fusion_split, fusion_time
-from msfusion.models.upernet_cednet import UPerNet
+from msfusion.models.meta_arch.upernet import UPerNet
 
 
 def test_convnext_s_fpn_reproduces_figure1():

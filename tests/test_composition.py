@@ -7,7 +7,7 @@ from torch import nn
 import msfusion as mf
 from msfusion.checkpoint import CheckpointError
 from msfusion.engine.config import load_config
-from msfusion.models.segmentor import Segmentor
+from msfusion.models.meta_arch.segmentor import Segmentor
 
 
 class _Features(nn.Module):

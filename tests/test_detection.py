@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import msfusion as mf
-from msfusion.models.cascade_rcnn import STAGE_BOX_WEIGHTS, STAGE_IOUS, CascadeBoxPredictor
-from msfusion.models.detector import DetectorBackbone, DetectorComplexity, build_detector, torchvision_archs
+from msfusion.models.meta_arch.cascade_rcnn import STAGE_BOX_WEIGHTS, STAGE_IOUS, CascadeBoxPredictor
+from msfusion.models.meta_arch.detector import DetectorBackbone, DetectorComplexity, build_detector, torchvision_archs
 
 ARCHS = torchvision_archs()
 
@@ -237,7 +237,7 @@ def test_macs_match_the_papers(name: str, size: tuple[int, int], published: floa
 TORCHVISION_PRESETS = [
     n
     for n in mf.list_models(kind="detector")
-    if mf.registry.model_entrypoint(n).__module__.endswith("detection_presets")
+    if mf.registry.model_entrypoint(n).__module__.endswith("presets.detection")
 ]
 
 

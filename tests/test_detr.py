@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 import msfusion as mf
-from msfusion.models.detector import build_detector
+from msfusion.models.meta_arch.detector import build_detector
 
-detr = pytest.importorskip("msfusion.models.detr", reason="the msfusion[detr] extra (transformers) is not installed")
+detr = pytest.importorskip(
+    "msfusion.models.meta_arch.detr", reason="the msfusion[detr] extra (transformers) is not installed"
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
@@ -207,7 +209,7 @@ def test_missing_extra_names_the_pip_install(monkeypatch) -> None:
     import msfusion.models
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "msfusion.models.detr")
+    monkeypatch.delitem(sys.modules, "msfusion.models.meta_arch.detr")
     monkeypatch.delattr(msfusion.models, "detr")
     with pytest.raises(ImportError, match=r'pip install "msfusion\[detr\]"'):
         build_detector("rt_detr", backbone="test_mscan", num_classes=4)

@@ -47,7 +47,7 @@ MODELS = {
         "kwargs": {"image_size": 64},
     },
 }
-EXTRAS = {"detr": "msfusion.models.detr", "yolo": "ultralytics"}
+EXTRAS = {"detr": "msfusion.models.meta_arch.detr", "yolo": "ultralytics"}
 
 
 def _recipe(family: str, work_dir: str) -> dict:

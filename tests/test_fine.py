@@ -10,7 +10,7 @@ import msfusion as mf
 from msfusion.analysis.complexity import MacCounter
 from msfusion.analysis.erf import erf_map, fit_gaussian_sigma, sampled_token_erfs, stage_sigmas
 from msfusion.analysis.heatmaps import capture_fine_maps, save_fine_heatmaps
-from msfusion.models.necks.fine import ATTENTIONS, FINE, MODULATIONS, _upsample_to
+from msfusion.models.align.fine import ATTENTIONS, FINE, MODULATIONS, _upsample_to
 from msfusion.models.necks.fpn import FPN
 
 C = 32

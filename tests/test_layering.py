@@ -131,6 +131,6 @@ def test_no_upward_import():
     assert upward == [], "lower layers import higher ones:\n" + "\n".join(sorted(upward))
 
 
-@pytest.mark.parametrize("family", ["msfusion.models.segnext", "msfusion.models.backbones.cednet"])
+@pytest.mark.parametrize("family", ["msfusion.models.presets.segnext", "msfusion.models.backbones.cednet"])
 def test_registry_imports_no_model_family(family):
     assert family not in _graph()["msfusion.registry"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import msfusion as mf
-import msfusion.models.mscsa_models  # noqa: F401  (registers the variants)
+import msfusion.models.presets.mscsa  # noqa: F401  (registers the variants)
 from msfusion.models.addons.mscsa import MSCSA, TABLE7, mscsa_config
-from msfusion.models.detector import DetectorComplexity
+from msfusion.models.meta_arch.detector import DetectorComplexity
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 

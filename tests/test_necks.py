@@ -209,7 +209,7 @@ def test_fine_shorthand(monkeypatch):
 
 
 def test_real_fine_in_the_hook():
-    from msfusion.models.necks.fine import FINE
+    from msfusion.models.align.fine import FINE
 
     neck = FPN(info_of(R50_CHS[1:], STRIDES[1:]), out_chs=32, fine=True, extra_levels=1, extra_type="maxpool")
     assert all(isinstance(a, FINE) for a in neck.aligns)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import msfusion as mf
-import msfusion.models.segnext_ablations  # noqa: F401  (registers the variants)
+import msfusion.models.presets.segnext_ablations  # noqa: F401  (registers the variants)
 from msfusion.analysis.complexity import count_macs, count_params
 from msfusion.models.heads import build_head
 from msfusion.models.heads.context import build_context_module

@@ -19,7 +19,7 @@ from msfusion.models.backbones.topformer import (
     topformer_config,
 )
 from msfusion.models.heads.topformer_head import TopFormerHead
-from msfusion.models.topformer import MSCSA_ABLATIONS, TABLE7, TopFormerSegmentor
+from msfusion.models.presets.topformer import MSCSA_ABLATIONS, TABLE7, TopFormerSegmentor
 
 # A small pyramid for real forward passes: channels 8/16/24/32 at strides 4/8/16/32.
 TINY = dict(

@@ -12,7 +12,7 @@ from msfusion.convert.cednet import to_official
 from msfusion.models.heads import build_head
 from msfusion.models.heads.fcn import FCNHead
 from msfusion.models.heads.uper import UPerHead
-from msfusion.models.upernet_cednet import UPerNet
+from msfusion.models.meta_arch.upernet import UPerNet
 from msfusion.registry import paper_figures
 
 VARIANTS = ["upernet_cednet_next_t", "upernet_cednet_next_s", "upernet_cednet_next_b"]

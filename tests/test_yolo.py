@@ -13,7 +13,7 @@ import msfusion as mf
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing fetched: no fonts, no data sets, no update checks
 # Importing ultralytics replaces PIL.Image.open for the whole process; this module is imported when
-# pytest collects, so PIL's own function is put back for every other test (msfusion.models.yolo does
+# pytest collects, so PIL's own function is put back for every other test (msfusion.models.meta_arch.yolo does
 # the same for users).
 _PIL_OPEN = PIL.Image.open
 pytest.importorskip("ultralytics", reason="the msfusion[ultralytics] extra (AGPL-3.0) is not installed")
@@ -23,7 +23,7 @@ from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
 PIL.Image.open = _PIL_OPEN
 
-from msfusion.models.yolo import FineConcat, add_fine, build_yolo, fine_trainer, top_down_concats  # noqa: E402
+from msfusion.models.meta_arch.yolo import FineConcat, add_fine, build_yolo, fine_trainer, top_down_concats  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
@@ -101,7 +101,7 @@ def test_bad_variants_explain_the_fix(monkeypatch) -> None:
         build_yolo(torch.nn.Conv2d(3, 8, 3))
     assert "kernel_size" not in str(err.value)
     # A variant whose YAML the installed ultralytics lacks (an older release without YOLO12, say).
-    from msfusion.models import yolo
+    from msfusion.models.meta_arch import yolo
 
     monkeypatch.setitem(yolo.VARIANTS, "yolov99s", "yolov99s.yaml")
     with pytest.raises(ValueError, match="installed ultralytics does not provide yolov99s.yaml"):
@@ -110,7 +110,7 @@ def test_bad_variants_explain_the_fix(monkeypatch) -> None:
 
 def test_registered_presets_match_fine_table1() -> None:
     """create_model builds the Table 1 YOLOs (meta device); counts beside the paper's, FINE adds its modules."""
-    from msfusion.models.yolo import YoloComplexity, YoloDetector
+    from msfusion.models.meta_arch.yolo import YoloComplexity, YoloDetector
     from msfusion.registry import model_kind, paper_figures
 
     counts, macs = {}, {}
@@ -151,7 +151,7 @@ def test_engine_trains_resumes_evaluates_and_predicts_yolo(tmp_path) -> None:
     from msfusion.engine.config import validate_config
     from msfusion.engine.detection import predict_detection_files
     from msfusion.engine.trainer import train
-    from msfusion.models.yolo import YoloDetector
+    from msfusion.models.meta_arch.yolo import YoloDetector
     from msfusion.registry import load_model
 
     shapes = {"type": "shapes", "image_size": 64, "seed": 0}

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo, check_feature_info, indices_for_strides
-from msfusion.models.necks.align import AlignSpec, align_per_level, build_align
+from msfusion.models.align.hook import AlignSpec, align_per_level, build_align
 from msfusion.registry import register_model
 
 __all__ = ["FPN", "checkpoint_filter_fn"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo
-from msfusion.models.necks.align import AlignSpec
+from msfusion.models.align.hook import AlignSpec
 from msfusion.models.necks.fpn import FPN, _init_weights
 from msfusion.registry import register_model
 

@@ -18,7 +18,7 @@ detectors expect, and builds one of:
 - ``"fcos"``: FCOS (Tian et al., arXiv 1904.01355): P3-P7, one point per
   location, centre sampling, GIoU loss, centre-ness;
 - ``"cascade_rcnn"`` / ``"cascade_mask_rcnn"``: Cascade (Mask) R-CNN (Cai and
-  Vasconcelos, arXiv 1712.00726), see ``msfusion.models.cascade_rcnn``.
+  Vasconcelos, arXiv 1712.00726), see ``msfusion.models.meta_arch.cascade_rcnn``.
 
 Neck defaults follow the detectors' papers and torchvision's builders:
 two-stage detectors fuse C2-C5 into P2-P5 and add P6 by stride-2
@@ -59,7 +59,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.chain import FeatureChain, pad_to_size_constraint
-from msfusion.models.segmentor import build_part, check_finite_input
+from msfusion.models.meta_arch.segmentor import build_part, check_finite_input
 from msfusion.registry import Registry, create_model, recordable, register_builder
 
 __all__ = [

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from msfusion.models.segmentor import build_segmentor
+from msfusion.models.meta_arch.segmentor import build_segmentor
 from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["FINE_STRIDES"]

@@ -50,7 +50,7 @@ class IdentityAlign(nn.Module):
 
 ALIGNS: dict[str, type[nn.Module] | str] = {
     "identity": IdentityAlign,
-    "fine": "msfusion.models.necks.fine:FINE",
+    "fine": "msfusion.models.align.fine:FINE",
 }
 
 

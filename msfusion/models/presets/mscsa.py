@@ -41,13 +41,13 @@ from msfusion.layers import check_image_batch
 from msfusion.layers.features import select_features
 from msfusion.models.addons import mscsa as _addon
 from msfusion.models.addons.mscsa import MSCSA
-from msfusion.models.classifier import Classifier
-from msfusion.models.segmentor import build_segmentor
+from msfusion.models.meta_arch.classifier import Classifier
+from msfusion.models.meta_arch.segmentor import build_segmentor
 from msfusion.registry import PaperFigures, create_model, register_model
 
 __all__ = ["TABLE7", "CoaTSerial", "BackboneWithAddon"]
 
-# Table 7's rows of the backbones built here (the add-on's table; TopFormer's rows: msfusion.models.topformer).
+# Table 7's rows of the backbones built here (the add-on's table; TopFormer's rows: msfusion.models.presets.topformer).
 TABLE7: dict[str, dict[str, Any]] = {k: v for k, v in _addon.TABLE7.items() if not k.startswith("topformer")}
 
 # Our family name -> (timm model name, feature kwargs). ResNet's stride-2 stem output is not a stage.

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msfusion.models.necks.fine import FINE
+from msfusion.models.align.fine import FINE
 
 __all__ = [
     "VARIANTS",

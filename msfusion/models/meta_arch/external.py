@@ -2,11 +2,11 @@
 
 ``build_detector(arch, ...)`` with ``arch`` one of ``EXTERNAL_ARCHS`` lands
 here (``build_external_detector``): the DETR archs and the presets below
-import ``msfusion.models.detr`` (Hugging Face transformers, the optional extra
+import ``msfusion.models.meta_arch.detr`` (Hugging Face transformers, the optional extra
 ``pip install "msfusion[detr]"``) only when called, so ``import msfusion``
 works without it. ``arch="yolo"`` with ``backbone`` a YOLO variant
 (``"yolov8s"``) builds ultralytics' model (AGPL-3.0, the optional extra
-``msfusion[ultralytics]``; ``msfusion.models.yolo``) for the same engine;
+``msfusion[ultralytics]``; ``msfusion.models.meta_arch.yolo``) for the same engine;
 the registered ``yolov8s``, ``yolov10s``, ``yolo12s`` and their ``_fine``
 versions are FINE Table 1's YOLO rows, ultralytics imported when one is built.
 ``num_classes`` counts the background (torchvision's convention): the
@@ -66,7 +66,7 @@ from typing import Any
 
 from torch import nn
 
-from msfusion.models.detector import DETECTOR_ARCHS, DetectorArgs
+from msfusion.models.meta_arch.detector import DETECTOR_ARCHS, DetectorArgs
 from msfusion.registry import PaperFigures, register_builder, register_model
 
 __all__ = ["DETR_ARCHS", "EXTERNAL_ARCHS", "build_external_detector"]
@@ -83,7 +83,7 @@ _INPUT = ("min_size", "max_size", "image_mean", "image_std")
 
 def _import_detr():
     # Raises ImportError naming the extra (pip install "msfusion[detr]") when transformers is missing.
-    from msfusion.models import detr
+    from msfusion.models.meta_arch import detr
 
     return detr
 
@@ -109,7 +109,7 @@ def build_external_detector(arch: str, args: DetectorArgs) -> nn.Module:
     extra = dict(args.extra)
     if arch == "yolo":
         # ultralytics' YOLO carries its own backbone and PAN: the variant is named as the backbone.
-        from msfusion.models.yolo import VARIANTS  # no ultralytics import at module level
+        from msfusion.models.meta_arch.yolo import VARIANTS  # no ultralytics import at module level
 
         if not isinstance(out.get("backbone"), str):
             raise ValueError(
@@ -120,7 +120,7 @@ def build_external_detector(arch: str, args: DetectorArgs) -> nn.Module:
         bad = sorted(k for k in changed if k not in own)
         if bad:
             raise ValueError(f"{bad} do not apply to YOLO (its backbone and PAN are ultralytics'): leave them out")
-        from msfusion.models.yolo import build_yolo_detector
+        from msfusion.models.meta_arch.yolo import build_yolo_detector
 
         return build_yolo_detector(out["backbone"], num_classes=out["num_classes"], fine=args.fine, **extra)
     return _import_detr().build_detr(arch, **out, **extra)
@@ -128,7 +128,7 @@ def build_external_detector(arch: str, args: DetectorArgs) -> nn.Module:
 
 def _build_yolo_detector(**kwargs: Any) -> nn.Module:
     # Checkpoints name this builder; ultralytics (AGPL-3.0) is imported only here.
-    from msfusion.models.yolo import build_yolo_detector
+    from msfusion.models.meta_arch.yolo import build_yolo_detector
 
     return build_yolo_detector(**kwargs)
 
@@ -267,7 +267,7 @@ def deformable_detr_r50(**kwargs: Any) -> nn.Module:
 )
 def deformable_detr_r50_mscsa(**kwargs: Any) -> nn.Module:
     """Deformable DETR R50 + MSCSA (Table 2: 185 G, 45.6 AP); the add-on's BatchNorm stays trainable."""
-    from msfusion.models.mscsa_models import TABLE7
+    from msfusion.models.presets.mscsa import TABLE7
 
     return _create("deformable_detr", {**_R50, "addon": "mscsa", "addon_kwargs": dict(TABLE7["resnet50"])}, kwargs)
 
@@ -324,7 +324,7 @@ def _yolo_table1(params: float, gflops: float, what: str, notes: str = "") -> Pa
 
 def _yolo(variant: str, fine: bool, kwargs: dict[str, Any]) -> nn.Module:
     # ultralytics (AGPL-3.0, the msfusion[ultralytics] extra) is imported here, when a model is built.
-    from msfusion.models.yolo import build_yolo_detector
+    from msfusion.models.meta_arch.yolo import build_yolo_detector
 
     cfg = {"num_classes": COCO_CLASSES_WITH_BACKGROUND, "fine": fine, **kwargs}
     return build_yolo_detector(variant, **cfg)

@@ -29,7 +29,7 @@ counts the background (torchvision's convention).
 
 The published figures (parameters in M, "FLOPs" in G = multiply-adds) are
 recorded with each preset; CEDNet and MSCSA count at 800x1280 with
-mmdetection's ``get_flops`` (``msfusion.models.detector.DetectorComplexity``
+mmdetection's ``get_flops`` (``msfusion.models.meta_arch.detector.DetectorComplexity``
 reproduces it: box heads on 1000 RoIs, mask heads on 100). FINE's baseline
 figures are torchvision's published ones (134.4 / 151.5 / 128.2 G), which the
 same count reproduces at an 800x800 input.
@@ -41,7 +41,7 @@ from typing import Any
 
 from torch import nn
 
-from msfusion.models.detector import build_detector
+from msfusion.models.meta_arch.detector import build_detector
 from msfusion.registry import PaperFigures, register_model
 
 __all__: list[str] = []

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from msfusion.models.segnext import SegNeXt, segnext_b, segnext_l, segnext_s, segnext_t
+from msfusion.models.presets.segnext import SegNeXt, segnext_b, segnext_l, segnext_s, segnext_t
 from msfusion.registry import PaperFigures, register_model
 
 __all__: list[str] = []

@@ -25,7 +25,7 @@ CVPR 2019 (arXiv 1901.02446):
 FINE (Table 7: 47.6 M, 157.3 G against 46.0 M, 156.7 G) sits in the FPN's
 top-down fusions, which both branches share. Counting: ``PanopticComplexity``
 adds the semantic branch to mmdetection's ``get_flops`` convention
-(``msfusion.models.detector.DetectorComplexity``).
+(``msfusion.models.meta_arch.detector.DetectorComplexity``).
 
 Label spaces: detector labels 1..T are the thing classes (``num_classes =
 T + 1`` counts the background, torchvision's convention); semantic class k in
@@ -45,8 +45,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from msfusion.models.chain import pad_to_size_constraint
-from msfusion.models.detector import DETECTOR_ARCHS, DetectorComplexity, build_detector
 from msfusion.models.heads.semantic_fpn import SemanticFPNHead
+from msfusion.models.meta_arch.detector import DETECTOR_ARCHS, DetectorComplexity, build_detector
 from msfusion.registry import PaperFigures, recordable, register_builder, register_model
 
 __all__ = ["PanopticFPN", "PanopticComplexity", "build_panoptic_fpn", "panoptic_merge", "IGNORE_INDEX"]

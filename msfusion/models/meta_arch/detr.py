@@ -80,8 +80,8 @@ from torchvision.ops import box_convert
 
 from msfusion.layers import check_feature_info, indices_for_strides
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.necks.fine import FINE
-from msfusion.models.segmentor import build_part, check_finite_input
+from msfusion.models.align.fine import FINE
+from msfusion.models.meta_arch.segmentor import build_part, check_finite_input
 from msfusion.registry import create_model, recordable
 
 try:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from msfusion.models.backbones.mscan import MSCAN, mscan_config
 from msfusion.models.backbones.mscan import checkpoint_filter_fn as mscan_filter
-from msfusion.models.segmentor import Segmentor, build_part, feature_producer
+from msfusion.models.meta_arch.segmentor import Segmentor, build_part, feature_producer
 from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["SegNeXt"]

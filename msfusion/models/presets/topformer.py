@@ -52,7 +52,7 @@ from torch import Tensor
 from msfusion.models.addons.mscsa import TABLE7 as _MSCSA_TABLE7
 from msfusion.models.backbones.topformer import TopFormer, create_topformer, topformer_config
 from msfusion.models.heads.topformer_head import TopFormerHead
-from msfusion.models.segmentor import Segmentor
+from msfusion.models.meta_arch.segmentor import Segmentor
 from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["TopFormerSegmentor", "TABLE7", "MSCSA_ABLATIONS", "mscsa_config"]

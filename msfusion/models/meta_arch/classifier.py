@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info, check_image_batch
 from msfusion.models.chain import FeatureChain
-from msfusion.models.segmentor import build_part
+from msfusion.models.meta_arch.segmentor import build_part
 from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
 __all__ = ["ClassifierHead", "Classifier", "build_classifier"]

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from msfusion.layers import check_feature_info
 from msfusion.models.heads.fcn import FCNHead
 from msfusion.models.heads.uper import UPerHead
-from msfusion.models.segmentor import Segmentor, build_part, feature_producer
+from msfusion.models.meta_arch.segmentor import Segmentor, build_part, feature_producer
 from msfusion.registry import PaperFigures, create_model, register_model
 
 __all__ = ["UPerNet"]
