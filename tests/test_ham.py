@@ -94,8 +94,9 @@ def test_no_nmf_state_in_checkpoints():
 def test_head_selection_by_stride():
     model = mf.create_model("test_segnext", in_strides=(32,)).eval()
     assert model.decode_head.squeeze.conv.in_channels == 32
-    # The older positional form still works, converted to the encoder stages' strides.
-    assert mf.create_model("test_segnext", in_index=(3,)).decode_head.in_strides == (32,)
+    # The positional form is gone: heads read maps by stride only.
+    with pytest.raises(ValueError, match="in_index"):
+        mf.create_model("test_segnext", in_index=(3,))
     with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\]"):
         mf.create_model("test_segnext", in_strides=(64,))
     model = mf.create_model("test_segnext", in_strides=(4, 8, 16, 32)).eval()

@@ -10,7 +10,8 @@ from torch import nn
 import msfusion as mf
 import msfusion.models.presets.mscsa  # noqa: F401  (registers the variants)
 from msfusion.models.addons.mscsa import FFN, MSCSA, CrossScaleAttention, FeatureFusion, IntraFFN, MSCSABlock
-from msfusion.models.presets.mscsa import TABLE7, CoaTSerial
+from msfusion.models.backbones.coat import CoaTSerial
+from msfusion.models.presets.mscsa import TABLE7
 
 INFO = [dict(chs=c, reduction=r, module=f"stage{i}") for i, (c, r) in enumerate([(8, 4), (16, 8), (24, 16), (32, 32)])]
 SMALL = dict(squeeze_ratio=0.5, num_heads=2, head_dim=4, drop_path_rate=0.1)

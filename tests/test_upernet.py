@@ -95,7 +95,7 @@ def test_upernet_any_timm_backbone_odd_size():
         num_classes=4,
         in_strides=(4, 8, 16, 32),
         channels=16,
-        aux_in_index=3,
+        aux_in_stride=32,
         aux_channels=8,
     )
     x = torch.randn(2, 3, 45, 77)
@@ -107,6 +107,34 @@ def test_upernet_any_timm_backbone_odd_size():
     assert all(p.grad is not None for p in model.parameters())
     with torch.no_grad():
         assert model.eval()(x[:1]).shape == (1, 4, 45, 77)
+
+
+def test_upernet_reads_its_auxiliary_map_by_stride():
+    backbone = mf.create_model("test_cednet_next", features_only=True, extra_stage_features=True)
+    assert [f["reduction"] for f in backbone.feature_info] == [4, 8, 16, 32]
+    # By default the stride-16 map (mmseg's in_index=2 on a stride 4-32 pyramid).
+    model = UPerNet(backbone, num_classes=3, channels=8, aux_channels=8)
+    assert model.auxiliary_inputs == ("features",) and model.auxiliary_head[0].in_strides == (16,)
+    # The stride-8 extra map (CEDNet's c3' of stage m-1), not the pyramid's stride-8 map.
+    model = UPerNet(backbone, num_classes=3, channels=8, aux_in_stride=8, aux_in_extra=True)
+    assert model.auxiliary_inputs == ("extra:0",)
+    with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\]"):
+        UPerNet(backbone, num_classes=3, channels=8, aux_in_stride=64)
+    with pytest.raises(ValueError, match=r"extra maps .* strides \[8\]"):
+        UPerNet(backbone, num_classes=3, channels=8, aux_in_stride=16, aux_in_extra=True)
+    assert UPerNet(backbone, num_classes=3, channels=8, aux_in_stride=None).auxiliary_head is None
+
+
+@pytest.mark.parametrize(
+    ("index", "source", "hint"), [(1, "features", "aux_in_stride=8$"), (4, "extra:0", "aux_in_extra=True")]
+)
+def test_aux_in_index_is_a_deprecated_alias_of_the_stride(index, source, hint):
+    backbone = mf.create_model("test_cednet_next", features_only=True, extra_stage_features=True)
+    with pytest.warns(DeprecationWarning, match=hint):
+        model = UPerNet(backbone, num_classes=3, channels=8, aux_in_index=index)
+    assert model.auxiliary_inputs == (source,)
+    with pytest.warns(DeprecationWarning, match="aux_in_stride=None"):
+        assert UPerNet(backbone, num_classes=3, channels=8, aux_in_index=None).auxiliary_head is None
 
 
 def test_upernet_cednet_tiny_uses_stage_m_minus_1_map():

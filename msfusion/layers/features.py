@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "pad_to_size_constraint",
     "FeatureInfo",
     "check_feature_info",
     "check_image_batch",
@@ -133,3 +134,31 @@ def resize_to(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return x
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False if mode != "nearest" else None)
+
+
+def pad_to_size_constraint(images: Tensor, size_divisor: int, min_size: int = 0) -> Tensor:
+    """Zero-pad (bottom and right) to a multiple of ``size_divisor`` and to at least ``min_size`` per side.
+
+    Zero is the mean colour after normalisation, as mmsegmentation's and
+    torchvision's padding. The arithmetic is on sizes only (no comparison), so
+    a traced or exported graph pads correctly at every input size.
+
+    Args:
+        images: (B, C, H, W).
+        size_divisor: the padded H and W are multiples of it.
+        min_size: the padded H and W are at least this (only applied when it
+            exceeds ``size_divisor``, which the first pad already reaches).
+
+    Returns:
+        (B, C, H', W') with H' >= H, W' >= W.
+    """
+    h, w = images.shape[-2], images.shape[-1]
+    d = int(size_divisor)
+    if d > 1:
+        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+    if min_size > d:
+        h, w = images.shape[-2], images.shape[-1]
+        # max(x, 0) written as (x + |x|) // 2: arithmetic on sizes stays in a traced graph, a comparison would not.
+        short_w, short_h = min_size - w, min_size - h
+        images = F.pad(images, (0, (short_w + abs(short_w)) // 2, 0, (short_h + abs(short_h)) // 2))
+    return images

@@ -15,10 +15,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from msfusion.layers import check_feature_info, check_image_batch
-from msfusion.models.chain import FeatureChain
-from msfusion.models.meta_arch.segmentor import build_part
-from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
+from msfusion.layers import check_image_batch
+from msfusion.models.chain import FeatureChain, build_chain
+from msfusion.registry import model_entrypoint, recordable, register_builder
 
 __all__ = ["ClassifierHead", "Classifier", "build_classifier"]
 
@@ -129,14 +128,17 @@ def build_classifier(
         addon_kwargs=addon_kwargs,
         **kwargs,
     )
-    if isinstance(backbone, str):
-        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
-    elif backbone_kwargs:
-        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
-    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-    if isinstance(addon, str) and "mode" in inspect.signature(model_entrypoint(addon, kind="addon")).parameters:
-        addon_kwargs = {"mode": "classification", **(addon_kwargs or {})}
-    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
+    # An add-on with a classification form (its builder takes ``mode``: MSCSA, Fig. 4) is built in it.
+    classification = (
+        isinstance(addon, str) and "mode" in inspect.signature(model_entrypoint(addon, kind="addon")).parameters
+    )
+    backbone, addon, _, _ = build_chain(
+        backbone,
+        addon,
+        backbone_kwargs=backbone_kwargs,
+        addon_kwargs=addon_kwargs,
+        addon_defaults={"mode": "classification"} if classification else None,
+    )
     if addon is not None and isinstance(cfg["addon"], str):  # the settings it resolved (MSCSA's Table 7 row)
         cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
     model = Classifier(backbone, num_classes, addon=addon, **kwargs)

@@ -56,10 +56,8 @@ from typing import Any
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from msfusion.layers import check_feature_info
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.chain import FeatureChain, pad_to_size_constraint
-from msfusion.models.meta_arch.segmentor import build_part, check_finite_input
+from msfusion.models.chain import FeatureChain, build_chain, check_finite_input, pad_to_size_constraint
 from msfusion.registry import Registry, create_model, recordable, register_builder
 
 __all__ = [
@@ -298,31 +296,28 @@ def build_detector_backbone(
 ) -> DetectorBackbone:
     """The feature chain of ``build_detector`` (see there), as a ``DetectorBackbone``."""
     spec = DETECTOR_ARCHS.get(arch)
-    if isinstance(backbone, str):
-        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
-    elif backbone_kwargs:
-        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
-    if frozen_bn:
-        freeze_batch_norm(backbone)
-    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
-    if addon is not None:
-        info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
     if fine and not isinstance(neck, str):
         raise ValueError(
             "fine=True plugs FINE into a neck's fusion steps: give the neck by name (neck='fpn' or 'pan'), "
             "or build the neck module with fine=True yourself"
         )
-    if isinstance(neck, str):
-        kwargs = {**spec.neck_defaults(info), **(neck_kwargs or {})}
-        if fine:
-            kwargs["fine"] = fine
-        built = build_part(neck, "neck", info, kwargs)
-        # Record only what the user gave: the defaults are a function of arch and features.
-        built.model_cfg = {"name": neck, "kwargs": recordable(dict(neck_kwargs or {}), f"neck {neck!r}")}
-        neck = built
-    else:
-        neck = build_part(neck, "neck", info, neck_kwargs)
+    if fine and "fine" in (neck_kwargs or {}):
+        raise ValueError("give fine= or neck_kwargs['fine'], not both")
+    if isinstance(backbone, str):
+        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
+        backbone_kwargs = None
+    if frozen_bn:
+        freeze_batch_norm(backbone)
+    backbone, addon, neck, _ = build_chain(
+        backbone,
+        addon,
+        neck,
+        backbone_kwargs=backbone_kwargs,
+        addon_kwargs=addon_kwargs,
+        neck_kwargs=neck_kwargs,
+        # The neck arguments of the detector papers, on the features (recorded: only what the user gave).
+        neck_defaults=lambda info: {**spec.neck_defaults(info), **({"fine": fine} if fine else {})},
+    )
     return DetectorBackbone(backbone, addon, neck)
 
 

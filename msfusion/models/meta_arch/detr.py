@@ -81,7 +81,7 @@ from torchvision.ops import box_convert
 from msfusion.layers import check_feature_info, indices_for_strides
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.align.fine import FINE
-from msfusion.models.meta_arch.segmentor import build_part, check_finite_input
+from msfusion.models.chain import build_chain, check_finite_input
 from msfusion.registry import create_model, recordable
 
 try:
@@ -187,10 +187,7 @@ class MsfBackbone(BackboneMixin, PreTrainedModel):
         if config.frozen_bn:
             freeze_batch_norm(net)  # before the add-on exists, so the add-on's norms stay trainable
         _freeze_stages(net, info, config.frozen_stages)
-        self.net = net
-        self.addon = build_part(config.addon, "addon", info, dict(config.addon_kwargs or {}), backbone=config.backbone)
-        if self.addon is not None:
-            info = check_feature_info(getattr(self.addon, "feature_info", None), f"the add-on {config.addon!r}")
+        self.net, self.addon, _, info = build_chain(net, config.addon, addon_kwargs=dict(config.addon_kwargs or {}))
         self.indices = indices_for_strides(info, config.strides, f"the detector's backbone {config.backbone!r}")
         self.num_features = [info[i]["chs"] for i in self.indices]
         self.feature_info = [dict(info[i]) for i in self.indices]

@@ -15,7 +15,6 @@ evaluator, and ``build_segmentor``, which composes a segmentor from names.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -23,43 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msfusion.layers import check_feature_info, check_image_batch, resize_to
-from msfusion.models.chain import FeatureChain
-from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
+from msfusion.layers import check_image_batch, resize_to
+from msfusion.models.chain import FeatureChain, build_chain, build_part, check_finite_input
+from msfusion.registry import recordable, register_builder
 
-__all__ = ["Segmentor", "build_segmentor", "build_part", "feature_producer", "check_finite_input"]
-
-
-def check_finite_input(images: Tensor | Sequence[Tensor], what: str = "input") -> None:
-    """Refuse images holding NaN or infinite values, which no model output can recover from.
-
-    One such pixel spreads through attention, global pooling and batch
-    statistics to every logit (a segmentor's whole map becomes NaN, a
-    detector returns no detection at all), so the model refuses it instead of
-    returning a silently empty result. The check (one ``isfinite`` reduction)
-    is skipped while tracing, scripting, compiling or exporting, where tensors
-    have no values to test, and on the meta device.
-
-    Raises:
-        ValueError: naming the count of bad values and the image that holds the first.
-    """
-    if (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    ):
-        return
-    for i, image in enumerate([images] if isinstance(images, Tensor) else images):
-        if not isinstance(image, Tensor) or not image.is_floating_point() or image.device.type == "meta":
-            continue
-        if not bool(torch.isfinite(image).all()):
-            count = int((~torch.isfinite(image)).sum())
-            where = f"image {i} of the list" if not isinstance(images, Tensor) else f"a {tuple(image.shape)} batch"
-            raise ValueError(
-                f"the {what} holds {count} NaN or infinite value(s) ({where}); one such pixel turns every output "
-                "into NaN (or no detection at all). Clean the image (e.g. torch.nan_to_num) first"
-            )
+__all__ = ["Segmentor", "build_segmentor"]
 
 
 class Segmentor(FeatureChain):
@@ -205,60 +172,6 @@ class Segmentor(FeatureChain):
         return total / n
 
 
-def feature_producer(backbone: nn.Module, addon: nn.Module | None, neck: nn.Module | None) -> nn.Module:
-    """The last feature producer of a chain: the neck, else the add-on, else the backbone."""
-    return neck if neck is not None else addon if addon is not None else backbone
-
-
-def backbone_name(backbone: str | nn.Module | None) -> str | None:
-    """The registered (or timm) name a backbone was built from, if it is known."""
-    if isinstance(backbone, str):
-        return backbone
-    cfg = getattr(backbone, "model_cfg", None)
-    if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
-        return cfg["name"]
-    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
-    return arch if isinstance(arch, str) else None
-
-
-def build_part(
-    spec: str | nn.Module | None,
-    kind: str,
-    feature_info: Sequence[dict],
-    kwargs: dict[str, Any] | None,
-    *,
-    backbone: str | nn.Module | None = None,
-    **extra: Any,
-) -> nn.Module | None:
-    """Build a registered add-on, neck or head by name on ``feature_info``, or pass a module through.
-
-    A name is checked against the registry's names of ``kind`` (did-you-mean
-    error otherwise); kwargs only apply to names. A part whose builder takes
-    ``backbone`` (MSCSA: its Table 7 row depends on it) gets the backbone's
-    name. A part that reports ``resolved_kwargs`` (every setting it chose) has
-    those recorded in its ``model_cfg``, so a checkpoint rebuilds it the same
-    way even if the defaults change.
-    """
-    if spec is None:
-        if kwargs:
-            raise ValueError(f"{kind}_kwargs given without a {kind}")
-        return None
-    if isinstance(spec, nn.Module):
-        if kwargs:
-            raise ValueError(f"{kind}_kwargs only apply when the {kind} is given by name, not as a module")
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"the {kind} must be a registered name or an nn.Module, got {type(spec).__name__}")
-    builder = model_entrypoint(spec, kind=kind)
-    if "backbone" in inspect.signature(builder).parameters and "backbone" not in (kwargs or {}):
-        extra = {"backbone": backbone_name(backbone), **extra}
-    part = builder(list(feature_info), **extra, **(kwargs or {}))
-    recorded = getattr(part, "resolved_kwargs", None)
-    recorded = dict(kwargs or {}) if recorded is None else dict(recorded)
-    part.model_cfg = {"name": spec, "kwargs": recordable(recorded, f"{kind} {spec!r}")}
-    return part
-
-
 def build_segmentor(
     backbone: str | nn.Module,
     *,
@@ -310,19 +223,11 @@ def build_segmentor(
         head_kwargs=head_kwargs,
         **kwargs,
     )
-    if isinstance(backbone, str):
-        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
-    elif backbone_kwargs:
-        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
-    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
-    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
-    if addon is not None:
-        info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
-        if isinstance(cfg["addon"], str):  # the settings it resolved (e.g. MSCSA's Table 7 row), not the defaults
-            cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
-    neck = build_part(neck, "neck", info, neck_kwargs)
-    if neck is not None:
-        info = check_feature_info(getattr(neck, "feature_info", None), f"the neck {type(neck).__name__}")
+    backbone, addon, neck, info = build_chain(
+        backbone, addon, neck, backbone_kwargs=backbone_kwargs, addon_kwargs=addon_kwargs, neck_kwargs=neck_kwargs
+    )
+    if addon is not None and isinstance(cfg["addon"], str):  # the settings it resolved (MSCSA's Table 7 row)
+        cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
     head = build_part(head, "head", info, head_kwargs, num_classes=num_classes)
     kwargs.setdefault("in_chans", getattr(backbone, "in_chans", 3))
     model = Segmentor(backbone, head, num_classes, addon=addon, neck=neck, **kwargs)

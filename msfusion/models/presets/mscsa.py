@@ -1,4 +1,4 @@
-"""Backbones with the MSCSA add-on: the Table 7 configurations, as classifiers and backbones.
+"""MSCSA's registered models: backbones with the add-on (Table 6/7), Semantic FPN (Table 3), detectors (Table 2).
 
 Paper: "Vision Backbone Enhancement via Multi-Stage Cross-Scale Attention",
 Shang et al., arXiv 2308.05872. Table 7 gives each backbone's MSCSA
@@ -14,12 +14,23 @@ MLP ratio.
   take the stride-4 to stride-32 stages; ResNet's stride-2 stem output is left
   out.
 - CoaT Tiny/Small + MSCSA (Table 6/7): timm's CoaT without its parallel
-  blocks, i.e. only the four serial stages. MSCSA takes the place of the
+  blocks, i.e. only the four serial stages (``msfusion.models.backbones.coat``). MSCSA takes the place of the
   parallel blocks and pools to 1/16 for classification and 1/32 for dense
   prediction. The 1/32 map is resized up to 1/16 bilinearly (the official
   code's resizing).
-- ``semantic_fpn_pvt_v2_b{0,1,2}[_mscsa]``: the Semantic FPN segmentors of
-  Table 3 (App. C.3), with 150 ADE20K classes by default.
+- ``semantic_fpn_pvt_v2_b{0,1,2}_mscsa``: the Semantic FPN segmentors of
+  Table 3 (App. C.3), with 150 ADE20K classes by default (the rows without
+  MSCSA: ``msfusion.models.presets.baselines``).
+- Detectors, Table 2: mmdetection's Mask
+  R-CNN, Cascade Mask R-CNN and RetinaNet with ResNet-50 (and Mask R-CNN with
+  PVTv2-B0) plus the MSCSA add-on between the backbone and the FPN, with the
+  add-on settings of Table 7 (ResNet-50: pooling to 1/32, squeeze 1/4, one
+  block, 8 heads of dimension 32, MLP ratio 2; PVTv2-B0: squeeze 3/4, head
+  dimension 15). mmdetection's RetinaNet builds P6 from C5 (``on_input``)
+  without a ReLU before P7, and its Cascade head is two FC layers. 80 classes. Counted at 800x1280 with mmdetection's
+  ``get_flops`` (``DetectorComplexity`` reproduces it). Deformable DETR R50 +
+  MSCSA (Table 2: 185 G) with Deformable DETR's own settings (frozen BatchNorm,
+  stem and first stage frozen; the add-on's BatchNorm trainable).
 
 Not provided: the TopFormer, P2T-Tiny and Shunted-T rows of Table 7. Neither
 timm nor msfusion has those backbones. TopFormer+MSCSA also replaces
@@ -32,23 +43,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from timm.models.coat import CoaT
 from torch import Tensor, nn
 
-from msfusion.layers import check_image_batch
 from msfusion.layers.features import select_features
 from msfusion.models.addons import mscsa as _addon
 from msfusion.models.addons.mscsa import MSCSA
+from msfusion.models.backbones.coat import COAT_CONFIGS, CoaTSerial
+from msfusion.models.chain import FeatureChain
 from msfusion.models.meta_arch.classifier import Classifier
 from msfusion.models.meta_arch.segmentor import build_segmentor
+from msfusion.models.presets import create_detector, create_detr
 from msfusion.registry import PaperFigures, create_model, register_model
 
-__all__ = ["TABLE7", "CoaTSerial", "BackboneWithAddon"]
+__all__ = [
+    "TABLE7",
+    "BackboneWithAddon",
+    "create_semantic_fpn",
+    "ade20k_figures",
+    "DEFORMABLE_DETR_R50",
+    "detr_protocol_figures",
+]
 
 # Table 7's rows of the backbones built here (the add-on's table; TopFormer's rows: msfusion.models.presets.topformer).
 TABLE7: dict[str, dict[str, Any]] = {k: v for k, v in _addon.TABLE7.items() if not k.startswith("topformer")}
+
 
 # Our family name -> (timm model name, feature kwargs). ResNet's stride-2 stem output is not a stage.
 _TIMM_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -61,81 +79,15 @@ _TIMM_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
     "convnext_t": ("convnext_tiny", {}),
 }
 
-# CoaT paper (arXiv 2104.06399) Table 1 configurations, as in timm: serial part only.
-_COAT: dict[str, dict[str, Any]] = {
-    "coat_tiny": dict(embed_dims=(152, 152, 152, 152), serial_depths=(2, 2, 2, 2), num_heads=8, mlp_ratios=(4, 4, 4, 4)),
-    "coat_small": dict(embed_dims=(152, 320, 320, 320), serial_depths=(2, 2, 2, 2), num_heads=8, mlp_ratios=(4, 4, 4, 4)),
-}  # fmt: skip
 
-
-class CoaTSerial(nn.Module):
-    """CoaT's four serial stages as a feature backbone: its parallel blocks are left out.
-
-    Built from timm's ``CoaT`` with ``parallel_depth=0``, which is CoaT with the
-    parallel blocks removed. MSCSA takes their place (MSCSA paper, Table 6/7).
-    ``forward`` runs the serial blocks at any input size. Each patch embedding
-    pads its input to a multiple of its patch size, and the class token is
-    dropped from each stage's output. Images (B, 3, H, W) give maps
-    (B, C_i, ceil(H / s), ceil(W / s)) for s = 4, 8, 16, 32.
-
-    Args:
-        embed_dims, serial_depths, num_heads, mlp_ratios: CoaT's configuration.
-        in_chans: input channels.
-        drop_path_rate: stochastic depth of the serial blocks.
-    """
-
-    def __init__(
-        self,
-        embed_dims: Sequence[int] = (152, 152, 152, 152),
-        serial_depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: int = 8,
-        mlp_ratios: Sequence[float] = (4, 4, 4, 4),
-        in_chans: int = 3,
-        drop_path_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.coat = CoaT(
-            patch_size=4,
-            in_chans=in_chans,
-            embed_dims=tuple(embed_dims),
-            serial_depths=tuple(serial_depths),
-            parallel_depth=0,
-            num_heads=num_heads,
-            mlp_ratios=tuple(mlp_ratios),
-            drop_path_rate=drop_path_rate,
-            return_interm_layers=True,
-            out_features=["x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls"],
-        )
-        self.in_chans = in_chans
-        self.feature_info = [
-            dict(chs=int(c), reduction=4 * 2**i, module=f"coat.serial_blocks{i + 1}") for i, c in enumerate(embed_dims)
-        ]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        check_image_batch(x, self.in_chans)
-        feats = []
-        for i in range(1, 5):
-            embed = getattr(self.coat, f"patch_embed{i}")
-            p = embed.patch_size
-            x = F.pad(x, (0, (p[1] - x.shape[-1] % p[1]) % p[1], 0, (p[0] - x.shape[-2] % p[0]) % p[0]))
-            x = embed.proj(x)
-            b, c, h, w = x.shape
-            tokens = embed.norm(x.flatten(2).transpose(1, 2))
-            cls = getattr(self.coat, f"cls_token{i}").expand(b, -1, -1)
-            tokens = torch.cat([cls, tokens], dim=1)
-            for block in getattr(self.coat, f"serial_blocks{i}"):
-                tokens = block(tokens, size=(h, w))
-            x = tokens[:, 1:].transpose(1, 2).reshape(b, c, h, w)
-            feats.append(x)
-        return feats
-
-
-class BackboneWithAddon(nn.Module):
-    """A backbone followed by an add-on, exposed as one feature backbone.
+class BackboneWithAddon(FeatureChain):
+    """A backbone followed by an add-on, exposed as one feature backbone (a ``FeatureChain``).
 
     This is what ``create_model("<backbone>_mscsa", features_only=True)`` returns.
     The outputs are the add-on's maps, fine to coarse, with the add-on's
     ``feature_info``; for dense MSCSA these are the backbone's channels and strides.
+    The input constraint (``size_divisor``, ``min_size``) is the backbone's: the
+    add-on takes maps of any size.
 
     Args:
         backbone: feature producer.
@@ -144,25 +96,18 @@ class BackboneWithAddon(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, addon: nn.Module, out_indices: Sequence[int] | None = None) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.addon = addon
+        super().__init__(backbone, addon)
         info = [dict(f, module=f"addon.{f['module']}") for f in addon.feature_info]
-        self.out_indices, self.feature_info = select_features(info, out_indices)
-        self.in_chans = getattr(backbone, "in_chans", 3)
-        # The add-on takes maps of any size; the input constraint is the backbone's.
-        for constraint in ("size_divisor", "min_size"):
-            if hasattr(backbone, constraint):
-                setattr(self, constraint, getattr(backbone, constraint))
+        self.out_indices, self._chain_feature_info = select_features(info, out_indices)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        feats = self.addon(self.backbone(x))
+        feats = self.forward_features(x)
         return [feats[i] for i in self.out_indices]
 
 
 def _create_backbone(family: str, **kwargs: Any) -> nn.Module:
-    if family in _COAT:
-        return CoaTSerial(**{**_COAT[family], **kwargs})
+    if family in COAT_CONFIGS:
+        return CoaTSerial(**{**COAT_CONFIGS[family], **kwargs})
     name, feature_kwargs = _TIMM_BACKBONES[family]
     return create_model(name, features_only=True, **{**feature_kwargs, **kwargs})
 
@@ -256,7 +201,7 @@ def coat_small_mscsa(**kwargs: Any) -> nn.Module:
     return _create_mscsa_model("coat_small", **kwargs)
 
 
-def _create_semantic_fpn(
+def create_semantic_fpn(
     family: str,
     *,
     mscsa: bool,
@@ -294,7 +239,7 @@ def _create_semantic_fpn(
     )
 
 
-def _ade20k(gmacs: float, base: float | None = None) -> PaperFigures:
+def ade20k_figures(gmacs: float, base: float | None = None) -> PaperFigures:
     notes = "Semantic FPN, 150 classes" + (f"; baseline without MSCSA: {base} GFLOPs" if base else "")
     return PaperFigures(
         gmacs=gmacs,
@@ -305,37 +250,97 @@ def _ade20k(gmacs: float, base: float | None = None) -> PaperFigures:
     )
 
 
-@register_model(kind="segmentor", backbone="pvt_v2_b0", paper=_ade20k(25.0))
-def semantic_fpn_pvt_v2_b0(**kwargs: Any) -> nn.Module:
-    """Semantic FPN on PVTv2-B0 (Table 3 baseline)."""
-    return _create_semantic_fpn("pvt_v2_b0", mscsa=False, **kwargs)
-
-
-@register_model(kind="segmentor", backbone="pvt_v2_b1", paper=_ade20k(34.0))
-def semantic_fpn_pvt_v2_b1(**kwargs: Any) -> nn.Module:
-    """Semantic FPN on PVTv2-B1 (Table 3 baseline)."""
-    return _create_semantic_fpn("pvt_v2_b1", mscsa=False, **kwargs)
-
-
-@register_model(kind="segmentor", backbone="pvt_v2_b2", paper=_ade20k(46.0))
-def semantic_fpn_pvt_v2_b2(**kwargs: Any) -> nn.Module:
-    """Semantic FPN on PVTv2-B2 (Table 3 baseline)."""
-    return _create_semantic_fpn("pvt_v2_b2", mscsa=False, **kwargs)
-
-
-@register_model(kind="segmentor", backbone="pvt_v2_b0_mscsa", paper=_ade20k(26.0, 25.0))
+@register_model(kind="segmentor", backbone="pvt_v2_b0_mscsa", paper=ade20k_figures(26.0, 25.0))
 def semantic_fpn_pvt_v2_b0_mscsa(**kwargs: Any) -> nn.Module:
     """Semantic FPN on PVTv2-B0 + dense MSCSA (Table 3; Table 7 configuration)."""
-    return _create_semantic_fpn("pvt_v2_b0", mscsa=True, **kwargs)
+    return create_semantic_fpn("pvt_v2_b0", mscsa=True, **kwargs)
 
 
-@register_model(kind="segmentor", backbone="pvt_v2_b1_mscsa", paper=_ade20k(36.0, 34.0))
+@register_model(kind="segmentor", backbone="pvt_v2_b1_mscsa", paper=ade20k_figures(36.0, 34.0))
 def semantic_fpn_pvt_v2_b1_mscsa(**kwargs: Any) -> nn.Module:
     """Semantic FPN on PVTv2-B1 + dense MSCSA (Table 3; Table 7 configuration)."""
-    return _create_semantic_fpn("pvt_v2_b1", mscsa=True, **kwargs)
+    return create_semantic_fpn("pvt_v2_b1", mscsa=True, **kwargs)
 
 
-@register_model(kind="segmentor", backbone="pvt_v2_b2_mscsa", paper=_ade20k(49.0, 46.0))
+@register_model(kind="segmentor", backbone="pvt_v2_b2_mscsa", paper=ade20k_figures(49.0, 46.0))
 def semantic_fpn_pvt_v2_b2_mscsa(**kwargs: Any) -> nn.Module:
     """Semantic FPN on PVTv2-B2 + dense MSCSA (Table 3; Table 7 configuration)."""
-    return _create_semantic_fpn("pvt_v2_b2", mscsa=True, **kwargs)
+    return create_semantic_fpn("pvt_v2_b2", mscsa=True, **kwargs)
+
+
+# ---- Detectors (Table 2) ---------------------------------------------------------------------
+
+
+def _mscsa(family: str) -> dict[str, Any]:
+    # addon="mscsa" takes the backbone's Table 7 row itself (msfusion.models.addons.mscsa.mscsa_config).
+    # The backbone's stages as the classifiers take them (ResNet: C2-C5, its stride-2 stem output left out).
+    return dict(backbone=family, backbone_kwargs=dict(_TIMM_BACKBONES[family][1]), addon="mscsa")
+
+
+def _mscsa_paper(gflops: float, baseline: float, rules: str = "mmcv") -> PaperFigures:
+    # PVTv2's detection figures come from PVT's get_flops, which adds the attention matrix products to
+    # mmcv's count (mmcv skips matmuls); torchprofile counts them: 195.8 -> 198.5 G against 196 -> 199
+    # (mmcv alone: 180.1 -> 181.8 G).
+    how = "mmdetection get_flops" if rules == "mmcv" else "PVT's get_flops (mmcv + attention products)"
+    return PaperFigures(
+        gmacs=gflops,
+        input_size=(3, 800, 1280),
+        source="MSCSA paper (arXiv 2308.05872) Table 2",
+        macs_rules=rules,
+        notes=f"{how}; the baseline without MSCSA: {baseline} G",
+    )
+
+
+@register_model(kind="detector", paper=_mscsa_paper(271, 260), backbone="resnet50_mscsa")
+def mask_rcnn_r50_mscsa(**kwargs: Any) -> nn.Module:
+    """Mask R-CNN, ResNet-50 + MSCSA + FPN (MSCSA Table 2: 271G, 42.2 box / 38.7 mask AP)."""
+    return create_detector("mask_rcnn", _mscsa("resnet50"), kwargs)
+
+
+@register_model(kind="detector", paper=_mscsa_paper(253, 239), backbone="resnet50_mscsa")
+def retinanet_r50_mscsa(**kwargs: Any) -> nn.Module:
+    """RetinaNet, ResNet-50 + MSCSA + FPN, P6 from C5 (MSCSA Table 2: 253G, 39.0 AP)."""
+    defaults = {**_mscsa("resnet50"), "neck_kwargs": dict(extra_source="c5", relu_before_extra=False)}
+    return create_detector("retinanet", defaults, kwargs)
+
+
+@register_model(kind="detector", paper=_mscsa_paper(405, 394), backbone="resnet50_mscsa")
+def cascade_mask_rcnn_r50_mscsa(**kwargs: Any) -> nn.Module:
+    """Cascade Mask R-CNN, ResNet-50 + MSCSA + FPN (MSCSA Table 2: 405G, 43.4 box / 37.7 mask AP)."""
+    return create_detector("cascade_mask_rcnn", _mscsa("resnet50"), kwargs)
+
+
+@register_model(kind="detector", paper=_mscsa_paper(199, 196, rules="torchprofile"), backbone="pvt_v2_b0_mscsa")
+def mask_rcnn_pvt_v2_b0_mscsa(**kwargs: Any) -> nn.Module:
+    """Mask R-CNN, PVTv2-B0 + MSCSA + FPN (MSCSA Table 2: 199G, 41.0 box / 37.8 mask AP)."""
+    return create_detector("mask_rcnn", _mscsa("pvt_v2_b0"), kwargs)
+
+
+# ---- Deformable DETR (Table 2) ---------------------------------------------------------------
+
+
+def detr_protocol_figures(params: float | None, gflops: float, source: str, notes: str) -> PaperFigures:
+    # Detectron2's flop_count with bmm (one per multiply-add of conv / linear / matrix products): the
+    # torchprofile rules. The published figure is a mean over COCO images of about 0.9 Mpx (module doc).
+    return PaperFigures(params_m=params, gmacs=gflops, input_size=(3, 800, 1280), source=source, notes=notes)
+
+
+# torchvision-style ResNet-50 as the official Deformable DETR trains it: frozen BatchNorm, stem and layer1 frozen.
+DEFORMABLE_DETR_R50 = dict(backbone="resnet50", frozen_bn=True, frozen_stages=2)
+
+
+@register_model(
+    kind="detector",
+    paper=detr_protocol_figures(
+        None,
+        185,
+        "MSCSA paper (arXiv 2308.05872) Table 2",
+        "baseline without MSCSA: 173 G, DETR's protocol (module doc); 187 G here at 800 x 1136",
+    ),
+    backbone="resnet50_mscsa",
+)
+def deformable_detr_r50_mscsa(**kwargs: Any) -> nn.Module:
+    """Deformable DETR R50 + MSCSA (Table 2: 185 G, 45.6 AP); the add-on's BatchNorm stays trainable."""
+    return create_detr(
+        "deformable_detr", {**DEFORMABLE_DETR_R50, "addon": "mscsa", "addon_kwargs": dict(TABLE7["resnet50"])}, kwargs
+    )

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from msfusion.models.backbones.mscan import MSCAN, mscan_config
 from msfusion.models.backbones.mscan import checkpoint_filter_fn as mscan_filter
-from msfusion.models.meta_arch.segmentor import Segmentor, build_part, feature_producer
+from msfusion.models.chain import build_chain, build_part
+from msfusion.models.meta_arch.segmentor import Segmentor
 from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["SegNeXt"]
@@ -59,8 +60,6 @@ class SegNeXt(Segmentor):
         num_classes: K (150 for ADE20K).
         decoder: head name: "ham", "mlp", "msca" or any registered head.
         in_strides: strides fed to the head (default 8, 16, 32: stages 2-4).
-        in_index: positions instead of strides (older name; converted to
-            the strides of those encoder stages).
         channels: head channels (Table 2 "decoder dimension").
         ham_channels: squeeze/Hamburger channels (equal to ``channels`` in the configs).
         context: the head's global-context module (Table 5).
@@ -77,7 +76,6 @@ class SegNeXt(Segmentor):
         num_classes: int = 150,
         decoder: str = "ham",
         in_strides: Sequence[int] | None = None,
-        in_index: Sequence[int] | None = None,
         channels: int = 256,
         ham_channels: int | None = None,
         context: str = "ham",
@@ -91,20 +89,13 @@ class SegNeXt(Segmentor):
         addon_kwargs: dict[str, Any] | None = None,
         neck_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        backbone = MSCAN(**encoder, num_classes=0, features_only=True)
-        addon = build_part(addon, "addon", backbone.feature_info, addon_kwargs)
-        neck = build_part(neck, "neck", feature_producer(backbone, addon, None).feature_info, neck_kwargs)
-        info = feature_producer(backbone, addon, neck).feature_info
-        if in_strides is not None and in_index is not None:
-            raise ValueError("give in_strides or in_index, not both")
-        if in_index is not None:
-            stage_strides = [f["reduction"] for f in backbone.feature_info]
-            bad = [i for i in in_index if not -len(stage_strides) <= i < len(stage_strides)]
-            if bad:
-                raise ValueError(
-                    f"in_index {tuple(in_index)} out of range for the encoder's {len(stage_strides)} stages"
-                )
-            in_strides = [stage_strides[i] for i in in_index]
+        backbone, addon, neck, info = build_chain(
+            MSCAN(**encoder, num_classes=0, features_only=True),
+            addon,
+            neck,
+            addon_kwargs=addon_kwargs,
+            neck_kwargs=neck_kwargs,
+        )
         kwargs: dict[str, Any] = dict(
             in_strides=tuple(in_strides or (8, 16, 32)),
             channels=channels,
