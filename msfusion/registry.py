@@ -256,7 +256,7 @@ def create_model(
             Hugging Face caches with the SHA-256 checked; with
             ``HF_HUB_OFFLINE=1`` nothing is downloaded (see ``msfusion.weights``).
         features_only: return a backbone whose ``forward`` gives a list of
-            feature maps, fine to coarse, described by ``feature_info``.
+            feature maps, finest first, described by ``feature_info``.
         out_indices: which of the backbone's outputs to return.
         **kwargs: passed to the model's constructor (every hyper-parameter is
             a keyword argument there).

@@ -2,7 +2,7 @@
 
 Whole models (backbones, classifiers, segmentors): forward (shape, finite),
 backward (every parameter gets a gradient), ``features_only`` channels and
-strides equal ``feature_info`` (strictly fine to coarse), odd input sizes,
+strides equal ``feature_info`` (strictly finest first), odd input sizes,
 ``num_classes`` of classifiers. Parts (necks, add-ons, heads): built on a
 four-level ``feature_info`` (strides 4-32), forward and backward at an odd size.
 Detectors have their own suite (tests/test_detection*.py).
@@ -97,7 +97,7 @@ def test_features_only_matches_feature_info(name):
         feats = backbone(torch.randn(1, 3, 128, 128, device=device))
     assert isinstance(feats, list) and len(feats) == len(backbone.feature_info)
     strides = [info["reduction"] for info in backbone.feature_info]
-    assert strides == sorted(set(strides)), "feature_info must be strictly fine to coarse"
+    assert strides == sorted(set(strides)), "feature_info must be strictly finest first"
     for f, info in zip(feats, backbone.feature_info, strict=True):
         assert f.shape[1] == info["chs"]
         assert 128 // f.shape[-1] == info["reduction"]

@@ -164,7 +164,7 @@ def test_odd_sizes_crop_to_ceil(name):
     model = mf.create_model(name, features_only=True, extra_stage_features=True).eval()
     with torch.no_grad():
         feats, extras = model.forward_with_extras(torch.randn(1, 3, 97, 131))
-    # The extra 1/8 map stands apart, so the features stay strictly fine to coarse.
+    # The extra 1/8 map stands apart, so the features stay strictly finest first.
     assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
     assert [i["reduction"] for i in model.extra_feature_info] == [8]
     infos = model.feature_info + model.extra_feature_info

@@ -244,7 +244,7 @@ def test_input_errors():
         neck([xs[0], torch.randn(1, 256, 13, 17), *xs[2:]])
     with pytest.raises(ValueError, match="list of 4 feature maps"):
         neck(xs[1:])
-    with pytest.raises(ValueError, match="fine to coarse"):
+    with pytest.raises(ValueError, match="finest first"):
         neck(xs[::-1])
     same = FPN(info_of([32] * 4), out_chs=32)
     with pytest.raises(ValueError, match="stride-8 map .* larger than the stride-4 map"):

@@ -140,7 +140,7 @@ def test_aux_in_index_is_a_deprecated_alias_of_the_stride(index, source, hint):
 def test_upernet_cednet_tiny_uses_stage_m_minus_1_map():
     model = mf.create_model("test_upernet_cednet").eval()
     info = model.backbone.feature_info
-    # [c2, c3, c4, c5] strictly fine to coarse; c3' of stage m-1 is the first extra map,
+    # [c2, c3, c4, c5] strictly finest first; c3' of stage m-1 is the first extra map,
     # which the auxiliary head reads (mmseg's index 4).
     assert [i["reduction"] for i in info] == [4, 8, 16, 32]
     extra = model.backbone.extra_feature_info

@@ -1,7 +1,7 @@
 """The feature contract shared by backbones, add-ons, necks and heads.
 
 A feature producer (backbone, add-on, neck) returns ``list[Tensor]`` ordered
-strictly fine to coarse and describes it with ``feature_info``: one
+strictly finest first and describes it with ``feature_info``: one
 ``{"chs": C, "reduction": stride, "module": name}`` per output, where ``module``
 names the submodule that produced the map (timm's and detectron2's convention).
 Consumers (heads, necks, add-ons) select maps by stride, never by position.
@@ -38,13 +38,13 @@ def check_feature_info(info: object, owner: str) -> list[FeatureInfo]:
     """Validate a producer's ``feature_info``; return it as a list of plain dicts.
 
     Every entry needs a positive ``chs`` and ``reduction``; reductions must
-    increase strictly (fine to coarse), so that a consumer can select maps by
+    increase strictly (finest first), so that a consumer can select maps by
     stride. ``owner`` names the producer in the error message.
     """
     if info is None or isinstance(info, (str, bytes)) or not hasattr(info, "__len__") or len(info) == 0:
         raise ValueError(
             f"{owner} has no feature_info: a feature producer must describe its outputs with a list of "
-            "dict(chs=channels, reduction=stride, module=name), fine to coarse. Build backbones with "
+            "dict(chs=channels, reduction=stride, module=name), finest first. Build backbones with "
             "msfusion.create_model(name, features_only=True)."
         )
     out: list[FeatureInfo] = []
@@ -59,7 +59,7 @@ def check_feature_info(info: object, owner: str) -> list[FeatureInfo]:
     strides = [f["reduction"] for f in out]
     if any(b <= a for a, b in zip(strides, strides[1:], strict=False)):
         raise ValueError(
-            f"{owner} lists its outputs with strides {strides}: they must increase strictly (fine to coarse). "
+            f"{owner} lists its outputs with strides {strides}: they must increase strictly (finest first). "
             "Reorder the outputs, or expose extra maps of a repeated stride separately."
         )
     return out

@@ -1,7 +1,7 @@
 """The feature chain ``backbone -> [add-on] -> [neck]``, written once for every task model.
 
 Every msfusion model runs the same chain before its task head: a backbone that
-returns maps fine to coarse (the feature contract of ``msfusion.layers.features``),
+returns maps finest first (the feature contract of ``msfusion.layers.features``),
 an optional add-on (MSCSA, "Vision Backbone Enhancement via Multi-Stage
 Cross-Scale Attention", Sec. 3) and an optional neck (FPN,
 PAN, with FINE at its fusion steps). ``FeatureChain`` builds that chain from
@@ -84,7 +84,7 @@ class FeatureChain(nn.Module):
     coarse with (B, chs_i, H/s_i, W/s_i) per ``feature_info`` entry.
 
     Args:
-        backbone: returns ``list[Tensor]`` fine to coarse and has ``feature_info``;
+        backbone: returns ``list[Tensor]`` finest first and has ``feature_info``;
             may declare ``size_divisor``, ``min_size``, ``in_chans`` and, for
             extra maps a head reads besides the pyramid (CEDNet's earlier-stage
             1/8 maps), ``extra_feature_info`` with ``forward_with_extras``.
@@ -118,7 +118,7 @@ class FeatureChain(nn.Module):
 
     @property
     def feature_info(self) -> list[FeatureInfo]:
-        """One ``dict(chs, reduction, module)`` per output map of the last producer, fine to coarse."""
+        """One ``dict(chs, reduction, module)`` per output map of the last producer, finest first."""
         return self._chain_feature_info
 
     @property
@@ -131,7 +131,7 @@ class FeatureChain(nn.Module):
         return pad_to_size_constraint(images, self.size_divisor, self.min_size)
 
     def fuse(self, feats: list[Tensor]) -> list[Tensor]:
-        """The backbone's maps -> the add-on's, then the neck's (each optional), fine to coarse."""
+        """The backbone's maps -> the add-on's, then the neck's (each optional), finest first."""
         if self.addon is not None:
             feats = self.addon(feats)
         if self.neck is not None:
@@ -139,7 +139,7 @@ class FeatureChain(nn.Module):
         return list(feats)
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
-        """(B, C, H, W) images meeting the constraint -> the last producer's maps, fine to coarse."""
+        """(B, C, H, W) images meeting the constraint -> the last producer's maps, finest first."""
         return self.fuse(self.backbone(images))
 
     def forward_with_extras(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:

@@ -461,7 +461,7 @@ def select_stages(
         if missing or not wanted or wanted != sorted(set(wanted)):
             raise ValueError(
                 f"MSCSA in_strides={wanted} asks for stride(s) {missing or wanted} that the backbone does not have "
-                f"(or not fine to coarse); the backbone has {describe_maps(info)}"
+                f"(or not ordered finest first); the backbone has {describe_maps(info)}"
             )
         read = [strides.index(s) for s in wanted]
     if in_chs is not None:
@@ -549,7 +549,7 @@ def mscsa_config(
 class MSCSA(nn.Module):
     """The MSCSA add-on (Figs. 4-5): list of backbone maps -> list of maps.
 
-    ``forward(feats)`` takes the backbone's maps, fine to coarse, as described
+    ``forward(feats)`` takes the backbone's maps, finest first, as described
     by ``feature_info``.
 
     - ``mode="dense"`` returns one map per input, with the same shapes; its

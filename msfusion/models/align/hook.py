@@ -16,7 +16,7 @@ the finer map before that addition. This file defines that hook:
 - ``build_align(spec, chs, low_stride, high_stride, **kwargs)``: one module
   from a name, a factory, ``None`` or ``{"type": spec, **kwargs}``.
 - ``align_per_level(...)``: a neck's whole spec (one for all steps, a dict
-  keyed by the finer level's stride, or a list fine to coarse) resolved to one
+  keyed by the finer level's stride, or a list finest first) resolved to one
   spec per fusion step.
 
 Every alignment module is built as ``factory(chs, low_stride, high_stride,
@@ -124,15 +124,15 @@ def build_align(spec: AlignSpec, chs: int, low_stride: int, high_stride: int, **
 def align_per_level(
     spec: AlignSpec | Mapping[int | str, AlignSpec] | Sequence[AlignSpec], low_strides: Sequence[int], owner: str
 ) -> list[AlignSpec]:
-    """One spec per fusion step, fine to coarse, from a neck's ``align`` argument.
+    """One spec per fusion step, finest first, from a neck's ``align`` argument.
 
     Args:
         spec: one spec for every step; a dict keyed by the finer level's stride
             (``{8: "fine", 16: None}``; keys may be strings such as ``"8"``, as
             a JSON sidecar writes them; strides left out get the identity), a
             dict with a ``"type"`` key (one spec for every step); or a list
-            with one spec per step, fine to coarse.
-        low_strides: stride of the finer map of each fusion step, fine to coarse.
+            with one spec per step, finest first.
+        low_strides: stride of the finer map of each fusion step, finest first.
         owner: the neck's name, for error messages.
     """
     low_strides = [int(s) for s in low_strides]
@@ -154,7 +154,7 @@ def align_per_level(
         if len(spec) != len(low_strides):
             raise ValueError(
                 f"{owner}: align lists {len(spec)} entries, but there are {len(low_strides)} fusion steps "
-                f"(finer strides {low_strides}); give one entry per step, fine to coarse, or a dict keyed by stride."
+                f"(finer strides {low_strides}); give one entry per step, finest first, or a dict keyed by stride."
             )
         return list(spec)
     return [spec] * len(low_strides)

@@ -207,7 +207,7 @@ class MSCAN(nn.Module):
         self.grad_checkpointing = bool(enable)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        """All four stage outputs, fine to coarse, each (B, C_i, H_i, W_i)."""
+        """All four stage outputs, finest first, each (B, C_i, H_i, W_i)."""
         check_image_batch(x, self.in_chans)
         outs = []
         last = max(self.out_indices) if self.features_only else self.num_stages - 1

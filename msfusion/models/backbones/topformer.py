@@ -118,7 +118,7 @@ class InvertedResidual(nn.Module):
 
 
 class TokenPyramidModule(nn.Module):
-    """The Token Pyramid Module (Sec. 3.1): images -> 4 maps, fine to coarse (strides 4, 8, 16, 32).
+    """The Token Pyramid Module (Sec. 3.1): images -> 4 maps, finest first (strides 4, 8, 16, 32).
 
     ``forward`` takes (B, 3, H, W) and returns the outputs of the blocks in
     ``pyramid_indices``, described by ``feature_info``. Any input size works
@@ -440,7 +440,7 @@ class TopFormer(nn.Module):
             )
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """(B, 3, H, W) -> (pyramid maps fine to coarse, global tokens (B, sum(C_i), h, w))."""
+        """(B, 3, H, W) -> (pyramid maps finest first, global tokens (B, sum(C_i), h, w))."""
         check_image_batch(x, self.in_chans)
         self._check_size(x)
         pyramid = self.tpm(x)

@@ -53,7 +53,7 @@ class Classifier(FeatureChain):
     ``forward(images)`` with images (B, C, H, W) float returns (B, num_classes).
 
     Args:
-        backbone: a feature producer (list of maps fine to coarse, ``feature_info``).
+        backbone: a feature producer (list of maps finest first, ``feature_info``).
         num_classes: classes.
         addon: optional add-on with the same contract.
         head_norm: norm after pooling (see ``ClassifierHead``).

@@ -89,12 +89,12 @@ class DetectorBackbone(FeatureChain):
 
     ``forward(images)`` with images (B, 3, H, W) returns an ``OrderedDict``
     from level names (``"p2"`` for stride 4, ..., ``"p7"`` for stride 128) to
-    maps (B, out_channels, H/s, W/s), fine to coarse; every level must have
+    maps (B, out_channels, H/s, W/s), finest first; every level must have
     the same channel count, which ``out_channels`` gives (torchvision's heads
     share their weights over levels).
 
     Args:
-        backbone: returns ``list[Tensor]`` fine to coarse, with ``feature_info``.
+        backbone: returns ``list[Tensor]`` finest first, with ``feature_info``.
         addon: optional list -> list module (e.g. MSCSA), same contract.
         neck: optional list -> list module (e.g. FPN), same contract.
     """

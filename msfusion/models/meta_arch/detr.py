@@ -130,7 +130,7 @@ class MsfBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
         backbone_kwargs: its keyword arguments.
         addon: a registered add-on name (``"mscsa"``) or None.
         addon_kwargs: its keyword arguments.
-        strides: the strides of the maps handed to the detector, fine to coarse.
+        strides: the strides of the maps handed to the detector, finest first.
         frozen_bn: freeze the backbone's BatchNorm (never the add-on's).
         frozen_stages: stop gradients up to the module of the backbone's n-th feature output (0: none).
     """
@@ -221,7 +221,7 @@ class _FineTopDown(nn.Module):
 
     Args:
         chs: the encoder's hidden size.
-        strides: the encoder's feature strides, fine to coarse (e.g. 8, 16, 32).
+        strides: the encoder's feature strides, finest first (e.g. 8, 16, 32).
         options: FINE keyword arguments (attention, modulation, ratio, kernel, ...).
     """
 

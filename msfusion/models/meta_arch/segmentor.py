@@ -1,7 +1,7 @@
 """The segmentor: backbone -> [add-on] -> [neck] -> head -> logits at the input size.
 
 The encoder-decoder of mmsegmentation's ``EncoderDecoder`` as one plain module
-(the composition contract: every part passes a list of maps fine to coarse
+(the composition contract: every part passes a list of maps finest first
 described by ``feature_info``; heads read maps by stride). Inputs of any size
 work: the image is padded inside (bottom and right, with zeros, i.e. the mean
 colour after normalisation) to a multiple of ``size_divisor`` (32, as
@@ -37,7 +37,7 @@ class Segmentor(FeatureChain):
     also returns the auxiliary heads' logits for the loss.
 
     Args:
-        backbone: returns ``list[Tensor]`` fine to coarse and has ``feature_info``.
+        backbone: returns ``list[Tensor]`` finest first and has ``feature_info``.
         decode_head: takes the last producer's list, returns (B, K, h, w) logits.
         num_classes: K.
         addon: optional module list -> list (e.g. MSCSA), same contract.
@@ -83,7 +83,7 @@ class Segmentor(FeatureChain):
         return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
 
     def extract_features(self, images: Tensor) -> list[Tensor]:
-        """(B, C, H, W) padded images -> the maps the decode head reads, fine to coarse."""
+        """(B, C, H, W) padded images -> the maps the decode head reads, finest first."""
         return self.forward_features(images)
 
     def _to_input_size(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:

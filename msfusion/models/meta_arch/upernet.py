@@ -77,11 +77,11 @@ class UPerNet(Segmentor):
     weighted by ``auxiliary_weights`` (``(aux_weight,)``) in the loss.
 
     Args:
-        backbone: a feature backbone (list of maps, fine to coarse, with
+        backbone: a feature backbone (list of maps, finest first, with
             ``feature_info``) or a model name built with
             ``create_model(name, features_only=True, **backbone_kwargs)``.
         num_classes: K (150 for ADE20K).
-        in_strides: strides fed to ``UPerHead`` (fine to coarse).
+        in_strides: strides fed to ``UPerHead`` (finest first).
         channels: ``UPerHead`` width (512).
         pool_scales: PPM pool sizes.
         dropout: Dropout2d before both classifiers.

@@ -1,4 +1,4 @@
-"""Necks: feature pyramids that take and return ``list[Tensor]`` fine to coarse.
+"""Necks: feature pyramids that take and return ``list[Tensor]`` finest first.
 
 ``FPN`` (Lin et al., arXiv 1612.03144) and ``PAN`` (Liu et al., arXiv
 1803.01534) are registered by name (kind ``"neck"``: ``"fpn"``, ``"pan"``) and

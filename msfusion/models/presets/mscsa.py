@@ -84,7 +84,7 @@ class BackboneWithAddon(FeatureChain):
     """A backbone followed by an add-on, exposed as one feature backbone (a ``FeatureChain``).
 
     This is what ``create_model("<backbone>_mscsa", features_only=True)`` returns.
-    The outputs are the add-on's maps, fine to coarse, with the add-on's
+    The outputs are the add-on's maps, finest first, with the add-on's
     ``feature_info``; for dense MSCSA these are the backbone's channels and strides.
     The input constraint (``size_divisor``, ``min_size``) is the backbone's: the
     add-on takes maps of any size.
