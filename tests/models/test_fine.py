@@ -314,7 +314,7 @@ def _bench_fine():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fine.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fine.py"
     spec = importlib.util.spec_from_file_location("bench_fine", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,7 +5,7 @@ backward (every parameter gets a gradient), ``features_only`` channels and
 strides equal ``feature_info`` (strictly finest first), odd input sizes,
 ``num_classes`` of classifiers. Parts (necks, add-ons, heads): built on a
 four-level ``feature_info`` (strides 4-32), forward and backward at an odd size.
-Detectors have their own suite (tests/test_detection*.py).
+Detectors have their own suite (tests/models/test_detection.py, tests/models/test_detr.py, tests/models/test_yolo.py).
 Models above ``REAL_LIMIT`` parameters run on the meta device: shapes, autograd
 wiring and gradient coverage are checked without the compute, so the suite stays
 fast on 2 CPU cores; their numerics are covered by the tiny ``test_*`` variants

@@ -321,7 +321,7 @@ def test_ade20k_recipes(size, lr):
 
     from msfusion.engine.config import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"topformer_{size}_ade20k.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"topformer_{size}_ade20k.yaml")
     assert cfg["optim"]["lr"] == lr and cfg["schedule"]["iters"] == 160_000 and cfg["data"]["batch_size"] == 16
     assert cfg["optim"]["custom_keys"]["head"] == {"lr_mult": 10.0}
     with torch.device("meta"):
