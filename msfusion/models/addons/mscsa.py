@@ -101,7 +101,6 @@ refused with a ``ValueError`` before any BN sees it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +108,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, DropPath, check_feature_info, make_act, resize_to
+from msfusion.layers import ConvNormAct, DropPath, check_feature_info, init_conv_fan_out, make_act, resize_to
 from msfusion.layers.pooling import adaptive_avg_pool2d
 from msfusion.registry import register_model
 
@@ -741,10 +740,7 @@ class MSCSA(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         # Official MSCSA init: He-style normal on fan-out for convs, identity-like norms.
         if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            init_conv_fan_out(m)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
