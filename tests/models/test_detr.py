@@ -206,11 +206,11 @@ def test_bad_input_explains_the_fix() -> None:
 def test_missing_extra_names_the_pip_install(monkeypatch) -> None:
     import sys
 
-    import msfusion.models
+    import msfusion.models.meta_arch
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "msfusion.models.meta_arch.detr")
-    monkeypatch.delattr(msfusion.models, "detr")
+    monkeypatch.delattr(msfusion.models.meta_arch, "detr")
     with pytest.raises(ImportError, match=r'pip install "msfusion\[detr\]"'):
         build_detector("rt_detr", backbone="test_mscan", num_classes=4)
 
