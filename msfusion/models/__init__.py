@@ -17,18 +17,14 @@ _MODEL_MODULES = (
     "msfusion.models.presets.segnext",
     "msfusion.models.presets.segnext_ablations",
     "msfusion.models.presets.cednet",
-    "msfusion.models.meta_arch.classifier",
-    "msfusion.models.meta_arch.segmentor",
-    "msfusion.models.meta_arch",
+    "msfusion.models.meta_arch",  # every architecture file but the optional extras (its __init__)
     "msfusion.models.addons.mscsa",
     "msfusion.models.presets.mscsa",
-    "msfusion.models.meta_arch.external",
     "msfusion.models.presets.fine",
     "msfusion.models.backbones.topformer",
     "msfusion.models.heads.topformer_head",
     "msfusion.models.presets.topformer",
     "msfusion.models.presets.baselines",
-    "msfusion.models.meta_arch.panoptic_fpn",
 )
 
 for _module in _MODEL_MODULES:

@@ -5,7 +5,9 @@ Each example runs in a fresh interpreter, so the names it registers
 the rest of the suite lists.
 """
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -61,3 +63,22 @@ def test_example_runs(name):
     script = code + "\n" + textwrap.dedent(CHECKS[name])
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"the README's {name} example failed:\n{result.stderr[-3000:]}"
+
+
+def test_a_detector_is_one_new_file_and_no_other_edit(tmp_path):
+    """The README's arch, saved as one new file in a copy of the package, is a build_detector arch."""
+    (code,) = [c for c in _examples() if '"retinanet_v2"' in c]
+    shutil.copytree(ROOT / "msfusion", tmp_path / "msfusion", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "msfusion" / "models" / "meta_arch" / "retinanet_v2.py").write_text(code.split("\nmodel = ")[0])
+    script = textwrap.dedent(f"""
+        import sys
+        import msfusion as mf
+        assert mf.__file__.startswith({str(tmp_path)!r})
+        model = mf.build_detector("retinanet_v2", backbone="resnet18", num_classes=3, min_size=64, max_size=64)
+        assert type(model).__name__ == "RetinaNet" and model.arch == "retinanet_v2"
+        # The optional extras stay unimported: detr needs transformers, yolo is ultralytics' (AGPL-3.0).
+        assert not {{"msfusion.models.meta_arch.detr", "msfusion.models.meta_arch.yolo"}} & set(sys.modules)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
