@@ -79,6 +79,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import box_convert
 
 from msfusion.layers import check_feature_info, indices_for_strides
+from msfusion.layers.features import pad_to_size_constraint
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.align.fine import FINE
 from msfusion.models.chain import build_chain, check_finite_input
@@ -442,13 +443,12 @@ class DetrDetector(nn.Module):
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             resized.append((image - self.image_mean) / self.image_std)
             scales.append((size[0] / h, size[1] / w))
-        d = self.size_divisor
-        H = math.ceil(max(im.shape[-2] for im in resized) / d) * d
-        W = math.ceil(max(im.shape[-1] for im in resized) / d) * d
-        batch = resized[0].new_zeros(len(resized), 3, H, W)
-        mask = torch.zeros(len(resized), H, W, dtype=torch.long, device=batch.device)
+        # Zero-padded (bottom, right) to the largest image, then to a multiple of size_divisor, as the chain pads.
+        h, w = max(im.shape[-2] for im in resized), max(im.shape[-1] for im in resized)
+        batch = torch.stack([F.pad(im, (0, w - im.shape[-1], 0, h - im.shape[-2])) for im in resized])
+        batch = pad_to_size_constraint(batch, self.size_divisor)
+        mask = torch.zeros(len(resized), *batch.shape[-2:], dtype=torch.long, device=batch.device)
         for i, im in enumerate(resized):
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = im
             mask[i, : im.shape[-2], : im.shape[-1]] = 1
         return batch, mask, scales, [tuple(im.shape[-2:]) for im in resized]
 
