@@ -51,8 +51,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import msfusion as mf
-from msfusion.models.detector import DetectorComplexity
-from msfusion.models.necks.fine import FINE
+from msfusion.models.align.fine import FINE
+from msfusion.models.meta_arch.detector import DetectorComplexity
 
 OPTIONS = ("aats", "vanilla", "window", "area", "linear")
 # Table 3 (RT-DETR R18, 640x640, baseline 12.81 ms): +GFLOPs, +Mem MB, latency in ms.

@@ -10,9 +10,9 @@ from msfusion.analysis.complexity import count_macs, count_params
 from msfusion.checkpoint import load_checkpoint, save_checkpoint
 from msfusion.engine.api import evaluate, predict, train
 from msfusion.engine.fast_inference import optimize_for_inference
-from msfusion.models.classifier import build_classifier
-from msfusion.models.detector import build_detector
-from msfusion.models.segmentor import build_segmentor
+from msfusion.models.meta_arch.classifier import build_classifier
+from msfusion.models.meta_arch.detector import build_detector
+from msfusion.models.meta_arch.segmentor import build_segmentor
 from msfusion.registry import KINDS, create_model, list_models, load_model, model_kind, register_model
 from msfusion.version import __version__
 

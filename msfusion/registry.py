@@ -272,7 +272,7 @@ def create_model(
             another shape outside the head, tensors missing from the file);
             without it such a file is refused with the table of what does not fit.
         features_only: return a backbone whose ``forward`` gives a list of
-            feature maps, fine to coarse, described by ``feature_info``.
+            feature maps, finest first, described by ``feature_info``.
         out_indices: which of the backbone's outputs to return.
         **kwargs: passed to the model's constructor (every hyper-parameter is
             a keyword argument there).

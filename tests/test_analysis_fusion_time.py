@@ -9,7 +9,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import msfusion as mf
 from msfusion.analysis.fusion_time import first_fusion_prefixes, fusion_split, fusion_time
-from msfusion.models.upernet_cednet import UPerNet
+from msfusion.models.meta_arch.upernet import UPerNet
 
 
 def test_convnext_s_fpn_reproduces_figure1():
@@ -46,7 +46,7 @@ def test_cednet_preset_counts_stem_and_first_encoder():
 def test_one_stage_cednet_fuses_after_the_backbone():
     backbone = mf.create_model("test_cednet_next", features_only=True, num_stages=1)
     assert fusion_time(backbone) == 1.0
-    seg = UPerNet(backbone, num_classes=3, channels=8, aux_in_index=None)
+    seg = UPerNet(backbone, num_classes=3, channels=8, aux_in_stride=None)
     assert fusion_time(seg) == pytest.approx(mf.count_params(backbone) / mf.count_params(seg))
 
 

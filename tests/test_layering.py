@@ -6,6 +6,14 @@ Layers, lowest first: ``version``; ``layers``, ``registry``, ``checkpoint``,
 layer and the layers below; imports inside functions count. The package face
 (``msfusion/__init__.py``, ``__main__``) sits on top; the command line, and only
 it, calls the public API through the face.
+
+Inside ``models`` the floors are, lowest first: the parts (``align``,
+``addons``, ``heads``; then ``necks``, which call the alignment hook, and
+``backbones``, some of which hold an add-on); ``chain``, which assembles
+parts by registered name; ``meta_arch``, the task models holding a chain;
+``presets``, the papers' registered variants. Alignment sits below the necks:
+the hook and FINE know no neck, a neck knows the hook. ``models/__init__.py``
+is the face that imports every family.
 """
 
 import ast
@@ -29,6 +37,17 @@ RANKS = {
     "export": 3,
     "commands": 4,
     "cli": 4,
+}
+
+MODEL_FLOORS = {
+    "align": 0,
+    "addons": 0,
+    "heads": 0,
+    "necks": 1,
+    "backbones": 1,
+    "chain": 2,
+    "meta_arch": 3,
+    "presets": 4,
 }
 
 
@@ -131,6 +150,39 @@ def test_no_upward_import():
     assert upward == [], "lower layers import higher ones:\n" + "\n".join(sorted(upward))
 
 
-@pytest.mark.parametrize("family", ["msfusion.models.segnext", "msfusion.models.backbones.cednet"])
+@pytest.mark.parametrize("family", ["msfusion.models.presets.segnext", "msfusion.models.backbones.cednet"])
 def test_registry_imports_no_model_family(family):
     assert family not in _graph()["msfusion.registry"]
+
+
+def _model_floor(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["msfusion", "models"] or len(parts) == 2:
+        return None  # outside models, or the models face
+    return MODEL_FLOORS[parts[2]]
+
+
+def test_every_models_subpackage_has_a_floor():
+    subs = {
+        _module_name(f).split(".")[2]
+        for f in (ROOT / "models").rglob("*.py")
+        if f.name != "__init__.py" or f.parent != ROOT / "models"
+    }
+    assert subs <= set(MODEL_FLOORS), f"give these a floor in MODEL_FLOORS: {subs - set(MODEL_FLOORS)}"
+
+
+def test_models_top_level_is_the_face_only():
+    assert sorted(f.name for f in (ROOT / "models").glob("*.py")) == ["__init__.py", "chain.py"]
+
+
+def test_no_upward_import_inside_models():
+    upward = []
+    for module, targets in _graph().items():
+        floor = _model_floor(module)
+        if floor is None:
+            continue
+        for target in targets:
+            target_floor = _model_floor(target)
+            if target_floor is not None and target_floor > floor:
+                upward.append(f"{module} -> {target}")
+    assert upward == [], "lower model floors import higher ones:\n" + "\n".join(sorted(upward))

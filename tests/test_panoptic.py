@@ -11,7 +11,7 @@ import torch
 
 import msfusion as mf
 from msfusion.engine.panoptic_metrics import PanopticQuality
-from msfusion.models.panoptic_fpn import panoptic_merge
+from msfusion.models.meta_arch.panoptic_fpn import panoptic_merge
 
 THINGS, STUFF = {1, 2}, {3, 4}
 

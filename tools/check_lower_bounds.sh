@@ -19,7 +19,7 @@ VENV=${1:-/tmp/msfusion-lowenv}
 STAGES=${STAGES:-1 2}
 LATE_EXTRAS="detr ultralytics"
 # The tests that use the late extras: every test file that names them.
-STAGE2_TESTS=$(cd "$ROOT" && grep -lE "detr|yolo|ultralytics|transformers" tests/test_*.py | tr "\n" " ")
+STAGE2_TESTS=$(cd "$ROOT" && grep -lE "detr|yolo|ultralytics|transformers" tests/test_*.py tests/*/test_*.py | tr "\n" " ")
 
 [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
 PY="$VENV/bin/python"

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from msfusion.models.necks.fine import DOWNSAMPLERS, AlignmentAwareTokenSampling, default_kernel
+from msfusion.models.align.fine import DOWNSAMPLERS, AlignmentAwareTokenSampling, default_kernel
 
 __all__ = [
     "erf_map",

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from msfusion.models.necks.fine import FINE
+from msfusion.models.align.fine import FINE
 
 __all__ = [
     "MAP_NAMES",
@@ -156,9 +156,9 @@ def model_input(model: nn.Module, image: np.ndarray | Tensor) -> tuple[Any, tupl
             transform = getattr(model, "transform", None)
             if isinstance(transform, GeneralizedRCNNTransform):
                 return [x], tuple(int(v) for v in transform([x])[0].image_sizes[0])
-            if _is_instance(model, "msfusion.models.detr", "DetrDetector"):
+            if _is_instance(model, "msfusion.models.meta_arch.detr", "DetrDetector"):
                 return [x], tuple(int(v) for v in model.preprocess([x])[3][0])
-            if _is_instance(model, "msfusion.models.yolo", "YoloDetector"):
+            if _is_instance(model, "msfusion.models.meta_arch.yolo", "YoloDetector"):
                 return [x], (model.image_size, model.image_size)
     finally:
         model.train(was_training)

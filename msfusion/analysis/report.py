@@ -32,7 +32,7 @@ def model_report(
     params = count_params(model)
     counted = model
     if model_kind(name) == "detector":
-        from msfusion.models.detector import DetectorComplexity
+        from msfusion.models.meta_arch.detector import DetectorComplexity
 
         # mmdetection's get_flops convention: dense parts on the image, box / mask heads on 1000 / 100 RoIs.
         counted = getattr(model, "complexity_module", DetectorComplexity)(model)  # Panoptic FPN adds a branch

@@ -136,7 +136,7 @@ class DetectionTask(Task):
     @staticmethod
     def compose(**kwargs: Any) -> nn.Module:
         """``model.compose`` of a detection recipe: ``build_detector(arch=..., backbone=..., ...)``."""
-        from msfusion.models.detector import build_detector
+        from msfusion.models.meta_arch.detector import build_detector
 
         if "arch" not in kwargs:
             raise ValueError("model.compose of a detection recipe needs an arch (faster_rcnn, mask_rcnn, ...)")

@@ -81,7 +81,7 @@ class PanopticTask(DetectionTask):
     @staticmethod
     def compose(**kwargs: Any) -> nn.Module:
         """``model.compose`` of a panoptic recipe: ``build_panoptic_fpn(backbone=..., fine=..., ...)``."""
-        from msfusion.models.panoptic_fpn import build_panoptic_fpn
+        from msfusion.models.meta_arch.panoptic_fpn import build_panoptic_fpn
 
         arch = kwargs.pop("arch", "panoptic_fpn")
         if arch not in ("panoptic_fpn", "mask_rcnn"):

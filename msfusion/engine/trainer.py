@@ -245,7 +245,7 @@ def build_model(cfg: Mapping[str, Any], task: Task, dataset: Any) -> nn.Module:
     segmentor from parts by name (``build_segmentor``), ``model.kwargs`` going
     to the composer.
     """
-    from msfusion.models.segmentor import build_segmentor
+    from msfusion.models.meta_arch.segmentor import build_segmentor
     from msfusion.registry import create_model
 
     kwargs = dict(cfg["model"]["kwargs"] or {})

@@ -2,7 +2,7 @@
 
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
-from msfusion.layers.conv_norm_act import ConvNormAct, make_act, make_norm
+from msfusion.layers.conv_norm_act import ConvNormAct, init_conv_fan_out, make_act, make_norm
 from msfusion.layers.features import (
     FeatureInfo,
     check_feature_info,
@@ -18,6 +18,7 @@ __all__ = [
     "FeatureInfo",
     "check_feature_info",
     "indices_for_strides",
+    "init_conv_fan_out",
     "is_channels_last",
     "LayerNorm2d",
     "check_image_batch",

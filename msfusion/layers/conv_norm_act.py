@@ -7,9 +7,11 @@ without renaming.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
-__all__ = ["ConvNormAct", "make_norm", "make_act"]
+__all__ = ["ConvNormAct", "init_conv_fan_out", "make_norm", "make_act"]
 
 _NORMS = ("bn", "gn", "syncbn", None)
 _ACTS = ("relu", "gelu", "relu6", "hardswish", None)
@@ -85,3 +87,15 @@ class ConvNormAct(nn.Module):
         if self.act is not None:
             x = self.act(x)
         return x
+
+
+def init_conv_fan_out(conv: nn.Conv2d) -> None:
+    """He-normal on fan-out per group, zero bias: the conv init of SegNeXt's MSCAN, TopFormer and MSCSA.
+
+    ``weight ~ N(0, sqrt(2 / fan_out))`` with ``fan_out = k_h * k_w * out_chs / groups``
+    (He et al., arXiv 1502.01852, Sec. 2.2, the backward-pass form).
+    """
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)

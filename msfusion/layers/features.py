@@ -1,7 +1,7 @@
 """The feature contract shared by backbones, add-ons, necks and heads.
 
 A feature producer (backbone, add-on, neck) returns ``list[Tensor]`` ordered
-strictly fine to coarse and describes it with ``feature_info``: one
+strictly finest first and describes it with ``feature_info``: one
 ``{"chs": C, "reduction": stride, "module": name}`` per output, where ``module``
 names the submodule that produced the map (timm's and detectron2's convention).
 Consumers (heads, necks, add-ons) select maps by stride, never by position.
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "pad_to_size_constraint",
     "FeatureInfo",
     "check_feature_info",
     "check_image_batch",
@@ -37,13 +38,13 @@ def check_feature_info(info: object, owner: str) -> list[FeatureInfo]:
     """Validate a producer's ``feature_info``; return it as a list of plain dicts.
 
     Every entry needs a positive ``chs`` and ``reduction``; reductions must
-    increase strictly (fine to coarse), so that a consumer can select maps by
+    increase strictly (finest first), so that a consumer can select maps by
     stride. ``owner`` names the producer in the error message.
     """
     if info is None or isinstance(info, (str, bytes)) or not hasattr(info, "__len__") or len(info) == 0:
         raise ValueError(
             f"{owner} has no feature_info: a feature producer must describe its outputs with a list of "
-            "dict(chs=channels, reduction=stride, module=name), fine to coarse. Build backbones with "
+            "dict(chs=channels, reduction=stride, module=name), finest first. Build backbones with "
             "msfusion.create_model(name, features_only=True)."
         )
     out: list[FeatureInfo] = []
@@ -58,7 +59,7 @@ def check_feature_info(info: object, owner: str) -> list[FeatureInfo]:
     strides = [f["reduction"] for f in out]
     if any(b <= a for a, b in zip(strides, strides[1:], strict=False)):
         raise ValueError(
-            f"{owner} lists its outputs with strides {strides}: they must increase strictly (fine to coarse). "
+            f"{owner} lists its outputs with strides {strides}: they must increase strictly (finest first). "
             "Reorder the outputs, or expose extra maps of a repeated stride separately."
         )
     return out
@@ -133,3 +134,31 @@ def resize_to(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return x
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False if mode != "nearest" else None)
+
+
+def pad_to_size_constraint(images: Tensor, size_divisor: int, min_size: int = 0) -> Tensor:
+    """Zero-pad (bottom and right) to a multiple of ``size_divisor`` and to at least ``min_size`` per side.
+
+    Zero is the mean colour after normalisation, as mmsegmentation's and
+    torchvision's padding. The arithmetic is on sizes only (no comparison), so
+    a traced or exported graph pads correctly at every input size.
+
+    Args:
+        images: (B, C, H, W).
+        size_divisor: the padded H and W are multiples of it.
+        min_size: the padded H and W are at least this (only applied when it
+            exceeds ``size_divisor``, which the first pad already reaches).
+
+    Returns:
+        (B, C, H', W') with H' >= H, W' >= W.
+    """
+    h, w = images.shape[-2], images.shape[-1]
+    d = int(size_divisor)
+    if d > 1:
+        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
+    if min_size > d:
+        h, w = images.shape[-2], images.shape[-1]
+        # max(x, 0) written as (x + |x|) // 2: arithmetic on sizes stays in a traced graph, a comparison would not.
+        short_w, short_h = min_size - w, min_size - h
+        images = F.pad(images, (0, (short_w + abs(short_w)) // 2, 0, (short_h + abs(short_h)) // 2))
+    return images

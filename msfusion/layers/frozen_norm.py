@@ -1,7 +1,7 @@
 """Freezing BatchNorm for detection backbones, as torchvision and the DETR codes do.
 
-Shared by the torchvision detectors (``msfusion.models.detector``) and the
-transformers DETRs (``msfusion.models.detr``).
+Shared by the torchvision detectors (``msfusion.models.meta_arch.detector``) and the
+transformers DETRs (``msfusion.models.meta_arch.detr``).
 """
 
 from __future__ import annotations

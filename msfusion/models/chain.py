@@ -1,13 +1,16 @@
 """The feature chain ``backbone -> [add-on] -> [neck]``, written once for every task model.
 
 Every msfusion model runs the same chain before its task head: a backbone that
-returns maps fine to coarse (the feature contract of ``msfusion.layers.features``),
+returns maps finest first (the feature contract of ``msfusion.layers.features``),
 an optional add-on (MSCSA, "Vision Backbone Enhancement via Multi-Stage
 Cross-Scale Attention", Sec. 3) and an optional neck (FPN,
 PAN, with FINE at its fusion steps). ``FeatureChain`` builds that chain from
 modules, checks each part's ``feature_info`` once, exposes the last
 producer's ``feature_info`` and the input constraint (``size_divisor``,
-``min_size``), and pads an input to that constraint.
+``min_size``), and pads an input to that constraint. ``build_chain`` builds
+the parts from registered names (``build_part`` for one part), the one way
+every builder (``build_segmentor``, ``build_classifier``, ``build_detector``,
+``SegNeXt``, ``UPerNet``, the DETR backbone) assembles them.
 
 Task models *are* chains (``Segmentor``, ``Classifier`` and the detectors'
 ``DetectorBackbone`` subclass it), as detectron2's ``FPN`` is still a
@@ -18,43 +21,59 @@ every earlier release.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info
-from msfusion.layers.features import FeatureInfo
+from msfusion.layers.features import FeatureInfo, pad_to_size_constraint
+from msfusion.registry import create_model, model_entrypoint, recordable
 
-__all__ = ["FeatureChain", "pad_to_size_constraint"]
+__all__ = [
+    "ChainParts",
+    "FeatureChain",
+    "build_chain",
+    "build_part",
+    "check_finite_input",
+    "feature_producer",
+    "pad_to_size_constraint",
+]
 
 
-def pad_to_size_constraint(images: Tensor, size_divisor: int, min_size: int = 0) -> Tensor:
-    """Zero-pad (bottom and right) to a multiple of ``size_divisor`` and to at least ``min_size`` per side.
+def check_finite_input(images: Tensor | Sequence[Tensor], what: str = "input") -> None:
+    """Refuse images holding NaN or infinite values, which no model output can recover from.
 
-    Zero is the mean colour after normalisation, as mmsegmentation's and
-    torchvision's padding. The arithmetic is on sizes only (no comparison), so
-    a traced or exported graph pads correctly at every input size.
+    One such pixel spreads through attention, global pooling and batch
+    statistics to every logit (a segmentor's whole map becomes NaN, a
+    detector returns no detection at all), so the model refuses it instead of
+    returning a silently empty result. The check (one ``isfinite`` reduction)
+    is skipped while tracing, scripting, compiling or exporting, where tensors
+    have no values to test, and on the meta device.
 
-    Args:
-        images: (B, C, H, W).
-        size_divisor: the padded H and W are multiples of it.
-        min_size: the padded H and W are at least this (only applied when it
-            exceeds ``size_divisor``, which the first pad already reaches).
-
-    Returns:
-        (B, C, H', W') with H' >= H, W' >= W.
+    Raises:
+        ValueError: naming the count of bad values and the image that holds the first.
     """
-    h, w = images.shape[-2], images.shape[-1]
-    d = int(size_divisor)
-    if d > 1:
-        images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
-    if min_size > d:
-        h, w = images.shape[-2], images.shape[-1]
-        # max(x, 0) written as (x + |x|) // 2: arithmetic on sizes stays in a traced graph, a comparison would not.
-        short_w, short_h = min_size - w, min_size - h
-        images = F.pad(images, (0, (short_w + abs(short_w)) // 2, 0, (short_h + abs(short_h)) // 2))
-    return images
+    if (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return
+    for i, image in enumerate([images] if isinstance(images, Tensor) else images):
+        if not isinstance(image, Tensor) or not image.is_floating_point() or image.device.type == "meta":
+            continue
+        if not bool(torch.isfinite(image).all()):
+            count = int((~torch.isfinite(image)).sum())
+            where = f"image {i} of the list" if not isinstance(images, Tensor) else f"a {tuple(image.shape)} batch"
+            raise ValueError(
+                f"the {what} holds {count} NaN or infinite value(s) ({where}); one such pixel turns every output "
+                "into NaN (or no detection at all). Clean the image (e.g. torch.nan_to_num) first"
+            )
 
 
 class FeatureChain(nn.Module):
@@ -65,7 +84,7 @@ class FeatureChain(nn.Module):
     coarse with (B, chs_i, H/s_i, W/s_i) per ``feature_info`` entry.
 
     Args:
-        backbone: returns ``list[Tensor]`` fine to coarse and has ``feature_info``;
+        backbone: returns ``list[Tensor]`` finest first and has ``feature_info``;
             may declare ``size_divisor``, ``min_size``, ``in_chans`` and, for
             extra maps a head reads besides the pyramid (CEDNet's earlier-stage
             1/8 maps), ``extra_feature_info`` with ``forward_with_extras``.
@@ -99,7 +118,7 @@ class FeatureChain(nn.Module):
 
     @property
     def feature_info(self) -> list[FeatureInfo]:
-        """One ``dict(chs, reduction, module)`` per output map of the last producer, fine to coarse."""
+        """One ``dict(chs, reduction, module)`` per output map of the last producer, finest first."""
         return self._chain_feature_info
 
     @property
@@ -112,7 +131,7 @@ class FeatureChain(nn.Module):
         return pad_to_size_constraint(images, self.size_divisor, self.min_size)
 
     def fuse(self, feats: list[Tensor]) -> list[Tensor]:
-        """The backbone's maps -> the add-on's, then the neck's (each optional), fine to coarse."""
+        """The backbone's maps -> the add-on's, then the neck's (each optional), finest first."""
         if self.addon is not None:
             feats = self.addon(feats)
         if self.neck is not None:
@@ -120,7 +139,7 @@ class FeatureChain(nn.Module):
         return list(feats)
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
-        """(B, C, H, W) images meeting the constraint -> the last producer's maps, fine to coarse."""
+        """(B, C, H, W) images meeting the constraint -> the last producer's maps, finest first."""
         return self.fuse(self.backbone(images))
 
     def forward_with_extras(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -136,3 +155,119 @@ class FeatureChain(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return self.forward_features(images)
+
+
+def feature_producer(backbone: nn.Module, addon: nn.Module | None, neck: nn.Module | None) -> nn.Module:
+    """The last feature producer of a chain: the neck, else the add-on, else the backbone."""
+    return neck if neck is not None else addon if addon is not None else backbone
+
+
+def backbone_name(backbone: str | nn.Module | None) -> str | None:
+    """The registered (or timm) name a backbone was built from, if it is known."""
+    if isinstance(backbone, str):
+        return backbone
+    cfg = getattr(backbone, "model_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+        return cfg["name"]
+    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    return arch if isinstance(arch, str) else None
+
+
+def build_part(
+    spec: str | nn.Module | None,
+    kind: str,
+    feature_info: Sequence[dict],
+    kwargs: dict[str, Any] | None,
+    *,
+    backbone: str | nn.Module | None = None,
+    **extra: Any,
+) -> nn.Module | None:
+    """Build a registered add-on, neck or head by name on ``feature_info``, or pass a module through.
+
+    A name is checked against the registry's names of ``kind`` (did-you-mean
+    error otherwise); kwargs only apply to names. A part whose builder takes
+    ``backbone`` (MSCSA: its Table 7 row depends on it) gets the backbone's
+    name. A part that reports ``resolved_kwargs`` (every setting it chose) has
+    those recorded in its ``model_cfg``, so a checkpoint rebuilds it the same
+    way even if the defaults change.
+    """
+    if spec is None:
+        if kwargs:
+            raise ValueError(f"{kind}_kwargs given without a {kind}")
+        return None
+    if isinstance(spec, nn.Module):
+        if kwargs:
+            raise ValueError(f"{kind}_kwargs only apply when the {kind} is given by name, not as a module")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"the {kind} must be a registered name or an nn.Module, got {type(spec).__name__}")
+    builder = model_entrypoint(spec, kind=kind)
+    if "backbone" in inspect.signature(builder).parameters and "backbone" not in (kwargs or {}):
+        extra = {"backbone": backbone_name(backbone), **extra}
+    part = builder(list(feature_info), **extra, **(kwargs or {}))
+    recorded = getattr(part, "resolved_kwargs", None)
+    recorded = dict(kwargs or {}) if recorded is None else dict(recorded)
+    part.model_cfg = {"name": spec, "kwargs": recordable(recorded, f"{kind} {spec!r}")}
+    return part
+
+
+class ChainParts(NamedTuple):
+    """The built parts of a chain and the last producer's ``feature_info``."""
+
+    backbone: nn.Module
+    addon: nn.Module | None
+    neck: nn.Module | None
+    feature_info: list[FeatureInfo]
+
+
+def build_chain(
+    backbone: str | nn.Module,
+    addon: str | nn.Module | None = None,
+    neck: str | nn.Module | None = None,
+    *,
+    backbone_kwargs: dict[str, Any] | None = None,
+    addon_kwargs: dict[str, Any] | None = None,
+    neck_kwargs: dict[str, Any] | None = None,
+    addon_defaults: dict[str, Any] | None = None,
+    neck_defaults: Callable[[list[FeatureInfo]], dict[str, Any]] | None = None,
+) -> ChainParts:
+    """Build ``backbone -> [add-on] -> [neck]`` from names or modules, each part on the previous one's features.
+
+    A backbone name is built with ``create_model(name, features_only=True,
+    **backbone_kwargs)``, so any registered backbone and any timm model works.
+    The add-on and the neck are built by ``build_part`` on the previous
+    producer's ``feature_info`` (checked once per part).
+
+    Args:
+        backbone, addon, neck: registered names (kwargs in ``*_kwargs``) or modules.
+        backbone_kwargs, addon_kwargs, neck_kwargs: constructor arguments of parts given by name.
+        addon_defaults: arguments of an add-on given by name that ``addon_kwargs``
+            overrides (the classifier's ``mode="classification"``).
+        neck_defaults: ``neck_defaults(feature_info) -> kwargs`` for a neck given
+            by name, overridden by ``neck_kwargs`` (a detector's pyramid levels).
+            The neck records only ``neck_kwargs``: the defaults are a function of
+            the caller and the features, and are recomputed on rebuilding.
+
+    Returns:
+        ``ChainParts(backbone, addon, neck, feature_info)``, ``feature_info``
+        being the last producer's.
+    """
+    if isinstance(backbone, str):
+        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
+    elif backbone_kwargs:
+        raise ValueError("backbone_kwargs only apply when the backbone is given by name")
+    info = check_feature_info(getattr(backbone, "feature_info", None), f"the backbone {type(backbone).__name__}")
+    if isinstance(addon, str) and addon_defaults:
+        addon_kwargs = {**addon_defaults, **(addon_kwargs or {})}
+    addon = build_part(addon, "addon", info, addon_kwargs, backbone=backbone)
+    if addon is not None:
+        info = check_feature_info(getattr(addon, "feature_info", None), f"the add-on {type(addon).__name__}")
+    if isinstance(neck, str) and neck_defaults is not None:
+        built = build_part(neck, "neck", info, {**neck_defaults(info), **(neck_kwargs or {})})
+        built.model_cfg = {"name": neck, "kwargs": recordable(dict(neck_kwargs or {}), f"neck {neck!r}")}
+        neck = built
+    else:
+        neck = build_part(neck, "neck", info, neck_kwargs)
+    if neck is not None:
+        info = check_feature_info(getattr(neck, "feature_info", None), f"the neck {type(neck).__name__}")
+    return ChainParts(backbone, addon, neck, list(info))

@@ -83,7 +83,7 @@ def test_table8_recipe_loads_builds_and_trains_a_step(tmp_path: Path) -> None:
     from msfusion.data.detection import collate_detection
     from msfusion.engine.config import load_config
     from msfusion.engine.detection import DetectionTask
-    from msfusion.models.detector import build_detector
+    from msfusion.models.meta_arch.detector import build_detector
 
     cfg = load_config(Path(__file__).parents[2] / "configs" / "fcos_r50_pan_fine_visdrone.yaml")
     assert cfg["task"] == "detection" and cfg["model"]["compose"]["fine"] is True

@@ -23,7 +23,7 @@ from test_detection_ddp import ROOT, _free_port
 
 SHAPES = {"type": "shapes", "image_size": 64, "seed": 0}
 MODELS = {
-    # The tiny RT-DETR of tests/test_detr.py (1 encoder layer, d_model 32) with FINE, on the 37 K-parameter MSCAN.
+    # The tiny RT-DETR of tests/models/test_detr.py (1 encoder layer, d_model 32) with FINE, on the 37 K-parameter MSCAN.
     "detr": {
         "name": "rt_detr_tiny",
         "compose": {"arch": "rt_detr", "backbone": "test_mscan", "fine": True},
@@ -47,7 +47,7 @@ MODELS = {
         "kwargs": {"image_size": 64},
     },
 }
-EXTRAS = {"detr": "msfusion.models.detr", "yolo": "ultralytics"}
+EXTRAS = {"detr": "msfusion.models.meta_arch.detr", "yolo": "ultralytics"}
 
 
 def _recipe(family: str, work_dir: str) -> dict:

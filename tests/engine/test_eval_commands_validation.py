@@ -302,7 +302,9 @@ def test_a_nan_pixel_is_refused_by_segmentors_and_detectors():
 
 
 def test_detr_refuses_nan_input_and_names_the_smallest_size_for_its_queries():
-    pytest.importorskip("msfusion.models.detr", reason="the msfusion[detr] extra (transformers) is not installed")
+    pytest.importorskip(
+        "msfusion.models.meta_arch.detr", reason="the msfusion[detr] extra (transformers) is not installed"
+    )
     tiny = dict(encoder_layers=1, d_model=32, encoder_hidden_dim=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
                 decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, num_denoising=0)  # fmt: skip
     with pytest.raises(ValueError, match=r"num_queries=300 .* 64x64 input gives only 84 .* at least 128x128"):

@@ -101,7 +101,6 @@ refused with a ``ValueError`` before any BN sees it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +108,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, DropPath, check_feature_info, make_act, resize_to
+from msfusion.layers import ConvNormAct, DropPath, check_feature_info, init_conv_fan_out, make_act, resize_to
 from msfusion.layers.pooling import adaptive_avg_pool2d
 from msfusion.registry import register_model
 
@@ -461,7 +460,7 @@ def select_stages(
         if missing or not wanted or wanted != sorted(set(wanted)):
             raise ValueError(
                 f"MSCSA in_strides={wanted} asks for stride(s) {missing or wanted} that the backbone does not have "
-                f"(or not fine to coarse); the backbone has {describe_maps(info)}"
+                f"(or not ordered finest first); the backbone has {describe_maps(info)}"
             )
         read = [strides.index(s) for s in wanted]
     if in_chs is not None:
@@ -549,7 +548,7 @@ def mscsa_config(
 class MSCSA(nn.Module):
     """The MSCSA add-on (Figs. 4-5): list of backbone maps -> list of maps.
 
-    ``forward(feats)`` takes the backbone's maps, fine to coarse, as described
+    ``forward(feats)`` takes the backbone's maps, finest first, as described
     by ``feature_info``.
 
     - ``mode="dense"`` returns one map per input, with the same shapes; its
@@ -741,10 +740,7 @@ class MSCSA(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         # Official MSCSA init: He-style normal on fan-out for convs, identity-like norms.
         if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            init_conv_fan_out(m)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

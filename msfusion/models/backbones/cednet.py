@@ -467,7 +467,7 @@ class CEDNet(nn.Module):
         ]
         for i, info in enumerate(self.backbone_info):
             info["module"] = "stages.0" if i == 0 else f"stages.{num_stages}"
-        # Repeated strides would break the fine-to-coarse contract: the extras stand apart.
+        # Repeated strides would break the finest-first contract: the extras stand apart.
         self.extra_feature_info = (
             [dict(chs=c1, reduction=8, module=f"stages.{s}") for s in range(num_stages - 1, 0, -1)]
             if extra_stage_features

@@ -25,14 +25,13 @@ so official checkpoints load with one rename (see ``checkpoint_filter_fn``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from msfusion.layers import DropPath, check_image_batch, trunc_normal_
+from msfusion.layers import DropPath, check_image_batch, init_conv_fan_out, trunc_normal_
 from msfusion.layers.features import select_features
 from msfusion.layers.msca import MSCA, STRIP_KERNELS, LargeKernelAttention, SpatialAttention
 from msfusion.registry import PaperFigures, register_model
@@ -207,7 +206,7 @@ class MSCAN(nn.Module):
         self.grad_checkpointing = bool(enable)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        """All four stage outputs, fine to coarse, each (B, C_i, H_i, W_i)."""
+        """All four stage outputs, finest first, each (B, C_i, H_i, W_i)."""
         check_image_batch(x, self.in_chans)
         outs = []
         last = max(self.out_indices) if self.features_only else self.num_stages - 1
@@ -247,10 +246,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        init_conv_fan_out(m)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:

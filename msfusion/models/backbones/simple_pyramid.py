@@ -84,7 +84,7 @@ class SimpleFeaturePyramid(nn.ModuleList):
 
     A list of ``PyramidLevel`` branches, so that level ``i`` is the submodule
     ``str(i)`` (``simple_pyramid.<i>`` inside ``TimmFeatures``). Levels are
-    ordered fine to coarse.
+    ordered finest first.
 
     Args:
         in_chs: channels of the single-scale map (the ViT's width).
@@ -127,5 +127,5 @@ class SimpleFeaturePyramid(nn.ModuleList):
         self.feature_info = [dict(chs=out_chs, reduction=int(r), module=str(i)) for i, r in enumerate(strides)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """(B, in_chs, H/s, W/s) -> [(B, out_chs, H/r, W/r) for each level's stride r], fine to coarse."""
+        """(B, in_chs, H/s, W/s) -> [(B, out_chs, H/r, W/r) for each level's stride r], finest first."""
         return [level(x) for level in self]

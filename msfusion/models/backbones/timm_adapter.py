@@ -5,7 +5,7 @@ One adapter for every timm model, in the spirit of segmentation_models_pytorch's
 the feature maps and their channels and strides, which ``TimmFeatures`` exposes
 as ``feature_info`` (``{"chs", "reduction", "module"}`` per map, ``module`` being
 timm's name for the producing module). Maps are always channels-first
-``(B, C, H/s, W/s)`` and ordered strictly fine to coarse: timm's maps are sorted
+``(B, C, H/s, W/s)`` and ordered strictly finest first: timm's maps are sorted
 by stride and, where several share a stride, the last one timm lists (the
 deepest) is kept; the earlier ones lie on its path, so no parameter goes unused.
 
@@ -118,7 +118,7 @@ def _auto_scales(in_stride: int) -> tuple[float, ...]:
 
 
 class TimmFeatures(nn.Module):
-    """A timm model's feature maps, fine to coarse, at any input size.
+    """A timm model's feature maps, finest first, at any input size.
 
     Args:
         name: a timm model name (``timm.list_models()``).
@@ -176,7 +176,7 @@ class TimmFeatures(nn.Module):
             source = keep[-1]
             in_stride = strides[source]
             scales = _auto_scales(in_stride) if pyramid_scales is None else tuple(pyramid_scales)
-            scales = tuple(sorted({float(s) for s in scales}, reverse=True))  # fine to coarse
+            scales = tuple(sorted({float(s) for s in scales}, reverse=True))  # finest first
             if out_indices is not None:
                 level_info = [dict(chs=pyramid_chs, reduction=1, module=str(i)) for i in range(len(scales))]
                 chosen, _ = select_features(level_info, out_indices)
@@ -282,7 +282,7 @@ class TimmFeatures(nn.Module):
         return msg
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """(B, in_chans, H, W) -> [(B, chs, H/s, W/s) for each ``feature_info`` entry], fine to coarse."""
+        """(B, in_chans, H, W) -> [(B, chs, H/s, W/s) for each ``feature_info`` entry], finest first."""
         check_image_batch(x, self.in_chans)
         if not _shape_checks_off():
             self.check_input_size(x.shape[-2], x.shape[-1])

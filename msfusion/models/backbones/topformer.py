@@ -49,7 +49,6 @@ is SASE or MSCSA ("MSCSA replaces SASE", MSCSA Tables 3 and 6).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +56,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.layers import ConvNormAct, DropPath, check_feature_info, check_image_batch, make_act, resize_to
+from msfusion.layers import (
+    ConvNormAct,
+    DropPath,
+    check_feature_info,
+    check_image_batch,
+    init_conv_fan_out,
+    make_act,
+    resize_to,
+)
 from msfusion.layers.features import select_features
 from msfusion.layers.pooling import adaptive_avg_pool2d
 from msfusion.models.addons.mscsa import MSCSA
@@ -118,7 +125,7 @@ class InvertedResidual(nn.Module):
 
 
 class TokenPyramidModule(nn.Module):
-    """The Token Pyramid Module (Sec. 3.1): images -> 4 maps, fine to coarse (strides 4, 8, 16, 32).
+    """The Token Pyramid Module (Sec. 3.1): images -> 4 maps, finest first (strides 4, 8, 16, 32).
 
     ``forward`` takes (B, 3, H, W) and returns the outputs of the blocks in
     ``pyramid_indices``, described by ``feature_info``. Any input size works
@@ -440,7 +447,7 @@ class TopFormer(nn.Module):
             )
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """(B, 3, H, W) -> (pyramid maps fine to coarse, global tokens (B, sum(C_i), h, w))."""
+        """(B, 3, H, W) -> (pyramid maps finest first, global tokens (B, sum(C_i), h, w))."""
         check_image_batch(x, self.in_chans)
         self._check_size(x)
         pyramid = self.tpm(x)
@@ -468,10 +475,7 @@ class TopFormer(nn.Module):
 def _init_weights(m: nn.Module) -> None:
     """TopFormer's init: He-normal on fan-out for convs, BN (1, 0), linear normal(0, 0.01)."""
     if isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        init_conv_fan_out(m)
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)

@@ -3,7 +3,7 @@
 A head is built from the ``feature_info`` of the last feature producer
 (backbone, add-on or neck) and names the strides it reads, so a head never
 depends on how many maps a backbone returns or in which position a stride
-sits (the feature contract: maps fine to coarse, each described by
+sits (the feature contract: maps finest first, each described by
 ``{"chs", "reduction", "module"}``).
 """
 
@@ -26,7 +26,7 @@ class DecodeHead(nn.Module):
     ``conv_seg`` as in mmsegmentation so that its checkpoints load.
 
     Args:
-        feature_info: the producer's ``feature_info`` (fine to coarse).
+        feature_info: the producer's ``feature_info`` (finest first).
         num_classes: classes K.
         in_strides: strides of the maps the head reads; each must be in
             ``feature_info`` (``ValueError`` listing the strides there if not).
@@ -57,7 +57,7 @@ class DecodeHead(nn.Module):
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
     def select(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """The maps this head reads, from the producer's full list (fine to coarse)."""
+        """The maps this head reads, from the producer's full list (finest first)."""
         if len(features) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.num_features} feature maps, got {len(features)}; "

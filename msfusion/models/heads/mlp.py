@@ -35,7 +35,7 @@ __all__ = ["MLPHead"]
 class MLPHead(DecodeHead):
     """SegFormer's all-MLP decoder (Fig. 3a).
 
-    Input: the producer's feature list, fine to coarse. Output: logits
+    Input: the producer's feature list, finest first. Output: logits
     (B, num_classes, H_0, W_0) at the finest selected map's resolution
     (H/4, W/4 with the default four strides).
 

@@ -45,7 +45,7 @@ class MSCAContext(SpatialAttention):
 class MSCAHead(LightHamHead):
     """SegNeXt's decoder (Fig. 3c) with MSCA as the context module (appendix Table 2).
 
-    Input: the backbone's feature list (fine to coarse). Output: logits
+    Input: the backbone's feature list (finest first). Output: logits
     (B, num_classes, h, w) at the first selected stage's resolution (1/8).
     Stages are resized to that size, concatenated, squeezed (1x1 + GN + ReLU),
     passed through ``MSCAContext`` (kept under the key ``hamburger``, as every

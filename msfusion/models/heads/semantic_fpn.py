@@ -43,13 +43,13 @@ class SemanticFPNHead(DecodeHead):
     fuse with a 25x33 one goes straight to 25x33); for even sizes this is the
     same as the paper's 2x.
 
-    Input: the producer's full list (fine to coarse). Output: logits
+    Input: the producer's full list (finest first). Output: logits
     (B, num_classes, H_0, W_0) at the first selected stride (1/4).
 
     Args:
         feature_info: the producer's ``feature_info`` (usually an FPN's).
         num_classes: classes K.
-        in_strides: strides read, fine to coarse; each a power-of-two multiple
+        in_strides: strides read, finest first; each a power-of-two multiple
             of the first (default 4, 8, 16, 32 as the paper).
         channels: width of every stage (128 in the paper).
         dropout: Dropout2d probability before ``conv_seg``.
@@ -76,7 +76,7 @@ class SemanticFPNHead(DecodeHead):
             ratio = s / base
             if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
                 raise ValueError(
-                    f"SemanticFPNHead: every stride must be a power-of-two multiple of the first, fine to coarse; "
+                    f"SemanticFPNHead: every stride must be a power-of-two multiple of the first, finest first; "
                     f"got in_strides {list(self.in_strides)}"
                 )
             steps.append(round(math.log2(ratio)))

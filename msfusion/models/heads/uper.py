@@ -70,7 +70,7 @@ class PPM(nn.ModuleList):
 class UPerHead(DecodeHead):
     """UperNet head: PPM on the coarsest selected map, then FPN top-down fusion.
 
-    Forward, for selected inputs ``x_0 .. x_{L-1}`` (fine to coarse):
+    Forward, for selected inputs ``x_0 .. x_{L-1}`` (finest first):
 
     1. laterals ``l_i = lateral_convs[i](x_i)`` (1x1) for i < L-1, and
        ``l_{L-1} = bottleneck(cat[x_{L-1}, PPM(x_{L-1})])`` (3x3);
@@ -89,7 +89,7 @@ class UPerHead(DecodeHead):
     Args:
         feature_info: the producer's ``feature_info``.
         num_classes: classes K.
-        in_strides: strides read, fine to coarse (default 4, 8, 16, 32).
+        in_strides: strides read, finest first (default 4, 8, 16, 32).
         channels: width of every branch (512 in the official configs).
         pool_scales: output sizes of the PPM's adaptive pools.
         dropout: Dropout2d probability before ``conv_seg``.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from msfusion.models.detector import DetectorBackbone
+from msfusion.models.meta_arch.detector import DetectorBackbone
 
 __all__ = ["rpn_anchors", "retina_anchors", "fcos_anchors", "roi_pool"]
 

@@ -1,12 +1,18 @@
-"""Cascade R-CNN and Cascade Mask R-CNN on msfusion's feature chain (arXiv 1712.00726; ``msfusion.models.cascade_rcnn``)."""
+"""Cascade R-CNN and Cascade Mask R-CNN on msfusion's feature chain (arXiv 1712.00726; ``msfusion.models.meta_arch.cascade_rcnn``)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from msfusion.models.cascade_rcnn import CascadeRCNN
-from msfusion.models.detector import DETECTOR_ARCHS, DetectorArgs, DetectorBackbone, DetectorComplexity, TorchvisionArch
 from msfusion.models.meta_arch.anchors import roi_pool, rpn_anchors
+from msfusion.models.meta_arch.cascade_rcnn import CascadeRCNN
+from msfusion.models.meta_arch.detector import (
+    DETECTOR_ARCHS,
+    DetectorArgs,
+    DetectorBackbone,
+    DetectorComplexity,
+    TorchvisionArch,
+)
 
 __all__ = ["CascadeRCNNArch", "CascadeMaskRCNNArch"]
 

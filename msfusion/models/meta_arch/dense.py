@@ -14,8 +14,14 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.fcos import FCOSHead
 
-from msfusion.models.detector import DETECTOR_ARCHS, DetectorArgs, DetectorBackbone, DetectorComplexity, TorchvisionArch
 from msfusion.models.meta_arch.anchors import fcos_anchors, retina_anchors
+from msfusion.models.meta_arch.detector import (
+    DETECTOR_ARCHS,
+    DetectorArgs,
+    DetectorBackbone,
+    DetectorComplexity,
+    TorchvisionArch,
+)
 
 __all__ = ["RetinaNetArch", "FCOSArch"]
 

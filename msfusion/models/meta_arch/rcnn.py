@@ -15,8 +15,14 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-from msfusion.models.detector import DETECTOR_ARCHS, DetectorArgs, DetectorBackbone, DetectorComplexity, TorchvisionArch
 from msfusion.models.meta_arch.anchors import roi_pool, rpn_anchors
+from msfusion.models.meta_arch.detector import (
+    DETECTOR_ARCHS,
+    DetectorArgs,
+    DetectorBackbone,
+    DetectorComplexity,
+    TorchvisionArch,
+)
 
 __all__ = ["FasterRCNNArch", "MaskRCNNArch"]
 

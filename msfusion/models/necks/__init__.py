@@ -1,13 +1,13 @@
-"""Necks: feature pyramids that take and return ``list[Tensor]`` fine to coarse.
+"""Necks: feature pyramids that take and return ``list[Tensor]`` finest first.
 
 ``FPN`` (Lin et al., arXiv 1612.03144) and ``PAN`` (Liu et al., arXiv
 1803.01534) are registered by name (kind ``"neck"``: ``"fpn"``, ``"pan"``) and
 built from a producer's ``feature_info``. Every top-down fusion step calls an
 alignment hook ``align(low, high) -> low`` (identity by default; FINE with
-``fine=True``), see ``msfusion.models.necks.align``.
+``fine=True``), see ``msfusion.models.align.hook``.
 """
 
-from msfusion.models.necks.align import ALIGNS, IdentityAlign, align_per_level, build_align, register_align
+from msfusion.models.align.hook import ALIGNS, IdentityAlign, align_per_level, build_align, register_align
 from msfusion.models.necks.fpn import FPN
 from msfusion.models.necks.pan import PAN
 

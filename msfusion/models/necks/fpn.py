@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo, check_feature_info, indices_for_strides
-from msfusion.models.necks.align import AlignSpec, align_per_level, build_align
+from msfusion.models.align.hook import AlignSpec, align_per_level, build_align
 from msfusion.registry import register_model
 
 __all__ = ["FPN", "checkpoint_filter_fn"]
@@ -55,7 +55,7 @@ def _is_tracing() -> bool:
 class FPN(nn.Module):
     """Feature Pyramid Network (Lin et al., arXiv 1612.03144, Sec. 3).
 
-    Forward, for selected inputs ``C_0 .. C_{L-1}`` (fine to coarse):
+    Forward, for selected inputs ``C_0 .. C_{L-1}`` (finest first):
 
     1. laterals ``l_i = lateral_convs[i](C_i)`` (1x1, ``out_chs`` channels);
     2. top-down, for i = L-2 .. 0, with ``t_{L-1} = l_{L-1}``::
@@ -78,9 +78,9 @@ class FPN(nn.Module):
     work (a 97x131 image gives 25x33, 13x17, 7x9, 4x5 maps on a ResNet).
 
     Args:
-        feature_info: the producer's ``feature_info`` (fine to coarse).
+        feature_info: the producer's ``feature_info`` (finest first).
         out_chs: channels of every output (256 in the paper).
-        in_strides: strides of the maps fused, fine to coarse. By default
+        in_strides: strides of the maps fused, finest first. By default
             every level of stride 4 or more: the paper leaves the stride-2
             conv1 map out of the pyramid for its memory footprint (Sec. 4.1),
             and timm backbones return that map first. Each stride must be in
@@ -138,7 +138,7 @@ class FPN(nn.Module):
             strides = [int(s) for s in in_strides]
         self.in_index = indices_for_strides(info, strides, owner)
         if any(b <= a for a, b in zip(strides, strides[1:], strict=False)):
-            raise ValueError(f"{owner}: in_strides {strides} must increase strictly (fine to coarse)")
+            raise ValueError(f"{owner}: in_strides {strides} must increase strictly (finest first)")
         if extra_type not in EXTRA_TYPES:
             raise ValueError(f"{owner}: extra_type must be one of {EXTRA_TYPES}, got {extra_type!r}")
         if extra_source not in EXTRA_SOURCES:
@@ -203,7 +203,7 @@ class FPN(nn.Module):
         if not isinstance(features, (list, tuple)) or len(features) != self.num_inputs:
             got = f"{len(features)} maps" if isinstance(features, (list, tuple)) else f"a {type(features).__name__}"
             raise ValueError(
-                f"{owner} was built for a list of {self.num_inputs} feature maps (fine to coarse), got {got}; "
+                f"{owner} was built for a list of {self.num_inputs} feature maps (finest first), got {got}; "
                 "feed it the output of the producer whose feature_info built it"
             )
         inputs = [features[i] for i in self.in_index]
@@ -213,7 +213,7 @@ class FPN(nn.Module):
             if x.dim() != 4 or x.shape[1] != chs:
                 raise ValueError(
                     f"{owner}: the stride-{stride} level (features[{i}]) should be (B, {chs}, H, W) as its "
-                    f"feature_info says, got shape {tuple(x.shape)}. Is the list ordered fine to coarse, and "
+                    f"feature_info says, got shape {tuple(x.shape)}. Is the list ordered finest first, and "
                     "was the neck built from this producer's feature_info?"
                 )
         for k in range(1, len(inputs)):
@@ -221,12 +221,12 @@ class FPN(nn.Module):
             if coarse_size[0] > fine_size[0] or coarse_size[1] > fine_size[1]:
                 raise ValueError(
                     f"{owner}: the stride-{self.in_strides[k]} map {coarse_size} is larger than the "
-                    f"stride-{self.in_strides[k - 1]} map {fine_size}; feature lists must be ordered fine to coarse"
+                    f"stride-{self.in_strides[k - 1]} map {fine_size}; feature lists must be ordered finest first"
                 )
         return inputs
 
     def forward_top_down(self, inputs: Sequence[Tensor]) -> list[Tensor]:
-        """Selected inputs ``C_i`` (B, C_i, H_i, W_i) -> ``P_i`` (B, out_chs, H_i, W_i), fine to coarse."""
+        """Selected inputs ``C_i`` (B, C_i, H_i, W_i) -> ``P_i`` (B, out_chs, H_i, W_i), finest first."""
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs, strict=True)]
         top_down = laterals[-1]
         merged = [top_down]
@@ -254,7 +254,7 @@ class FPN(nn.Module):
         return extra
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """Producer features (full list, fine to coarse) -> ``len(feature_info)`` maps (B, out_chs, ., .)."""
+        """Producer features (full list, finest first) -> ``len(feature_info)`` maps (B, out_chs, ., .)."""
         inputs = self.select(features)
         outs = self.forward_top_down(inputs)
         return outs + self.forward_extra(outs, inputs)

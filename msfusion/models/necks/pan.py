@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo
-from msfusion.models.necks.align import AlignSpec
+from msfusion.models.align.hook import AlignSpec
 from msfusion.models.necks.fpn import FPN, _init_weights
 from msfusion.registry import register_model
 
@@ -47,8 +47,8 @@ class PAN(FPN):
     ``P_{i+1}``'s size by nearest resizing); then the extra levels from
     ``N_{L-1}`` (or from the coarsest input with ``extra_source="c5"``).
 
-    Input: the producer's full list (fine to coarse). Output:
-    ``len(feature_info)`` maps (B, out_chs, H_i, W_i), fine to coarse.
+    Input: the producer's full list (finest first). Output:
+    ``len(feature_info)`` maps (B, out_chs, H_i, W_i), finest first.
 
     Args:
         feature_info, out_chs, in_strides, extra_levels, extra_type,
@@ -95,7 +95,7 @@ class PAN(FPN):
         self.feature_info = self._output_info(["fpn_convs.0"] + [f"pafpn_convs.{i}" for i in range(steps)])
 
     def forward_bottom_up(self, pyramid: Sequence[Tensor]) -> list[Tensor]:
-        """FPN outputs ``P_i`` -> ``N_i``, same shapes (B, out_chs, H_i, W_i), fine to coarse."""
+        """FPN outputs ``P_i`` -> ``N_i``, same shapes (B, out_chs, H_i, W_i), finest first."""
         outs = [pyramid[0]]
         for i, (down, conv) in enumerate(zip(self.downsample_convs, self.pafpn_convs, strict=True)):
             lateral = pyramid[i + 1]
@@ -106,7 +106,7 @@ class PAN(FPN):
         return outs
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """Producer features (full list, fine to coarse) -> ``len(feature_info)`` maps (B, out_chs, ., .)."""
+        """Producer features (full list, finest first) -> ``len(feature_info)`` maps (B, out_chs, ., .)."""
         inputs = self.select(features)
         outs = self.forward_bottom_up(self.forward_top_down(inputs))
         return outs + self.forward_extra(outs, inputs)
