@@ -246,7 +246,7 @@ def detector_family(model: nn.Module) -> str | None:
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     # The DETR / YOLO modules import optional extras; a model of theirs means they are loaded already.
-    detr, yolo = sys.modules.get("msfusion.models.detr"), sys.modules.get("msfusion.models.yolo")
+    detr, yolo = sys.modules.get("msfusion.models.meta_arch.detr"), sys.modules.get("msfusion.models.meta_arch.yolo")
     if detr is not None and isinstance(model, detr.DetrDetector):
         return "deformable_detr" if model.arch == "deformable_detr" else "rt_detr"
     if yolo is not None and isinstance(model, yolo.YoloDetector):

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from msfusion.engine.detection import COCO_STATS
-from msfusion.engine.segmentation_metrics import confusion_matrix, metrics_from_confusion
 from msfusion.engine.panoptic_metrics import PanopticQuality
+from msfusion.engine.segmentation_metrics import confusion_matrix, metrics_from_confusion
 from msfusion.engine.visualize import (
     CURVE_METRICS,
     colorize,

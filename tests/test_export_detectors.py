@@ -15,11 +15,11 @@ import fnmatch
 import numpy as np
 import pytest
 import torch
+from msfusion.models.meta_arch.detector import build_detector
 from torch import nn
 
 import msfusion
 from msfusion.export import DETECTOR_DYNAMIC, check_detections, detector_family, export_onnx
-from msfusion.models.detector import build_detector
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -154,7 +154,7 @@ def test_deformable_detr_exports_at_a_fixed_image_size(tmp_path):
 def test_yolo_exports_through_ultralytics(tmp_path, monkeypatch):
     pytest.importorskip("ultralytics")
     monkeypatch.setenv("YOLO_OFFLINE", "1")
-    from msfusion.models.yolo import build_yolo_detector
+    from msfusion.models.meta_arch.yolo import build_yolo_detector
 
     torch.manual_seed(0)
     model = build_yolo_detector("yolov8n", num_classes=4, image_size=64)

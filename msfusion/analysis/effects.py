@@ -479,7 +479,7 @@ def _complexity(model: torch.nn.Module, task: str, size: int) -> tuple[int, int]
 
     counted = model
     if task == "detection":
-        from msfusion.models.detector import DetectorComplexity
+        from msfusion.models.meta_arch.detector import DetectorComplexity
 
         counted = DetectorComplexity(model)
     was_training = model.training

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Evaluation", "Predictions", "check_category_ids", "check_class_names", "evaluate", "predict", "resolve_recipe", "train"]
+__all__ = [
+    "Evaluation",
+    "Predictions",
+    "check_category_ids",
+    "check_class_names",
+    "evaluate",
+    "predict",
+    "resolve_recipe",
+    "train",
+]
 
 
 def resolve_recipe(

@@ -103,7 +103,7 @@ class SegmentationTask(Task):
     @staticmethod
     def compose(**kwargs: Any) -> nn.Module:
         """``model.compose`` of a segmentation recipe: ``build_segmentor(backbone=..., neck=..., head=...)``."""
-        from msfusion.models.segmentor import build_segmentor
+        from msfusion.models.meta_arch.segmentor import build_segmentor
 
         return build_segmentor(**kwargs)
 
