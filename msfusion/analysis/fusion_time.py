@@ -32,7 +32,7 @@ Presets (``first_fusion_prefixes``), used when ``before`` is None:
 Measured (meta device, no weights): ConvNeXt-S (timm, 49.45 M) with a RetinaNet
 FPN (C3-C5, 256 channels, P6 from C5 and P7; 4.47 M) gives 91.70%, the paper's
 91.7%. With a Mask R-CNN FPN (C2-C5, max-pool P6; 2.73 M) it would be 94.8%,
-so the paper's "entire FPN" is the RetinaNet neck. See ``tests/test_analysis_fusion_time.py``.
+so the paper's "entire FPN" is the RetinaNet neck. See ``tests/analysis/test_analysis_fusion_time.py``.
 """
 
 from __future__ import annotations

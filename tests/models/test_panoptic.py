@@ -336,6 +336,6 @@ def test_format_panoptic_metrics_prints_the_pq_table() -> None:
 def test_table7_recipe_loads() -> None:
     from msfusion.engine.config import load_config
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "panoptic_fpn_r50_fine_coco_panoptic.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "panoptic_fpn_r50_fine_coco_panoptic.yaml")
     assert cfg["task"] == "panoptic" and cfg["model"]["name"] == "panoptic_fpn_r50_fine"
     assert cfg["data"]["train"]["type"] == "coco_panoptic" and cfg["model"]["kwargs"]["min_size"] == 640

@@ -78,7 +78,7 @@ NOT_EXPORTED = {
     "swin_t_mscsa": "timm has no tiny Swin; Swin's shifted-window masks are built per input size in Python, so "
     "expect a fixed-shape export (exporter='torchscript_static')",
 }
-# Detectors export through routes of their own: tests/test_export_detectors.py covers every family.
+# Detectors export through routes of their own: tests/export/test_export_detectors.py covers every family.
 
 
 def _covers(pattern: str, name: str) -> bool:

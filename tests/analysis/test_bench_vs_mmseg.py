@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_mmseg.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vs_mmseg.py"
 
 
 @pytest.fixture(scope="module")
