@@ -15,11 +15,11 @@ import fnmatch
 import numpy as np
 import pytest
 import torch
-from msfusion.models.meta_arch.detector import build_detector
 from torch import nn
 
 import msfusion
 from msfusion.export import DETECTOR_DYNAMIC, check_detections, detector_family, export_onnx
+from msfusion.models.meta_arch.detector import build_detector
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from msfusion.models.meta_arch.detector import build_detector
 
 from msfusion.engine.trainer import enable_grad_checkpointing
+from msfusion.models.meta_arch.detector import build_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
