@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--quick", action="store_true", help="one seed, fewer steps (minutes; no interval, no verdict)")
     p.add_argument("--only", default=None, metavar="NAMES", help="comma-separated effects: fine,mscsa,cednet,segnext")
     p.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="cuda trains more steps and seeds by default"
+        "--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (cuda trains more steps and seeds by default)"
     )
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: 3 on CPU, 5 on CUDA, 1 quick)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the mode's)")
