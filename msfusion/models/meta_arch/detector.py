@@ -48,6 +48,7 @@ multiple of 32 (or of the backbone's ``size_divisor``).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -198,7 +199,7 @@ class DetectorArgs:
 DETECTOR_ARCHS = Registry("detector architecture")
 
 
-class TorchvisionArch:
+class TorchvisionArch(ABC):
     """A torchvision-style detection architecture on msfusion's feature chain.
 
     ``__call__(arch, args)`` builds the chain as a ``DetectorBackbone`` with the
@@ -224,13 +225,13 @@ class TorchvisionArch:
     predicts_masks: bool = False
     options: tuple[str, ...] = ()
 
+    @abstractmethod
     def make(self, body: DetectorBackbone, args: DetectorArgs, transform: dict[str, Any]) -> nn.Module:
         """The detector on ``body``; ``transform`` holds torchvision's resize/normalise arguments."""
-        raise NotImplementedError(f"{type(self).__name__} must implement make()")
 
+    @abstractmethod
     def complexity(self, counter: DetectorComplexity, feats: list[Tensor]) -> list[Tensor]:
         """The heads' fixed-cost forward for ``count_macs`` (see ``DetectorComplexity``)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement complexity()")
 
     def neck_defaults(self, info: Sequence[dict]) -> dict[str, Any]:
         """The neck arguments of the detector papers / torchvision builders on ``info``."""
