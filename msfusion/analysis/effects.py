@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 BENCHMARK = "msfusion effects"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: runs keyed by task and arm (a shared arm trains once)
 CONFIG_FILE = "effects_config.json"
 
 
@@ -541,8 +541,14 @@ def _finite_or_none(value: float) -> float | None:
 # ---- the report folder -------------------------------------------------------------------------
 
 
+def _run_key(pair: Pair, arm: Arm, seed: int) -> str:
+    # Keyed by the arm, not the pair: an arm two pairs share (FINE's and MSCSA's Semantic FPN R18 baseline)
+    # trains once per seed and serves both (PAIRS gives one model per arm name and task: a test checks it).
+    return f"{pair.task}.{arm.name}.s{seed}"
+
+
 def _run_path(out_dir: Path, pair: Pair, arm: Arm, seed: int) -> Path:
-    return out_dir / "runs" / f"{pair.key}.{arm.name}.s{seed}.json"
+    return out_dir / "runs" / f"{_run_key(pair, arm, seed)}.json"
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -672,9 +678,14 @@ def run_effects(
     names = parse_effects(effects)
     chosen = list(pairs) if pairs is not None else [p for n in names for p in EFFECTS[n]]
     prepare_out_dir(out_dir, budget, overwrite)
-    jobs = [
-        (pair, arm, seed) for pair in chosen for seed in range(budget.seeds) for arm in (pair.baseline, pair.treatment)
-    ]
+    jobs = list(
+        {
+            _run_key(pair, arm, seed): (pair, arm, seed)
+            for pair in chosen
+            for seed in range(budget.seeds)
+            for arm in (pair.baseline, pair.treatment)
+        }.values()
+    )
     todo = [job for job in jobs if not _run_path(out_dir, *job).exists()]
     bar = None
     if progress:
@@ -692,7 +703,7 @@ def run_effects(
         for done, (pair, arm, seed) in enumerate(todo):
             if bar is not None:
                 bar.set_postfix_str(f"{pair.key}: {arm.name} seed {seed} ({done + 1}/{len(todo)} to train)")
-            work_dir = out_dir / "work" / f"{pair.key}.{arm.name}.s{seed}"
+            work_dir = out_dir / "work" / _run_key(pair, arm, seed)
             recipe = arm_recipe(pair, arm, budget, seed, work_dir)
             result = train_arm(recipe, on_step=bar.update if bar is not None else None)
             record = {"pair": pair.key, "arm": arm.name, "seed": seed, "recipe": recipe, **result}

@@ -52,15 +52,15 @@ def test_tiny_budget_writes_a_complete_report(tmp_path):
     assert pair["verdict"] == "undecided" and "one seed" in pair["text"]
     assert report["trained_now"] == 2 and report["reused"] == 0
     assert (tmp_path / "effects.png").stat().st_size > 10_000
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny.tiny_a.s0.json", "tiny.tiny_b.s0.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["segmentation.tiny_a.s0.json", "segmentation.tiny_b.s0.json"]
     assert not (tmp_path / "work").exists()  # weights are not kept, results are
     assert "tiny A" in E.format_report(report)
 
 
 def test_resume_skips_finished_arms_and_never_retrains(tmp_path, monkeypatch):
     _run(tmp_path)
-    kept = (tmp_path / "runs" / "tiny.tiny_a.s0.json").read_text()
-    (tmp_path / "runs" / "tiny.tiny_b.s0.json").unlink()  # as if interrupted during the second model
+    kept = (tmp_path / "runs" / "segmentation.tiny_a.s0.json").read_text()
+    (tmp_path / "runs" / "segmentation.tiny_b.s0.json").unlink()  # as if interrupted during the second model
     trained = []
     real = E.train_arm
 
@@ -72,7 +72,7 @@ def test_resume_skips_finished_arms_and_never_retrains(tmp_path, monkeypatch):
     report = _run(tmp_path)
     assert trained == ["fpn"]  # only the missing treatment run
     assert report["trained_now"] == 1 and report["reused"] == 1
-    assert (tmp_path / "runs" / "tiny.tiny_a.s0.json").read_text() == kept
+    assert (tmp_path / "runs" / "segmentation.tiny_a.s0.json").read_text() == kept
     trained.clear()
     _run(tmp_path)  # everything there: nothing trains
     assert trained == []
@@ -131,10 +131,10 @@ def test_output_folder_of_another_benchmark_or_configuration_is_refused(tmp_path
     mine = tmp_path / "mine"
     E.prepare_out_dir(mine, TINY_BUDGET, overwrite=False)
     (mine / "runs").mkdir()
-    (mine / "runs" / "tiny.tiny_a.s0.json").write_text("{}")
+    (mine / "runs" / "segmentation.tiny_a.s0.json").write_text("{}")
     E.prepare_out_dir(mine, TINY_BUDGET, overwrite=False)  # the same configuration resumes
     E.prepare_out_dir(mine, TINY_BUDGET, overwrite=True)  # ... even with --overwrite: results are never lost
-    assert (mine / "runs" / "tiny.tiny_a.s0.json").exists()
+    assert (mine / "runs" / "segmentation.tiny_a.s0.json").exists()
     more_steps = E.Budget(**{**TINY_BUDGET.__dict__, "steps": 3})
     with pytest.raises(ValueError, match="another configuration.*steps"):
         E.prepare_out_dir(mine, more_steps, overwrite=False)
@@ -185,3 +185,30 @@ def test_hard_shapes_variant_takes_colour_away_and_adds_tiny_objects():
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # generated from the seed
     with pytest.raises(ValueError, match="variant must be one of"):
         ShapesDataset(variant="harder")
+
+
+def test_an_arm_shared_by_two_pairs_trains_once_per_seed(tmp_path, monkeypatch):
+    import dataclasses
+
+    other = dataclasses.replace(TINY, key="tiny2", title="the same baseline, another treatment")
+    other = dataclasses.replace(other, treatment=E.Arm("tiny_c", "tiny C", TINY.baseline.model))
+    trained = []
+    real = E.train_arm
+
+    def counting(recipe, on_step=None):
+        trained.append(recipe["train"]["work_dir"])
+        return real(recipe, on_step)
+
+    monkeypatch.setattr(E, "train_arm", counting)
+    report = E.run_effects(tmp_path, budget=TINY_BUDGET, pairs=[TINY, other], progress=False)
+    assert len(trained) == 3  # tiny_a (shared), tiny_b, tiny_c
+    assert report["pairs"][0]["arms"]["baseline"]["scores"] == report["pairs"][1]["arms"]["baseline"]["scores"]
+
+
+def test_pairs_give_one_model_per_arm_name():
+    """Runs are keyed by task and arm name, so two arms of that name must be the same model."""
+    seen: dict[tuple[str, str], dict] = {}
+    for pair in E.PAIRS:
+        for arm in (pair.baseline, pair.treatment):
+            assert seen.setdefault((pair.task, arm.name), arm.model) == arm.model, arm.name
+    assert ("segmentation", "semfpn_r18") in seen  # the arm FINE's and MSCSA's pairs share
