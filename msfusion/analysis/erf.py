@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from msfusion.analysis.figures import clip_for_display, save_figure
 from msfusion.models.align.fine import DOWNSAMPLERS, AlignmentAwareTokenSampling, default_kernel
 
 __all__ = [
@@ -311,12 +312,6 @@ def sampled_token_erfs(
     }
 
 
-def _shown(g: Tensor | np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
-    g = g.detach().cpu().numpy() if isinstance(g, Tensor) else np.asarray(g)
-    top = float(np.percentile(g, clip_percentile)) or float(g.max()) or 1.0
-    return np.clip(g / top, 0.0, 1.0)
-
-
 def save_sampled_token_erf_figure(result: dict[str, object], path: str | Path, *, title: str = "") -> Path:
     """Write Fig. 6 as a PNG: columns r, rows the F_high token and the F_low token; a cyan X at the anchor."""
     from matplotlib.figure import Figure
@@ -336,17 +331,12 @@ def save_sampled_token_erf_figure(result: dict[str, object], path: str | Path, *
             )
         ):
             a = axes[row][col]
-            a.imshow(_shown(g), cmap="inferno", vmin=0, vmax=1)
+            a.imshow(clip_for_display(g), cmap="inferno", vmin=0, vmax=1)
             a.plot([ax_], [ay], marker="x", color="cyan", markersize=10, markeredgewidth=2.5)
             sigma, _ = fit_gaussian_sigma(g)
             a.set_title(f"r = {r}: {label}\nsigma = {sigma:.1f} px", fontsize=8)
             a.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title=title)
 
 
 def save_stage_erf_figure(
@@ -362,14 +352,9 @@ def save_stage_erf_figure(
     fig = Figure(figsize=(3.2 * len(maps), 3.2 * H / W + 0.8), layout="constrained")
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for a, g, s, sigma in zip(axes, maps, strides, sigmas, strict=True):
-        a.imshow(_shown(g), cmap="inferno", vmin=0, vmax=1)
+        a.imshow(clip_for_display(g), cmap="inferno", vmin=0, vmax=1)
         _, (mr, mc) = fit_gaussian_sigma(g)
         a.add_patch(Circle((mc, mr), sigma, fill=False, color="cyan", linewidth=1.5))
         a.set_title(f"stride {s}: sigma = {sigma:.1f} px", fontsize=9)
         a.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title=title)

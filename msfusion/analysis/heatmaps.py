@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from msfusion.analysis.figures import save_figure
 from msfusion.models.align.fine import FINE
 
 __all__ = [
@@ -293,9 +294,4 @@ def save_fine_heatmaps(
             a.set_title(f"{_TITLES[name]} (stride {stride})", fontsize=9)
         for a in axes[row]:
             a.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title=title)

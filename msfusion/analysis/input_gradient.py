@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msfusion.analysis.figures import clip_for_display, save_figure
+
 __all__ = [
     "IGNORE_INDEX",
     "important_region_area",
@@ -149,14 +151,6 @@ def important_region_area(
     return (g[None, :] > t[:, None]).float().mean(1).tolist()
 
 
-def _display_map(grad_map: np.ndarray, clip_percentile: float) -> np.ndarray:
-    """Map scaled to [0, 1] for display, clipped at a percentile (the maps are heavy-tailed)."""
-    top = float(np.percentile(grad_map, clip_percentile)) if grad_map.size else 0.0
-    if top <= 0:
-        top = float(grad_map.max()) or 1.0
-    return np.clip(grad_map / top, 0.0, 1.0)
-
-
 def save_gradient_map_figure(
     image: np.ndarray,
     grad_map: Tensor | np.ndarray,
@@ -182,7 +176,7 @@ def save_gradient_map_figure(
     g = grad_map.detach().float().cpu().numpy() if isinstance(grad_map, Tensor) else np.asarray(grad_map, np.float32)
     if g.shape != image.shape[:2]:
         raise ValueError(f"grad_map {g.shape} and image {image.shape[:2]} differ in size")
-    shown = _display_map(g, clip_percentile)
+    shown = clip_for_display(g, clip_percentile)
     h, w = g.shape
     fig = Figure(figsize=(3 * 4.0, 4.0 * h / w + 0.6), layout="constrained")
     axes = fig.subplots(1, 3)
@@ -196,12 +190,7 @@ def save_gradient_map_figure(
     for ax in axes:
         ax.set_axis_off()
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title=title)
 
 
 def save_area_curve(
@@ -241,7 +230,4 @@ def save_area_curve(
         ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

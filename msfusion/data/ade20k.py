@@ -40,12 +40,7 @@ class ADE20KDataset(PublicSegmentationDataset):
 
     @classmethod
     def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
-        if split not in _SPLITS:
-            raise ValueError(f"ADE20K split must be one of {sorted(_SPLITS)}, got {split!r}")
-        folder = _SPLITS[split]
-        root = LAYOUT.find_root(root, "images", ["ADEChallengeData2016"])
-        images = LAYOUT.list_images(root / "images" / folder, "*.jpg")
-        label_dir = LAYOUT.require_dir(root / "annotations" / folder)
+        root, folder, images, label_dir = LAYOUT.images_and_annotations(root, split, _SPLITS, ["ADEChallengeData2016"])
         labels = [label_dir / f"{image.stem}.png" for image in images]
         LAYOUT.require_files(labels)
         table = reduce_zero_label_table(len(ADE20K_CLASSES))

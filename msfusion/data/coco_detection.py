@@ -159,6 +159,40 @@ def _check_segmentation(segm: Any, height: int, width: int) -> str | None:
     return None
 
 
+def read_coco_json(path: Path, kind: str) -> dict[str, Any]:
+    """Read a COCO JSON, checking the structure both COCO formats share.
+
+    The instances and panoptic formats (Lin et al., arXiv 1405.0312, Sec. 3;
+    Kirillov et al., arXiv 1801.00868, Sec. 3) are each an object with the
+    lists ``images``, ``annotations`` and ``categories``.
+
+    Args:
+        path: the JSON file.
+        kind: ``"instances"`` or ``"panoptic"``, for the messages.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: not JSON, not an object, or one of the three lists missing.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO {kind} JSON not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{path}: a COCO {kind} JSON is an object with 'images', 'annotations' and 'categories' lists"
+        )
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(
+                f"{path}: a COCO {kind} JSON needs the {key!r} list, got "
+                f"{'nothing' if key not in data else repr(data[key])[:40]}"
+            )
+    return data
+
+
 @register_dataset("coco", task="detection")
 class COCODetection(DetectionDataset):
     """COCO-format detection dataset.
@@ -191,23 +225,7 @@ class COCODetection(DetectionDataset):
         self.annotation_file = Path(annotations)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.images_dir}")
-        if not self.annotation_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.annotation_file}")
-        try:
-            data = json.loads(self.annotation_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{self.annotation_file}: not valid JSON ({err})") from err
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"{self.annotation_file}: an instances JSON is an object with 'images', 'annotations' "
-                "and 'categories' lists"
-            )
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise ValueError(
-                    f"{self.annotation_file}: an instances JSON needs the {key!r} list, got "
-                    f"{'nothing' if key not in data else repr(data[key])[:40]}"
-                )
+        data = read_coco_json(self.annotation_file, "instances")
         if not data["annotations"]:
             raise ValueError(
                 f"{self.annotation_file}: 'annotations' is empty, so there is nothing to train on and every AP would "

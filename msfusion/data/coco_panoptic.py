@@ -21,8 +21,9 @@ pixel (crowd regions included), k in 1..S for stuff class k, 255 for void;
 the geometric transforms move it with the image, padding is void.
 ``load_panoptic(index)`` gives the untransformed ground truth for PQ.
 
-Checked when ``COCOPanoptic`` is built (the JSON): an annotation naming an
-image missing from ``images``, an image annotated twice (it would be trained
+Checked when ``COCOPanoptic`` is built (the JSON): the three lists (as for
+COCO instances, ``read_coco_json``), an annotation naming an image missing
+from ``images``, an image annotated twice (it would be trained
 and scored twice), a category id not in ``categories``, a segment listed
 twice or with a JSON ``area`` of 0. Checked for every PNG by
 ``check_labels()`` (which training runs before the first step) and again
@@ -48,6 +49,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from msfusion.data.base_dataset import boxes_from_masks
+from msfusion.data.coco_detection import read_coco_json
 from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms, to_tv_target
 from msfusion.data.image_io import read_image
@@ -250,15 +252,7 @@ class COCOPanoptic(PanopticDataset):
         for path, what in ((self.images_dir, "image folder"), (self.panoptic_dir, "panoptic PNG folder")):
             if not path.is_dir():
                 raise FileNotFoundError(f"COCO panoptic {what} not found: {path}")
-        if not self.annotation_file.is_file():
-            raise FileNotFoundError(f"COCO panoptic JSON not found: {self.annotation_file}")
-        try:
-            data = json.loads(self.annotation_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{self.annotation_file}: not valid JSON ({err})") from err
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{self.annotation_file}: a panoptic JSON needs a {key!r} list")
+        data = read_coco_json(self.annotation_file, "panoptic")
         categories = sorted(data["categories"], key=lambda c: int(c["id"]))
         if any("isthing" not in c for c in categories):
             raise ValueError(f"{self.annotation_file}: every category needs 'isthing' (1 thing, 0 stuff)")

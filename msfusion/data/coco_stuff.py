@@ -56,12 +56,7 @@ class COCOStuffDataset(PublicSegmentationDataset):
 
     @classmethod
     def find_samples(cls, root: str | Path, split: str) -> tuple[Path, str, list[SamplePaths]]:
-        if split not in _SPLITS:
-            raise ValueError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got {split!r}")
-        folder = _SPLITS[split]
-        root = LAYOUT.find_root(root, "images", ["coco_stuff164k"])
-        images = LAYOUT.list_images(root / "images" / folder, "*.jpg")
-        label_dir = LAYOUT.require_dir(root / "annotations" / folder)
+        root, folder, images, label_dir = LAYOUT.images_and_annotations(root, split, _SPLITS, ["coco_stuff164k"])
         samples, expected = [], []
         for image in images:
             converted = label_dir / f"{image.stem}_labelTrainIds.png"

@@ -8,7 +8,7 @@ expected, instead of failing later inside a DataLoader worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from msfusion.data.image_io import IMAGE_SUFFIXES
@@ -81,6 +81,36 @@ class DatasetLayout:
                 f"{self.name}: no image files matching {pattern!r} in {folder}\nExpected layout:\n{self.tree}"
             )
         return images
+
+    def images_and_annotations(
+        self, root: str | Path, split: str, folders: Mapping[str, str], wrappers: Sequence[str] = ()
+    ) -> tuple[Path, str, list[Path], Path]:
+        """A split of mmsegmentation's converted layout: ``images/<folder>/*.jpg`` beside ``annotations/<folder>/``.
+
+        ADE20K and COCO-Stuff, as mmsegmentation stores them, keep each split's
+        JPEG images in ``images/<folder>`` and its label PNGs in
+        ``annotations/<folder>``, where ``<folder>`` is the split's own name
+        (e.g. ``training``, ``val2017``).
+
+        Args:
+            root: What the user passed (see :meth:`find_root`).
+            split: The split the user asked for, a key of ``folders``.
+            folders: Split name or alias -> folder, e.g. ``{"val": "validation", "validation": "validation"}``.
+            wrappers: As :meth:`find_root`.
+
+        Returns:
+            ``(dataset folder, split folder name, sorted images, label folder)``.
+
+        Raises:
+            ValueError: ``split`` is not a key of ``folders``, or the image folder holds no image.
+            FileNotFoundError: a folder is missing.
+        """
+        if split not in folders:
+            raise ValueError(f"{self.name} split must be one of {sorted(folders)}, got {split!r}")
+        folder = folders[split]
+        root = self.find_root(root, "images", wrappers)
+        images = self.list_images(root / "images" / folder, "*.jpg")
+        return root, folder, images, self.require_dir(root / "annotations" / folder)
 
     def read_split_file(self, path: Path) -> list[str]:
         """Sample ids listed one per line in a split file such as ``train.txt``."""

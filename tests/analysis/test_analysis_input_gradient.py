@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import msfusion as mf
+from msfusion.analysis.figures import clip_for_display
 from msfusion.analysis.input_gradient import important_region_area, input_gradient_map
 from msfusion.cli import main
 
@@ -65,6 +66,18 @@ def test_important_region_area():
     areas = important_region_area(torch.rand(50, 60) ** 4, np.linspace(0, 1, 41))
     assert all(a >= b for a, b in zip(areas, areas[1:], strict=False))
     assert 0.0 <= min(areas) and max(areas) <= 1.0
+
+
+def test_clip_for_display_saturates_at_the_percentile_or_the_maximum():
+    """The ERF and input-gradient figures share one display scale (heavy-tailed maps)."""
+    heavy = np.arange(1000, dtype=np.float32)
+    shown = clip_for_display(heavy, 90.0)
+    assert shown.dtype == np.float32 and shown.max() == 1.0
+    assert np.isclose(shown[450], 450 / np.percentile(heavy, 90.0)) and (shown[900:] == 1.0).all()
+    sparse = torch.zeros(40, 40)
+    sparse[3, 4] = 2.0  # the 99.5th percentile is 0: scale by the maximum instead
+    assert np.array_equal(clip_for_display(sparse), (sparse / 2.0).numpy())
+    assert (clip_for_display(np.zeros((4, 4))) == 0).all()
 
 
 def _write_image(path, h=56, w=72):

@@ -262,6 +262,19 @@ def test_coco_stuff_maps_raw_ids_like_mmseg_converter(tmp_path: Path) -> None:
         dataset.load_raw(0)
 
 
+@pytest.mark.parametrize(("name", "folder"), [("ade20k", "training"), ("coco_stuff", "train2017")])
+def test_mmseg_layout_split_aliases_and_unknown_split(name: str, folder: str, tmp_path: Path) -> None:
+    """ADE20K and COCO-Stuff take the split or its folder name; another name is refused with the choices."""
+    fmt = FORMATS[name]
+    root = fmt.write(tmp_path)
+    by_alias, by_folder = open_dataset(fmt, root), build_dataset({"type": name, "root": str(root), "split": folder})
+    assert by_alias.split == by_folder.split == folder
+    assert [(s.image, s.label) for s in by_alias.samples] == [(s.image, s.label) for s in by_folder.samples]
+    assert len(by_alias) == 3
+    with pytest.raises(ValueError, match=r"split must be one of \[.*'train'.*\], got 'trian'"):
+        build_dataset({"type": name, "root": str(root), "split": "trian"})
+
+
 def test_isaid_decodes_raw_colour_masks(tmp_path: Path) -> None:
     fmt = FORMATS["isaid"]
     root = fmt.write(tmp_path, count=1)

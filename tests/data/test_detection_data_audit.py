@@ -165,6 +165,11 @@ def _area_zero(data: dict, ids: np.ndarray) -> np.ndarray:
     return ids
 
 
+def _categories_null(data: dict, ids: np.ndarray) -> np.ndarray:
+    data["categories"] = None
+    return ids
+
+
 BOMB = (
     '<?xml version="1.0"?><!DOCTYPE annotation [<!ENTITY a "aaaaaaaaaa">'
     + "".join(f'<!ENTITY {c} "{("&" + p + ";") * 10}">' for p, c in zip("abcdefgh", "bcdefghi", strict=True))
@@ -188,7 +193,7 @@ CASES: dict[str, tuple[Callable[[Path], dict], str, str]] = {
         lambda r: _coco(r, _set("annotations", [])), "error", r"instances\.json: 'annotations' is empty.*Point"),
     "coco_annotations_null": (
         lambda r: _coco(r, _set("annotations", None)), "error",
-        r"instances\.json: an instances JSON needs the 'annotations' list, got None"),
+        r"instances\.json: a COCO instances JSON needs the 'annotations' list, got None"),
     "coco_boxes_in_0_1_units": (
         lambda r: _coco(r, _scale_boxes), "error",
         r"image 11 \(a\.png\), annotation 1: every box .* 0-1 units.*Multiply x and width by the image width"),
@@ -263,6 +268,9 @@ CASES: dict[str, tuple[Callable[[Path], dict], str, str]] = {
     "panoptic_segment_of_area_zero": (
         lambda r: _panoptic(r, _area_zero), "error",
         r"panoptic\.json: 3\.png \(image 3\), segment 300: the JSON gives the segment an area of 0"),
+    "panoptic_categories_null": (
+        lambda r: _panoptic(r, _categories_null), "error",
+        r"panoptic\.json: a COCO panoptic JSON needs the 'categories' list, got None"),
     "panoptic_image_annotated_twice": (
         lambda r: _panoptic(r, _annotated_twice), "error",
         r"panoptic\.json: image 3 \(3\.jpg\) is annotated twice \(3\.png and 3_again\.png\)"),
