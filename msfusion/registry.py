@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -26,10 +27,10 @@ from torch import nn
 __all__ = [
     "KINDS",
     "Registry",
+    "did_you_mean",
     "PaperFigures",
     "register_model",
     "register_builder",
-    "find_builders",
     "register_fallback",
     "list_models",
     "model_kind",
@@ -47,8 +48,10 @@ class Registry:
     """A name -> object table for one role that is not a model (detectron2's ``Registry``).
 
     Used for what a recipe or a builder names by a string: detector
-    architectures (``msfusion.models.meta_arch``). Lookups of unknown names
-    fail with the registered names and a did-you-mean.
+    architectures (``msfusion.models.meta_arch``), the composition builders
+    that checkpoints name, and the datasets and transform pipelines of each
+    task (``msfusion.data.registry``). Lookups of unknown names fail with the
+    registered names and a did-you-mean.
 
     Args:
         role: what the table holds, for messages (e.g. ``"detector architecture"``).
@@ -60,11 +63,17 @@ class Registry:
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str, obj: Any = None, *, aliases: Sequence[str] = ()) -> Any:
-        """Register ``obj`` under ``name`` (and ``aliases``); without ``obj``, a decorator."""
+        """Register ``obj`` under ``name`` (and ``aliases``); without ``obj``, a decorator.
+
+        Registering the same object again under its name is a no-op (a module
+        imported twice); another object under a taken name is a ``ValueError``.
+        """
 
         def wrap(target: Any) -> Any:
-            if name in self._table:
-                raise ValueError(f"{self.role} {name!r} is already registered")
+            held = self._table.get(name, target)
+            if held is not target:
+                owner = getattr(held, "__qualname__", type(held).__qualname__)
+                raise ValueError(f"{self.role} {name!r} is already registered to {owner}")
             self._table[name] = target
             for alias in aliases:
                 self._aliases[alias] = name
@@ -72,16 +81,18 @@ class Registry:
 
         return wrap(obj) if obj is not None else wrap
 
-    def canonical(self, name: str) -> str:
+    def canonical(self, name: Any) -> str:
         """The registered name that ``name`` spells (itself or an alias's target); ``ValueError`` if none."""
-        name = self._aliases.get(name, name)
-        if name not in self._table:
-            close = difflib.get_close_matches(str(name), list(self._table), n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"unknown {self.role} {name!r}; choose one of {self.names()}.{hint}")
+        if isinstance(name, str):
+            name = self._aliases.get(name, name)
+        if not isinstance(name, str) or name not in self._table:
+            # A recipe may hold anything here (a list, None): name it in the error instead of a TypeError.
+            raise ValueError(
+                f"unknown {self.role} {name!r}; choose one of {self.names()}." + did_you_mean(name, self._table)
+            )
         return name
 
-    def get(self, name: str) -> Any:
+    def get(self, name: Any) -> Any:
         """The object registered under ``name`` or one of its aliases."""
         return self._table[self.canonical(name)]
 
@@ -89,8 +100,18 @@ class Registry:
         """Registered names, sorted."""
         return sorted(self._table)
 
+    def as_mapping(self) -> Mapping[str, Any]:
+        """The registered objects by name: a read-only live view (later registrations show; aliases do not)."""
+        return MappingProxyType(self._table)
+
     def __contains__(self, name: object) -> bool:
         return name in self._table or name in self._aliases
+
+
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """``" Did you mean 'x'?"`` (up to three close matches of ``word`` among ``choices``), or ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,7 @@ _paper: dict[str, PaperFigures] = {}
 # Composition builders (``build_segmentor``, ``build_classifier``, ...) that
 # checkpoints of composed models name; they register themselves, so the
 # registry never imports the modules that define them.
-_builders: dict[str, Callable[..., nn.Module]] = {}
+_builders = Registry("composition builder")
 # Fallbacks for names that are not registered (the timm adapter registers one).
 _fallbacks: list[Callable[..., nn.Module | None]] = []
 # Segmentors and detectors name the backbone a user should build for features.
@@ -168,12 +189,7 @@ def register_model(
 
 def register_builder(name: str, fn: Callable[..., nn.Module]) -> None:
     """Register a composition function (e.g. ``build_segmentor``) that checkpoints can name."""
-    _builders[name] = fn
-
-
-def find_builders(prefix: str) -> dict[str, Callable[..., nn.Module]]:
-    """The registered composition builders whose names start with ``prefix``."""
-    return {name: fn for name, fn in _builders.items() if name.startswith(prefix)}
+    _builders.register(name, fn)
 
 
 def register_fallback(fn: Callable[..., nn.Module | None]) -> None:
@@ -382,9 +398,7 @@ def rebuild_model(cfg: dict[str, Any], **overrides: Any) -> nn.Module:
         raise ValueError(f"this model cannot be rebuilt from its description: {kwargs['__unrecordable__']}")
     kwargs.update(overrides)
     if "builder" in cfg:
-        if cfg["builder"] not in _builders:
-            raise ValueError(f"unknown composition builder {cfg['builder']!r}; known: {sorted(_builders)}")
-        return _builders[cfg["builder"]](**kwargs)
+        return _builders.get(cfg["builder"])(**kwargs)
     return create_model(cfg["name"], **kwargs)
 
 

@@ -19,18 +19,20 @@ that task and a did-you-mean; an unknown constructor key fails with the
 allowed keys (:func:`check_keys`), so a typo in a recipe never falls back to
 a default.
 
-This module imports nothing of ``msfusion``: the dataset modules import it to
-register, and ``msfusion.data`` imports every built-in dataset module, so
-``import msfusion.data`` fills the registry.
+Each table is a :class:`msfusion.registry.Registry`, the name table the
+detector architectures and composition builders use too. This module imports
+nothing else of ``msfusion``: the dataset modules import it to register, and
+``msfusion.data`` imports every built-in dataset module, so ``import
+msfusion.data`` fills the registry.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, TypeVar
+
+from msfusion.registry import Registry, did_you_mean
 
 __all__ = [
     "TASKS",
@@ -50,40 +52,17 @@ TASKS = ("segmentation", "detection", "panoptic")
 
 T = TypeVar("T", bound=Callable[..., Any])
 
-_DATASETS: dict[str, dict[str, Callable[..., Any]]] = {task: {} for task in TASKS}
-_TRANSFORMS: dict[str, dict[str, Callable[..., Any]]] = {task: {} for task in TASKS}
+
+def _per_task(role: str) -> Registry:
+    """A registry of tasks holding one ``role`` registry each, so an unknown task fails like an unknown name."""
+    tasks = Registry("task")
+    for task in TASKS:
+        tasks.register(task, Registry(f"{task} {role} type"))
+    return tasks
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def _table(tables: dict[str, dict[str, Callable[..., Any]]], task: str) -> dict[str, Callable[..., Any]]:
-    if task not in tables:
-        raise ValueError(f"unknown task {task!r}; choose one of {list(TASKS)}." + _suggest(str(task), TASKS))
-    return tables[task]
-
-
-def _register(tables: dict[str, dict[str, Callable[..., Any]]], role: str, name: str, task: str) -> Callable[[T], T]:
-    table = _table(tables, task)
-
-    def decorator(obj: T) -> T:
-        if name in table and table[name] is not obj:
-            raise ValueError(f"{task} {role} type {name!r} is already registered to {table[name].__qualname__}")
-        table[name] = obj
-        return obj
-
-    return decorator
-
-
-def _get(tables: dict[str, dict[str, Callable[..., Any]]], role: str, name: Any, task: str) -> Callable[..., Any]:
-    table = _table(tables, task)
-    if name not in table:
-        raise ValueError(
-            f"unknown {task} {role} type {name!r}; choose one of {sorted(table)}." + _suggest(str(name), list(table))
-        )
-    return table[name]
+_DATASETS = _per_task("dataset")
+_TRANSFORMS = _per_task("transforms")
 
 
 def register_dataset(name: str, task: str = "segmentation") -> Callable[[T], T]:
@@ -93,27 +72,27 @@ def register_dataset(name: str, task: str = "segmentation") -> Callable[[T], T]:
         ValueError: ``task`` is not one of :data:`TASKS`, or ``name`` is
             already registered for ``task`` to another class.
     """
-    return _register(_DATASETS, "dataset", name, task)
+    return _DATASETS.get(task).register(name)
 
 
 def register_transform(name: str, task: str = "segmentation") -> Callable[[T], T]:
     """Function decorator: make a pipeline builder usable as ``transforms: {type: name, ...}`` in ``task``."""
-    return _register(_TRANSFORMS, "transforms", name, task)
+    return _TRANSFORMS.get(task).register(name)
 
 
 def dataset_types(task: str) -> tuple[str, ...]:
     """The registered dataset types of ``task``, sorted."""
-    return tuple(sorted(_table(_DATASETS, task)))
+    return tuple(_DATASETS.get(task).names())
 
 
 def datasets(task: str) -> Mapping[str, Callable[..., Any]]:
     """The registered datasets of ``task`` by type: a read-only live view (later registrations show)."""
-    return MappingProxyType(_table(_DATASETS, task))
+    return _DATASETS.get(task).as_mapping()
 
 
 def transform_types(task: str) -> tuple[str, ...]:
     """The registered pipeline names of ``task``, sorted."""
-    return tuple(sorted(_table(_TRANSFORMS, task)))
+    return tuple(_TRANSFORMS.get(task).names())
 
 
 def get_dataset(name: Any, task: str = "segmentation") -> Callable[..., Any]:
@@ -122,12 +101,12 @@ def get_dataset(name: Any, task: str = "segmentation") -> Callable[..., Any]:
     Raises:
         ValueError: unknown name, listing the registered ones with a did-you-mean.
     """
-    return _get(_DATASETS, "dataset", name, task)
+    return _DATASETS.get(task).get(name)
 
 
 def get_transform(name: Any, task: str = "segmentation") -> Callable[..., Any]:
     """The pipeline builder registered as ``name`` for ``task`` (``ValueError`` listing them if unknown)."""
-    return _get(_TRANSFORMS, "transforms", name, task)
+    return _TRANSFORMS.get(task).get(name)
 
 
 def check_keys(
@@ -137,7 +116,7 @@ def check_keys(
     allowed = [p for p in inspect.signature(factory).parameters if p not in exclude]
     for key in kwargs:
         if key not in allowed:
-            raise ValueError(f"unknown key {key!r} for {kind}; allowed keys: {allowed}." + _suggest(key, allowed))
+            raise ValueError(f"unknown key {key!r} for {kind}; allowed keys: {allowed}." + did_you_mean(key, allowed))
 
 
 def build_transforms(cfg: Mapping[str, Any], task: str = "segmentation", default: str | None = None) -> Any:

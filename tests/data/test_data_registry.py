@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -100,10 +102,27 @@ def test_a_registered_dataset_is_buildable_by_name() -> None:
         assert "tiny_test_only" in DATASET_TYPES  # the package's view follows the registry
         dataset = build_dataset({"type": "tiny_test_only", "size": 6})
         assert dataset[0]["image"].shape == (3, 6, 6)
-        with pytest.raises(ValueError, match="already registered"):
+        assert register_dataset("tiny_test_only")(Tiny) is Tiny  # the same class again (a re-import): a no-op
+        with pytest.raises(
+            ValueError, match="segmentation dataset type 'tiny_test_only' is already registered to .*Tiny"
+        ):
             register_dataset("tiny_test_only")(SegmentationDataset)
     finally:
-        registry._DATASETS["segmentation"].pop("tiny_test_only")
+        registry._DATASETS.get("segmentation")._table.pop("tiny_test_only")
+    assert "tiny_test_only" not in DATASET_TYPES
+
+
+@pytest.mark.parametrize("task", registry.TASKS)
+def test_a_type_that_is_not_a_name_is_refused_with_the_registered_ones(task: str) -> None:
+    # A YAML slip (`type: [shapes]`, `type:` left empty) used to fail as "unhashable type: 'list'".
+    for bad in (["shapes"], None, {"shapes": 1}):
+        with pytest.raises(
+            ValueError, match=rf"unknown {task} dataset type {re.escape(repr(bad))}; choose one of .*'shapes'"
+        ):
+            build_dataset({"type": bad, "num_images": 1}, task=task)
+    # Panoptic datasets run the detection pipelines.
+    with pytest.raises(ValueError, match=r"unknown (segmentation|detection) transforms type \['train'\]; choose one"):
+        build_dataset({"type": "shapes", "num_images": 1, "transforms": {"type": ["train"]}}, task=task)
 
 
 def test_boxes_from_masks_pixel_edges_and_empty_masks() -> None:

@@ -15,6 +15,7 @@ import fnmatch
 import numpy as np
 import pytest
 import torch
+from helpers import TinyBackbone
 from torch import nn
 
 import msfusion
@@ -34,23 +35,6 @@ FAMILIES = {
     "deformable_detr": ["deformable_detr_*"],
     "yolo": ["yolo*"],
 }
-
-
-class TinyBackbone(nn.Module):
-    """Four strided convs: strides 4, 8, 16, 32 with 8..32 channels (the feature contract)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        chs = (8, 16, 24, 32)
-        self.stem = nn.Conv2d(3, chs[0], 4, stride=4)
-        self.stages = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chs, chs[1:], strict=False))
-        self.feature_info = [dict(chs=c, reduction=4 * 2**i, module=f"s{i}") for i, c in enumerate(chs)]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = [torch.relu(self.stem(x))]
-        for stage in self.stages:
-            feats.append(torch.relu(stage(feats[-1])))
-        return feats
 
 
 def _torchvision_twin(arch: str) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TinyBackbone
 from torch import nn
 
 import msfusion as mf
@@ -29,23 +30,6 @@ SMALL_RCNN = dict(
     box_batch_size_per_image=16,
     box_detections_per_img=10,
 )
-
-
-class TinyBackbone(nn.Module):
-    """Four strided convs: strides 4, 8, 16, 32 with 8..32 channels (feature contract)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        chs = (8, 16, 24, 32)
-        self.stem = nn.Conv2d(3, chs[0], 4, stride=4)
-        self.stages = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chs, chs[1:], strict=False))
-        self.feature_info = [dict(chs=c, reduction=4 * 2**i, module=f"s{i}") for i, c in enumerate(chs)]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = [torch.relu(self.stem(x))]
-        for stage in self.stages:
-            feats.append(torch.relu(stage(feats[-1])))
-        return feats
 
 
 def _tiny(arch: str, neck: str | None = "fpn", fine: bool = False, **kwargs) -> nn.Module:
