@@ -793,8 +793,8 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
             jitter = [x + 0.06 * (i - (len(values) - 1) / 2) for i in range(len(values))]
             ax_score.scatter(jitter, values, color=colours[role], alpha=0.7, zorder=3, label="per seed" if x else None)
             s = arm["summary"][metric]
-            if s is not None:
-                low, high = s["ci95"] if s["ci95"] is not None else (s["mean"], s["mean"])
+            if s is not None and s["ci95"] is not None:  # one seed has no interval: its point says it all
+                low, high = s["ci95"]
                 ax_score.errorbar(
                     x + 0.25, s["mean"], yerr=[[s["mean"] - low], [high - s["mean"]]], fmt="s", color="black",
                     capsize=5, zorder=4, label="mean +- 95% CI" if x else None,
