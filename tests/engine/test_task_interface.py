@@ -69,4 +69,3 @@ def test_describe_demo_prints_table_score_times_and_folder(task, metrics, score)
     assert text == (
         f"TABLE\n{score} on 100 held-out images; training 75 s, total 83 s\nreport: report (start with README.txt)"
     )
-
