@@ -1,7 +1,9 @@
 """The ``msfusion`` command line. Each sub-command is one module in ``msfusion.commands``.
 
-A command module defines ``add_parser(subparsers)`` (registering its arguments)
-and ``run(args) -> int``; this file only dispatches, and commands call the
+A command module defines ``HELP`` (its one-line summary), optionally
+``DESCRIPTION`` (the paragraph of ``msfusion COMMAND --help``),
+``add_arguments(parser)`` and ``run(args) -> int``; this file makes one
+sub-parser per command and dispatches to its ``run``, and commands call the
 public API. Errors a user can fix (bad input, a checkpoint that does not fit,
 a full disk) end in one ``msfusion <command>: error: ...`` paragraph and a
 non-zero exit status, never in a traceback.
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name == f"msfusion.commands.{module}":
                 continue  # a command not part of this build
             raise
-        mod.add_parser(sub, name)
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", None))
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
     return parser
 
 

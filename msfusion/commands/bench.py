@@ -7,19 +7,20 @@ import json
 from typing import Any
 
 from msfusion.analysis.benchmark import MODES, benchmark_modes
+from msfusion.commands import add_device_option, add_threads_option, set_threads
 from msfusion.commands.flops import parse_size
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "time inference (fp32, channels_last, bf16, torch.compile): min / median / IQR, FPS, ratio to fp32"
+DESCRIPTION = (
+    "Latency per execution mode on one random input: --warmup untimed calls, then --runs timed "
+    "calls (torch.utils.benchmark's clock, which waits for CUDA kernels). Prints the torch version, the "
+    "device model and the thread count with the numbers; --json prints all of it as JSON."
+)
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    p = subparsers.add_parser(
-        name,
-        help="time inference (fp32, channels_last, bf16, torch.compile): min / median / IQR, FPS, ratio to fp32",
-        description="Latency per execution mode on one random input: --warmup untimed calls, then --runs timed "
-        "calls (torch.utils.benchmark's clock, which waits for CUDA kernels). Prints the torch version, the "
-        "device model and the thread count with the numbers; --json prints all of it as JSON.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name")
     p.add_argument("--input", type=parse_size, default=(512, 512), help="input HxW, or N for NxN (default 512x512)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1); FPS counts images")
@@ -29,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--runs", type=int, default=10, help="timed calls per mode (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: torch's)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
+    add_threads_option(p)
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print the environment, settings and results as JSON")
     p.add_argument(
         "--fast",
@@ -38,7 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="also time msfusion.optimize_for_inference: 'fast' (BatchNorm folding, channels-last, freed "
         "memory kept) and 'fast_compile' (the same + torch.compile)",
     )
-    p.set_defaults(func=run)
 
 
 def _fast_modes(
@@ -90,8 +90,6 @@ def format_results(header: dict[str, Any], results: list[dict[str, Any]]) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import msfusion as mf
     from msfusion.analysis.benchmark import environment
 
@@ -99,10 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {args.batch}, {args.warmup})"
         )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = mf.create_model(args.model, **kwargs)
     h, w = args.input

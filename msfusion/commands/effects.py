@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 
+from msfusion.commands import add_progress_option, add_threads_option, output_folder, set_threads
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        name,
-        help="train matched pairs per paper (FINE, MSCSA, CEDNet, SegNeXt) and report whether each effect shows",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
-    )
+HELP = "train matched pairs per paper (FINE, MSCSA, CEDNet, SegNeXt) and report whether each effect shows"
+DESCRIPTION = __doc__.split("\n\n")[1].replace("\n", " ")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="msfusion_effects", help="report folder (default: msfusion_effects)")
     p.add_argument("--quick", action="store_true", help="one seed, fewer steps (minutes; no interval, no verdict)")
     p.add_argument("--only", default=None, metavar="NAMES", help="comma-separated effects: fine,mscsa,cednet,segnext")
     p.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (cuda trains more steps and seeds by default)"
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cpu or cuda (cuda trains more steps and seeds by default)",
     )
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: 3 on CPU, 5 on CUDA, 1 quick)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the mode's)")
@@ -30,25 +33,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         action="store_true",
         help="start over in an --out holding other results (results of the same options are always resumed)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
-    p.set_defaults(func=run)
-    return p
+    add_threads_option(p)
+    add_progress_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from msfusion.analysis.effects import budget_for, format_report, parse_effects, run_effects
-    from msfusion.commands import output_folder
 
     out = output_folder(args.out)
     effects = parse_effects(args.only)
     budget = budget_for(args.device, quick=args.quick, steps=args.steps, seeds=args.seeds)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     report = run_effects(out, effects, budget, overwrite=args.overwrite, progress=not args.no_progress)
     print(format_report(report))
     print(

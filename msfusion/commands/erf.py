@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["add_parser", "run", "load_normalised_image", "parse_kwargs"]
+from msfusion.commands import add_analysis_args
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "load_normalised_image", "parse_kwargs"]
 
 
 def parse_kwargs(items: list[str] | None) -> dict[str, object]:
@@ -51,21 +53,18 @@ def load_normalised_image(path: Path, size: tuple[int, int] | None) -> tuple[np.
     return image, x
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    from msfusion.commands.flops import parse_size
+HELP = "effective receptive fields per stage and of FINE's sampled tokens (FINE Fig. 6, App. F)"
+DESCRIPTION = (
+    "Gradient ERF of a feature location (FINE Eq. 11), its Gaussian sigma (Eq. 12) per backbone "
+    "stage averaged over the images, the ratio between adjacent stages (Eq. 13), and the ERFs of the "
+    "Alignment-Aware Token Sampling tokens at several sampling ratios r (Fig. 6), as JSON and PNG."
+)
 
-    p = subparsers.add_parser(
-        name,
-        help="effective receptive fields per stage and of FINE's sampled tokens (FINE Fig. 6, App. F)",
-        description="Gradient ERF of a feature location (FINE Eq. 11), its Gaussian sigma (Eq. 12) per backbone "
-        "stage averaged over the images, the ratio between adjacent stages (Eq. 13), and the ERFs of the "
-        "Alignment-Aware Token Sampling tokens at several sampling ratios r (Fig. 6), as JSON and PNG.",
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_analysis_args(
+        p, "a backbone (registered or any timm name), or a segmentor whose backbone is used", num_classes=False
     )
-    p.add_argument("model", help="a backbone (registered or any timm name), or a segmentor whose backbone is used")
-    p.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="weights to load (ours or an official file)")
-    p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--strides", type=int, nargs="+", default=None, help="stages to measure (default: stride >= 4)")
     p.add_argument("--ratios", type=int, nargs="+", default=[1, 2, 4], help="sampling ratios r (default 1 2 4)")
     p.add_argument("--low-stride", type=int, default=8, help="F_low stride of the token figure (default 8)")
@@ -80,8 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="model keyword arguments, e.g. zero_init_last=false (a random timm ResNet has zeroed residual "
         "branches, so its ERF is that of the stem alone)",
     )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    p.set_defaults(func=run)
 
 
 def build_backbone(name: str, kwargs: dict[str, object], checkpoint: Path | None) -> nn.Module:

@@ -23,9 +23,15 @@ import argparse
 import os
 from pathlib import Path
 
+from msfusion.commands import add_recipe_options, checkpoint_file, output_folder, recipe_overrides
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, help="evaluate a checkpoint on a recipe's validation set")
+HELP = "evaluate a checkpoint on a recipe's validation set"
+
+# Options that stand for one --set value each (besides --device and --no-progress).
+_SHORTCUTS = {"tta": "eval.tta=true", "mode": "eval.mode={}"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML recipe whose data.val and eval sections are used")
     p.add_argument("--checkpoint", required=True, help="weights (.safetensors of ours, or an official .pth)")
     p.add_argument(
@@ -34,14 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument(
         "--mode", choices=("whole", "slide"), help="segmentation test mode (default: the recipe's eval.mode)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set eval.crop_size=[512,512] (repeatable)",
-    )
+    add_recipe_options(p, "override a recipe value, e.g. --set eval.crop_size=[512,512] (repeatable)")
     p.add_argument(
         "--out",
         help="folder for the metrics JSON and per-class CSV (default: beside the checkpoint)",
@@ -64,31 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="segmentation and detection: evaluate an inference-optimised copy (BatchNorm folding, channels-last; "
         "same outputs within 1e-4, see msfusion.optimize_for_inference)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="auto, cpu or cuda (default: the recipe's train.device); under torchrun each rank takes its GPU",
-    )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     import msfusion as mf
-    from msfusion.commands import checkpoint_file, output_folder
 
     checkpoint_file(args.checkpoint)
     out = output_folder(args.out) if args.out else Path(args.checkpoint).parent
-    overrides = list(args.overrides)
-    if args.tta:
-        overrides.append("eval.tta=true")
-    if args.mode:
-        overrides.append(f"eval.mode={args.mode}")
-    if args.no_progress:
-        overrides.append("train.progress=false")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
+    overrides = recipe_overrides(args, _SHORTCUTS)
     result = mf.evaluate(
         args.config,
         args.checkpoint,

@@ -13,11 +13,10 @@ import json
 from msfusion.commands.flops import parse_size
 from msfusion.export import EXPORTERS
 
+HELP = "export a model (segmentor, classifier, detector) to ONNX, checked by onnxruntime"
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        name, help="export a model (segmentor, classifier, detector) to ONNX, checked by onnxruntime"
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a registered model name (random weights), or use --checkpoint")
     p.add_argument(
         "--checkpoint",
@@ -41,8 +40,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         "TorchScript at the fixed input shape; detectors try TorchScript dynamic, then fixed (YOLO: ultralytics' "
         "exporter); the first whose graph passes the onnxruntime check is kept",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

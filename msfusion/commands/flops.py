@@ -7,7 +7,7 @@ import json
 
 from msfusion.analysis.report import model_report
 
-__all__ = ["add_parser", "run", "parse_size"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "parse_size"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -24,12 +24,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    p = subparsers.add_parser(
-        name,
-        help="count params and multiply-adds of a model",
-        description="Count parameters and multiply-adds (MACs, the papers' 'GFLOPs') on the meta device.",
-    )
+HELP = "count params and multiply-adds of a model"
+DESCRIPTION = "Count parameters and multiply-adds (MACs, the papers' 'GFLOPs') on the meta device."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (msfusion models)")
     p.add_argument(
         "--input", type=parse_size, default=None, help="input HxW, or N for NxN (default: the paper's input size)"
@@ -39,7 +38,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--rules", choices=("torchprofile", "mmcv"), default=None, help="counting convention (default: the paper's)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

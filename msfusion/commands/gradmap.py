@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["add_parser", "run"]
+from msfusion.commands import add_analysis_args, build_analysis_model
+from msfusion.commands.erf import load_normalised_image
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "input-gradient maps and important-region areas (CEDNet Appendix B)"
+DESCRIPTION = (
+    "Back-propagate the loss of a segmentor or classifier to the input image and write the "
+    "map of |d loss / d input| (PNG + .npy) and the area of the important region (pixels whose "
+    "max-normalised gradient exceeds t) against t (PNG + JSON)."
+)
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    from msfusion.commands import add_analysis_args
-    from msfusion.commands.flops import parse_size
-
-    p = subparsers.add_parser(
-        name,
-        help="input-gradient maps and important-region areas (CEDNet Appendix B)",
-        description="Back-propagate the loss of a segmentor or classifier to the input image and write the "
-        "map of |d loss / d input| (PNG + .npy) and the area of the important region (pixels whose "
-        "max-normalised gradient exceeds t) against t (PNG + JSON).",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_analysis_args(p, "registered model name (msfusion models)")
     p.add_argument(
         "--target",
@@ -40,21 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "Default: the model's own prediction",
     )
     p.add_argument("--target-class", type=int, default=None, help="class index for a classifier's loss")
-    p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--thresholds", type=int, default=101, help="number of thresholds in [0, 1] (default 101)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    p.set_defaults(func=run)
-
-
-def _load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
-    from msfusion.data.image_io import read_image
-
-    image = read_image(path)
-    if size is not None:
-        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-    return image
 
 
 def _load_target(path: Path, shape: tuple[int, int]) -> torch.Tensor:
@@ -75,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
         save_area_curve,
         save_gradient_map_figure,
     )
-    from msfusion.commands import build_analysis_model
-    from msfusion.data.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if args.target is not None and len(args.target) != len(args.image):
         raise ValueError(f"give one --target per --image ({len(args.image)} images, {len(args.target)} targets)")
@@ -88,16 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
     model = build_analysis_model(args)
     device = torch.device(args.device)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     thresholds = np.linspace(0.0, 1.0, args.thresholds).round(6).tolist()
 
     args.out.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list[float]] = {}
     records = []
     for i, path in enumerate(args.image):
-        image = _load_image(path, args.size)
-        x = ((torch.from_numpy(image.copy()).permute(2, 0, 1).float() - mean) / std).to(device)
+        image, x = load_normalised_image(path, args.size)
+        x = x.to(device)
         target = None
         if args.target is not None:
             target = _load_target(args.target[i], image.shape[:2])

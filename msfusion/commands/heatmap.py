@@ -13,31 +13,26 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "run"]
+from msfusion.commands import add_analysis_args, build_analysis_model
+from msfusion.commands.erf import load_normalised_image
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "FINE activation heatmaps: F_high, F_low, M, aligned F_low (FINE Fig. 8)"
+DESCRIPTION = (
+    "Run a model containing FINE on each image and draw, for one fusion stage, the channel-mean "
+    "activations of F_high, F_low, the modulation map M and the aligned F_low over the image, as one PNG grid."
+)
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    from msfusion.commands import add_analysis_args
-    from msfusion.commands.flops import parse_size
-
-    p = subparsers.add_parser(
-        name,
-        help="FINE activation heatmaps: F_high, F_low, M, aligned F_low (FINE Fig. 8)",
-        description="Run a model containing FINE on each image and draw, for one fusion stage, the channel-mean "
-        "activations of F_high, F_low, the modulation map M and the aligned F_low over the image, as one PNG grid.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_analysis_args(p, "registered model name containing FINE (e.g. semantic_fpn_r50_fine, retinanet_r50_fpn_fine)")
-    p.add_argument("--size", type=parse_size, default=None, help="resize images to HxW first")
     p.add_argument("--low-stride", type=int, default=None, help="FINE stage by its F_low stride (default 16)")
     p.add_argument("--layer", default=None, help="FINE stage by module name (an unknown name lists the names)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from msfusion.analysis.heatmaps import capture_fine_maps, save_fine_heatmaps, select_fine_layer
-    from msfusion.commands import build_analysis_model
-    from msfusion.commands.erf import load_normalised_image
 
     model = build_analysis_model(args)
     layer, _ = select_fine_layer(model, low_stride=args.low_stride, layer=args.layer)

@@ -11,16 +11,16 @@ from msfusion.registry import KINDS
 # Necks, add-ons and heads are parts built on another model's features: no size of their own.
 _PART_KINDS = ("neck", "addon", "head")
 
-__all__ = ["add_parser", "format_table", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "format_table", "run"]
+
+HELP = "list models with params and MACs (measured on the meta device) beside the paper's"
+DESCRIPTION = (
+    "List registered models. Params and MACs are counted on the meta device at each "
+    "variant's paper input size; MACs are multiply-adds (the papers' 'GFLOPs')."
+)
 
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
-    p = subparsers.add_parser(
-        name,
-        help="list models with params and MACs (measured on the meta device) beside the paper's",
-        description="List registered models. Params and MACs are counted on the meta device at each "
-        "variant's paper input size; MACs are multiply-adds (the papers' 'GFLOPs').",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'segnext_*'")
     p.add_argument("--kind", choices=KINDS, help="only models of this kind")
     p.add_argument("--no-count", action="store_true", help="names and kinds only (fast)")
@@ -31,7 +31,6 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         action="store_true",
         help="list the published weights (name, dataset, licence, URL) instead of sizes; pretrained=NAME loads one",
     )
-    p.set_defaults(func=run)
 
 
 def format_table(table: list[tuple[str, ...]], wide: bool = False, max_width: int = 100) -> list[str]:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from msfusion.commands import add_device_option, add_progress_option, checkpoint_file, int_pair, output_folder
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, help="segment images and write PNG masks and overlays")
+HELP = "segment images and write PNG masks and overlays"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and/or folders of images")
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of ours (with its .json)")
     p.add_argument("--out", required=True, help="output folder")
@@ -32,21 +35,18 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         action="store_true",
         help="warn and skip unreadable images instead of stopping",
     )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)")
+    add_device_option(p)
     p.add_argument(
         "--fast",
         action="store_true",
         help="segmentation and detection: run an inference-optimised copy (BatchNorm folding, channels-last; "
         "same outputs within 1e-4, see msfusion.optimize_for_inference)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
-    p.set_defaults(func=run)
-    return p
+    add_progress_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import msfusion as mf
-    from msfusion.commands import checkpoint_file, int_pair, output_folder
 
     # Every option is checked before the model is loaded, so a typo fails at once.
     checkpoint_file(args.checkpoint)

@@ -14,18 +14,22 @@ import argparse
 import os
 import sys
 
+from msfusion.commands import add_recipe_options, recipe_overrides
 
-def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, help="train a model from a YAML recipe (configs/*.yaml)")
+HELP = "train a model from a YAML recipe (configs/*.yaml)"
+
+# Options that stand for one --set value each (besides --device and --no-progress).
+_SHORTCUTS = {
+    "work_dir": "train.work_dir={}",
+    "seed": "train.seed={}",
+    "deterministic": "train.deterministic=true",
+    "grad_checkpointing": "train.grad_checkpointing=true",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML recipe, e.g. configs/segnext_t_ade20k.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set optim.lr=1e-4 --set data.batch_size=8 (repeatable)",
-    )
+    add_recipe_options(p, "override a recipe value, e.g. --set optim.lr=1e-4 --set data.batch_size=8 (repeatable)")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -40,18 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="auto, cpu or cuda (default: the recipe's train.device); under torchrun each rank takes its GPU",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
-    p.add_argument(
         "--grad-checkpointing",
         action="store_true",
         help="recompute backbone activations in the backward pass: less memory, slower steps",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,19 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from msfusion.checkpoint import CheckpointError
     from msfusion.engine.trainer import NonFiniteLossError
 
-    overrides = list(args.overrides)
-    if args.work_dir:
-        overrides.append(f"train.work_dir={args.work_dir}")
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    if args.deterministic:
-        overrides.append("train.deterministic=true")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.no_progress:
-        overrides.append("train.progress=false")
-    if args.grad_checkpointing:
-        overrides.append("train.grad_checkpointing=true")
+    overrides = recipe_overrides(args, _SHORTCUTS)
     try:
         summary = mf.train(args.config, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     except (NonFiniteLossError, CheckpointError) as err:

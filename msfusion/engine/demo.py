@@ -120,6 +120,25 @@ def train_demo_recipe(
     return cfg, train(cfg, overwrite=overwrite)
 
 
+def demo_result(
+    out_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], table: str, wall: float, **extra: Any
+) -> dict[str, Any]:
+    """What a demo returns (:meth:`~msfusion.engine.task_base.Task.describe_demo` prints it).
+
+    ``metrics`` and their ``table`` on the held-out images, the report folder,
+    the training time of ``summary`` (:func:`train_demo_recipe`'s), the
+    ``wall`` time of the whole demo in seconds, and the demo's ``extra`` keys.
+    """
+    return {
+        "metrics": metrics,
+        "table": table,
+        "out_dir": str(out_dir),
+        "train_time_s": summary["train_time_s"],
+        "wall_time_s": wall,
+        **extra,
+    }
+
+
 def run_demo(
     out_dir: str | Path = "msfusion_demo",
     overrides: Iterable[str] = (),
@@ -190,14 +209,7 @@ def run_demo(
             tb=Path(cfg["train"]["work_dir"]) / "tensorboard",
         )
     )
-    return {
-        "metrics": metrics,
-        "table": table,
-        "out_dir": str(out_dir),
-        "train_time_s": summary["train_time_s"],
-        "wall_time_s": wall,
-        "best": summary["best"],
-    }
+    return demo_result(out_dir, summary, metrics, table, wall, best=summary["best"])
 
 
 def len_or(value: Any) -> Any:

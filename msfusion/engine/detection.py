@@ -48,7 +48,7 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,31 +228,16 @@ class DetectionTask(Task):
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_detection_metrics(metrics)
 
-    def predict_files(
-        self,
-        model: nn.Module,
-        inputs: Iterable[str | Path],
-        out_dir: str | Path,
-        meta: Mapping[str, Any],
-        options: PredictOptions,
-    ) -> list[Path]:
-        return predict_detection_files(
-            model, inputs, out_dir, classes=meta.get("classes"), palette=meta.get("palette") or None,
-            device=options.device, on_bad_file=options.on_bad_file, progress=options.progress, tta=options.tta,
-        )  # fmt: skip
+    def file_writer(
+        self, meta: Mapping[str, Any], options: PredictOptions
+    ) -> tuple[Callable[..., list[Any]], dict[str, Any]]:
+        return predict_detection_files, {"tta": options.tta}
 
     def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
         return f"wrote {len(written)} PNGs with boxes, masks, class names and scores (and JSONs) to {out_dir}"
 
-    def describe_demo(self, result: Mapping[str, Any]) -> str:
-        metrics = result["metrics"]
-        return (
-            f"{result['table']}\n"
-            f"box AP {100 * metrics['bbox_AP']:.1f}, AP50 {100 * metrics['bbox_AP50']:.1f} on "
-            f"{metrics['num_images']} held-out images; training {result['train_time_s']:.0f} s, "
-            f"total {result['wall_time_s']:.0f} s\n"
-            f"report: {result['out_dir']} (start with README.txt)"
-        )
+    def demo_score(self, metrics: Mapping[str, Any]) -> str:
+        return f"box AP {100 * metrics['bbox_AP']:.1f}, AP50 {100 * metrics['bbox_AP50']:.1f}"
 
 
 _DEFAULT_TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)

@@ -93,7 +93,7 @@ def run_detection_demo(
     """
     from PIL import Image
 
-    from msfusion.engine.demo import train_demo_recipe
+    from msfusion.engine.demo import demo_result, train_demo_recipe
     from msfusion.engine.detection import DetectionTask, draw_detections, format_detection_metrics
     from msfusion.engine.results import write_json
     from msfusion.engine.visualize import plot_training_curve
@@ -134,14 +134,7 @@ def run_detection_demo(
         "predictions.png: each row is ground truth | prediction (score >= 0.5).\n"
         f"Checkpoint: {last} (msfusion predict --checkpoint {last} IMAGE --out preds/)\n"
     )
-    return {
-        "metrics": metrics,
-        "table": table,
-        "out_dir": str(out_dir),
-        "train_time_s": summary["train_time_s"],
-        "wall_time_s": wall,
-        "checkpoint": str(last),
-    }
+    return demo_result(out_dir, summary, metrics, table, wall, checkpoint=str(last))
 
 
 def _single() -> Any:

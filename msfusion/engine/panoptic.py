@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +121,10 @@ class PanopticTask(DetectionTask):
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_panoptic_metrics(metrics)
 
-    def predict_files(
-        self,
-        model: nn.Module,
-        inputs: Iterable[str | Path],
-        out_dir: str | Path,
-        meta: Mapping[str, Any],
-        options: PredictOptions,
-    ) -> list[Path]:
-        return predict_panoptic_files(
-            model, inputs, out_dir, classes=meta.get("classes"), palette=meta.get("palette") or None,
-            device=options.device, on_bad_file=options.on_bad_file, progress=options.progress,
-        )  # fmt: skip
+    def file_writer(
+        self, meta: Mapping[str, Any], options: PredictOptions
+    ) -> tuple[Callable[..., list[Any]], dict[str, Any]]:
+        return predict_panoptic_files, {}
 
     def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
         return f"wrote {len(written)} panoptic PNGs with a legend (and id PNGs, segment JSONs) to {out_dir}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,14 +205,9 @@ class SegmentationTask(Task):
             crop, stride = options.slide
             check_slide_window((crop, crop), (stride, stride))
 
-    def predict_files(
-        self,
-        model: nn.Module,
-        inputs: Iterable[str | Path],
-        out_dir: str | Path,
-        meta: Mapping[str, Any],
-        options: PredictOptions,
-    ) -> list[Path]:
+    def file_writer(
+        self, meta: Mapping[str, Any], options: PredictOptions
+    ) -> tuple[Callable[..., list[Any]], dict[str, Any]]:
         """Label, colour and overlay PNGs, with the test options of the checkpoint's recipe unless overridden."""
         from msfusion.engine.segmentation_predict import predict_files
 
@@ -226,27 +221,10 @@ class SegmentationTask(Task):
         resize = options.resize
         if resize == "recipe":
             resize = (recipe.get("data") or {}).get("eval_scale")
-        return predict_files(
-            model,
-            inputs,
-            out_dir,
-            classes=meta.get("classes"),
-            palette=meta.get("palette"),
-            eval_cfg=eval_cfg,
-            resize=resize,
-            device=options.device,
-            on_bad_file=options.on_bad_file,
-            progress=options.progress,
-        )
+        return predict_files, {"eval_cfg": eval_cfg, "resize": resize}
 
     def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
         return f"wrote {len(written)} x 3 PNGs (label, color, overlay) to {out_dir}"
 
-    def describe_demo(self, result: Mapping[str, Any]) -> str:
-        metrics = result["metrics"]
-        return (
-            f"{result['table']}\n"
-            f"mIoU {100 * metrics['mIoU']:.2f} % on {metrics['num_images']} held-out images; "
-            f"training {result['train_time_s']:.0f} s, total {result['wall_time_s']:.0f} s\n"
-            f"report: {result['out_dir']} (start with README.txt)"
-        )
+    def demo_score(self, metrics: Mapping[str, Any]) -> str:
+        return f"mIoU {100 * metrics['mIoU']:.2f} %"

@@ -222,7 +222,6 @@ class Task(ABC):
                     f"{option} is not available for a {self.name} checkpoint: {reason}. Run without {option}."
                 )
 
-    @abstractmethod
     def predict_files(
         self,
         model: nn.Module,
@@ -230,8 +229,36 @@ class Task(ABC):
         out_dir: str | Path,
         meta: Mapping[str, Any],
         options: PredictOptions,
-    ) -> list[Path]:
-        """Predict image files with a checkpoint's model (``meta``: its sidecar); the pictures written."""
+    ) -> list[Any]:
+        """Predict image files with a checkpoint's model (``meta``: its sidecar); what was written, per image.
+
+        Every task's writer (:meth:`file_writer`) takes the sidecar's class
+        names and palette and the run options (device, unreadable files,
+        progress); the task adds the options only it takes.
+        """
+        write, task_options = self.file_writer(meta, options)
+        return write(
+            model,
+            inputs,
+            out_dir,
+            classes=meta.get("classes"),
+            palette=meta.get("palette") or None,
+            device=options.device,
+            on_bad_file=options.on_bad_file,
+            progress=options.progress,
+            **task_options,
+        )
+
+    @abstractmethod
+    def file_writer(
+        self, meta: Mapping[str, Any], options: PredictOptions
+    ) -> tuple[Callable[..., list[Any]], dict[str, Any]]:
+        """The function that predicts and writes image files for this task, and the keyword options only it takes.
+
+        The function is called as ``write(model, inputs, out_dir, classes=...,
+        palette=..., device=..., on_bad_file=..., progress=..., **options)``
+        (see :meth:`predict_files`); ``meta`` is the checkpoint's sidecar.
+        """
 
     @abstractmethod
     def describe_predictions(self, written: Sequence[Path], out_dir: str | Path) -> str:
@@ -250,5 +277,15 @@ class Task(ABC):
         return demo(out_dir, overrides, progress=progress, overwrite=overwrite)
 
     def describe_demo(self, result: Mapping[str, Any]) -> str:
-        """The lines ``msfusion demo`` prints after :meth:`run_demo`."""
+        """The lines ``msfusion demo`` prints after :meth:`run_demo`: its table, score, times and report folder."""
+        metrics = result["metrics"]
+        return (
+            f"{result['table']}\n"
+            f"{self.demo_score(metrics)} on {metrics['num_images']} held-out images; "
+            f"training {result['train_time_s']:.0f} s, total {result['wall_time_s']:.0f} s\n"
+            f"report: {result['out_dir']} (start with README.txt)"
+        )
+
+    def demo_score(self, metrics: Mapping[str, Any]) -> str:
+        """The demo's headline score in words (``mIoU 80.12 %``), for :meth:`describe_demo`."""
         raise ValueError(f"the {self.name} task has no embedded demo")

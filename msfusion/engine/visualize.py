@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "default_palette",
@@ -26,6 +29,7 @@ __all__ = [
     "plot_confusion_matrix",
     "write_metrics_csv",
     "prediction_grid",
+    "save_figure",
 ]
 
 Color = Sequence[int]
@@ -33,17 +37,9 @@ Color = Sequence[int]
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """The Pascal VOC colour map (distinct, deterministic colours) for ``num_classes`` classes."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+    from msfusion.data.class_names import pascal_colormap
+
+    return pascal_colormap(num_classes)
 
 
 def colorize(label: np.ndarray, palette: Sequence[Color], ignore_index: int = 255) -> np.ndarray:
@@ -241,10 +237,17 @@ def plot_training_curve(
     ax_val.set_xlabel("step")
     ax_val.set_title("validation")
     ax_val.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (folders created) and close it; the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -307,12 +310,7 @@ def plot_confusion_matrix(
                     color = "white" if norm[i, j] > 0.6 else "black"
                     ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def prediction_grid(
