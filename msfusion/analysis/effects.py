@@ -780,6 +780,8 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from msfusion.engine.visualize import save_figure
+
     pairs = report["pairs"]
     fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 3.2 * len(pairs)), squeeze=False)
     colours = {"baseline": "tab:gray", "treatment": "tab:red"}
@@ -855,7 +857,4 @@ def plot_effects(report: Mapping[str, Any], path: str | Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.2 * len(pairs))))  # room for the suptitle
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, tight=False)

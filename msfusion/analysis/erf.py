@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from msfusion.analysis.figures import clip_for_display, save_figure
+from msfusion.analysis.figures import clip_for_display
+from msfusion.engine.visualize import save_figure
 from msfusion.models.align.fine import DOWNSAMPLERS, AlignmentAwareTokenSampling, default_kernel
 
 __all__ = [
@@ -336,7 +337,7 @@ def save_sampled_token_erf_figure(result: dict[str, object], path: str | Path, *
             sigma, _ = fit_gaussian_sigma(g)
             a.set_title(f"r = {r}: {label}\nsigma = {sigma:.1f} px", fontsize=8)
             a.set_axis_off()
-    return save_figure(fig, path, title=title)
+    return save_figure(fig, path, title=title, dpi=100, tight=False)
 
 
 def save_stage_erf_figure(
@@ -357,4 +358,4 @@ def save_stage_erf_figure(
         a.add_patch(Circle((mc, mr), sigma, fill=False, color="cyan", linewidth=1.5))
         a.set_title(f"stride {s}: sigma = {sigma:.1f} px", fontsize=9)
         a.set_axis_off()
-    return save_figure(fig, path, title=title)
+    return save_figure(fig, path, title=title, dpi=100, tight=False)

@@ -1,24 +1,17 @@
-"""What every analysis figure shares: the display scale of a gradient map and writing the PNG.
+"""The display scale every gradient-map figure shares (figures are written by ``engine.visualize.save_figure``).
 
 The gradient maps of the ERF (FINE Sec. 5.3.2, App. F) and input-gradient
 (CEDNet App. B) figures are heavy-tailed: a few pixels hold most of the
 gradient, so they are shown on a colour scale that saturates at a high
-percentile. Every figure is a matplotlib ``Figure`` (no pyplot state, so it
-works headless and in threads) written at 100 dpi.
+percentile.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-__all__ = ["clip_for_display", "save_figure"]
+__all__ = ["clip_for_display"]
 
 
 def clip_for_display(grad_map: Tensor | np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
@@ -38,22 +31,3 @@ def clip_for_display(grad_map: Tensor | np.ndarray, clip_percentile: float = 99.
     if top <= 0:
         top = float(g.max()) or 1.0
     return np.clip(g / top, 0.0, 1.0)
-
-
-def save_figure(fig: Figure, path: str | Path, *, title: str = "") -> Path:
-    """Write ``fig`` as a PNG at 100 dpi, with ``title`` over all its panels when given.
-
-    Args:
-        fig: the finished figure.
-        path: the PNG to write; missing parent folders are created.
-        title: the figure's overall title (``suptitle``); empty for none.
-
-    Returns:
-        ``path`` as a ``Path``.
-    """
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from msfusion.analysis.figures import save_figure
+from msfusion.engine.visualize import save_figure
 from msfusion.models.align.fine import FINE
 
 __all__ = [
@@ -294,4 +294,4 @@ def save_fine_heatmaps(
             a.set_title(f"{_TITLES[name]} (stride {stride})", fontsize=9)
         for a in axes[row]:
             a.set_axis_off()
-    return save_figure(fig, path, title=title)
+    return save_figure(fig, path, title=title, dpi=100, tight=False)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msfusion.analysis.figures import clip_for_display, save_figure
+from msfusion.analysis.figures import clip_for_display
+from msfusion.engine.visualize import save_figure
 
 __all__ = [
     "IGNORE_INDEX",
@@ -190,7 +191,7 @@ def save_gradient_map_figure(
     for ax in axes:
         ax.set_axis_off()
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
-    return save_figure(fig, path, title=title)
+    return save_figure(fig, path, title=title, dpi=100, tight=False)
 
 
 def save_area_curve(
@@ -230,4 +231,4 @@ def save_area_curve(
         ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=100, tight=False)

@@ -240,11 +240,25 @@ def plot_training_curve(
     return save_figure(fig, path)
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out a matplotlib figure, write it to ``path`` (folders created) and close it; the path."""
+def save_figure(fig: Figure, path: str | Path, *, title: str = "", dpi: int = 110, tight: bool = True) -> Path:
+    """Write a matplotlib figure as a PNG (folders created) and close it: the one figure writer of the library.
+
+    Args:
+        fig: the finished figure (pyplot's or a bare ``matplotlib.figure.Figure``).
+        path: the PNG to write.
+        title: an overall title over all panels (``suptitle``); empty for none.
+        dpi: resolution.
+        tight: lay the panels out with ``tight_layout`` first (figures that place their own panels pass False).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title)
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
