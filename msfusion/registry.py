@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +62,8 @@ class Registry:
         self.role = role
         self._table: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
+        # name -> "package.module:attr", imported on the first lookup (keeps heavy modules off the import path).
+        self._lazy: dict[str, str] = {}
 
     def register(self, name: str, obj: Any = None, *, aliases: Sequence[str] = ()) -> Any:
         """Register ``obj`` under ``name`` (and ``aliases``); without ``obj``, a decorator.
@@ -75,37 +78,72 @@ class Registry:
                 owner = getattr(held, "__qualname__", type(held).__qualname__)
                 raise ValueError(f"{self.role} {name!r} is already registered to {owner}")
             self._table[name] = target
+            self._lazy.pop(name, None)  # a lazily declared name, now registered by its own module
             for alias in aliases:
                 self._aliases[alias] = name
             return target
 
         return wrap(obj) if obj is not None else wrap
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Declare ``name`` as ``"package.module:attr"``, imported on its first lookup.
+
+        For entries whose module is heavy or would import upwards at load time. If
+        importing the module registers ``name`` itself (a decorator), that registration wins.
+        """
+        module, sep, attr = target.partition(":")
+        if not (isinstance(name, str) and name and sep and module and attr):
+            raise ValueError(f"register_lazy needs a name and a 'package.module:attr' target, got {name!r}, {target!r}")
+        if name in self._table:
+            raise ValueError(f"{self.role} {name!r} is already registered")
+        self._lazy[name] = target
+
     def canonical(self, name: Any) -> str:
         """The registered name that ``name`` spells (itself or an alias's target); ``ValueError`` if none."""
         if isinstance(name, str):
             name = self._aliases.get(name, name)
-        if not isinstance(name, str) or name not in self._table:
+        if not isinstance(name, str) or (name not in self._table and name not in self._lazy):
             # A recipe may hold anything here (a list, None): name it in the error instead of a TypeError.
             raise ValueError(
-                f"unknown {self.role} {name!r}; choose one of {self.names()}." + did_you_mean(name, self._table)
+                f"unknown {self.role} {name!r}; choose one of {self.names()}." + did_you_mean(name, self.names())
             )
         return name
 
     def get(self, name: Any) -> Any:
-        """The object registered under ``name`` or one of its aliases."""
-        return self._table[self.canonical(name)]
+        """The object registered under ``name`` or one of its aliases (a lazy entry is imported now)."""
+        name = self.canonical(name)
+        if name in self._lazy:
+            module, _, attr = self._lazy[name].partition(":")
+            try:
+                obj = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as err:
+                raise ImportError(
+                    f"{self.role} {name!r} is {self._lazy[name]!r}, which cannot be imported: {err}"
+                ) from err
+            if name in self._lazy:  # the import did not register it itself
+                self.register(name, obj)
+        return self._table[name]
 
     def names(self) -> list[str]:
-        """Registered names, sorted."""
-        return sorted(self._table)
+        """Registered names (lazy ones included), sorted."""
+        return sorted({*self._table, *self._lazy})
 
     def as_mapping(self) -> Mapping[str, Any]:
-        """The registered objects by name: a read-only live view (later registrations show; aliases do not)."""
+        """The loaded objects by name: a read-only live view (later registrations show; aliases and
+        lazy entries not yet looked up do not)."""
         return MappingProxyType(self._table)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._table or name in self._aliases
+        return name in self._table or name in self._aliases or name in self._lazy
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
 
 
 def did_you_mean(word: Any, choices: Iterable[str]) -> str:

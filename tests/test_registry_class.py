@@ -57,3 +57,42 @@ def test_checkpoints_name_their_builder_from_the_registry() -> None:
     # A second function under a builder's name would silently rebuild other checkpoints with it.
     with pytest.raises(ValueError, match="composition builder 'build_segmentor' is already registered"):
         register_builder("build_segmentor", _make)
+
+
+def test_lazy_entries_import_on_first_lookup_and_list_like_the_rest():
+    from msfusion.registry import Registry
+
+    reg = Registry("thing")
+    reg.register_lazy("ordered", "collections:OrderedDict")
+    reg.register("plain", dict)
+    assert reg.names() == ["ordered", "plain"] and "ordered" in reg and list(reg) == ["ordered", "plain"]
+    assert "ordered" not in reg.as_mapping()  # not imported yet
+    import collections
+
+    assert reg.get("ordered") is collections.OrderedDict and reg["plain"] is dict
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register_lazy("plain", "collections:Counter")
+    with pytest.raises(ValueError, match="module:attr"):
+        reg.register_lazy("bad", "collections")
+    reg.register_lazy("missing", "collections:NoSuchThing")
+    with pytest.raises(ImportError, match="cannot be imported"):
+        reg.get("missing")
+    with pytest.raises(ValueError, match="Did you mean 'ordered'"):
+        reg.get("orderd")
+
+
+def test_builtin_tasks_alignments_and_context_modules_are_registries():
+    from msfusion.engine.tasks import TASKS, get_task, list_tasks
+    from msfusion.models.align import ALIGNS
+    from msfusion.models.heads.context import CONTEXT_MODULES, build_context_module
+    from msfusion.registry import Registry
+
+    assert all(isinstance(r, Registry) for r in (TASKS, ALIGNS, CONTEXT_MODULES))
+    assert list_tasks() == ["detection", "panoptic", "segmentation"]
+    assert get_task("detection").name == "detection"
+    with pytest.raises(ValueError, match="Did you mean 'detection'"):
+        get_task("detectoin")
+    assert ALIGNS.names() == ["fine", "identity"] and ALIGNS.get("fine").__name__ == "FINE"
+    assert type(build_context_module("nl", 64)).__name__ == "NonLocal2d"
+    with pytest.raises(ValueError, match="Did you mean 'ema'"):
+        build_context_module("emaa", 8)

@@ -18,21 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import TypeVar
 
 from msfusion.engine.task_base import Task
+from msfusion.registry import Registry
 
-__all__ = ["Task", "build_task", "demo_tasks", "get_task", "list_tasks", "register_task"]
+__all__ = ["TASKS", "Task", "build_task", "demo_tasks", "get_task", "list_tasks", "register_task"]
 
-# Built-in tasks and the module that registers each (imported on first use).
-_BUILTIN_MODULES = {
-    "segmentation": "msfusion.engine.segmentation",
-    "detection": "msfusion.engine.detection",
-    "panoptic": "msfusion.engine.panoptic",
-}
-_TASKS: dict[str, type[Task]] = {}
+TASKS = Registry("task")
+# The built-in tasks, each imported on first use (its module registers it with @register_task).
+TASKS.register_lazy("segmentation", "msfusion.engine.segmentation:SegmentationTask")
+TASKS.register_lazy("detection", "msfusion.engine.detection:DetectionTask")
+TASKS.register_lazy("panoptic", "msfusion.engine.panoptic:PanopticTask")
 
 T = TypeVar("T", bound="type[Task]")
 
@@ -41,13 +38,12 @@ def register_task(cls: T) -> T:
     """Class decorator: make a :class:`Task` subclass available as ``task: <cls.name>`` in recipes."""
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"register_task takes a Task subclass, got {cls!r}")
-    _TASKS[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name, cls)
 
 
 def list_tasks() -> list[str]:
     """The names a recipe's ``task`` key accepts."""
-    return sorted(set(_TASKS) | set(_BUILTIN_MODULES))
+    return TASKS.names()
 
 
 def get_task(name: str) -> type[Task]:
@@ -56,13 +52,7 @@ def get_task(name: str) -> type[Task]:
     Raises:
         ValueError: an unknown name (the message lists the tasks).
     """
-    if name not in _TASKS and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _TASKS:
-        close = difflib.get_close_matches(str(name), list_tasks(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown task {name!r}; choose one of {list_tasks()}.{hint}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def build_task(name: str) -> Task:

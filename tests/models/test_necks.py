@@ -196,7 +196,9 @@ def test_identity_by_default_and_per_level_control():
 
 
 def test_fine_shorthand(monkeypatch):
-    monkeypatch.setitem(ALIGNS, "fine", Recorder)
+    # Stand a recorder in for FINE in the registry, for this test only.
+    monkeypatch.delitem(ALIGNS._lazy, "fine", raising=False)
+    monkeypatch.setitem(ALIGNS._table, "fine", Recorder)
     a = PAN(info_of(R50_CHS), out_chs=32, fine=True)
     b = PAN(info_of(R50_CHS), out_chs=32, align="fine")
     c = FPN(info_of(R50_CHS), out_chs=32, fine={"ratio": 2})

@@ -26,12 +26,12 @@ Every alignment module is built as ``factory(chs, low_stride, high_stride,
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from msfusion.registry import Registry, did_you_mean
 
 __all__ = ["ALIGNS", "AlignSpec", "IdentityAlign", "align_per_level", "build_align", "register_align"]
 
@@ -48,36 +48,29 @@ class IdentityAlign(nn.Module):
         return low
 
 
-ALIGNS: dict[str, type[nn.Module] | str] = {
-    "identity": IdentityAlign,
-    "fine": "msfusion.models.align.fine:FINE",
-}
+ALIGNS = Registry("alignment")
+ALIGNS.register("identity", IdentityAlign)
+ALIGNS.register_lazy("fine", "msfusion.models.align.fine:FINE")
 
 
 def register_align(name: str, target: type[nn.Module] | Callable[..., nn.Module] | str) -> None:
     """Make an alignment module available by ``name`` (a factory or a ``"module:attr"`` path)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"an alignment name must be a non-empty string, got {name!r}")
-    ALIGNS[name] = target
+    if isinstance(target, str):
+        ALIGNS.register_lazy(name, target)
+    else:
+        ALIGNS.register(name, target)
 
 
 def _resolve(name: str) -> Callable[..., nn.Module]:
     key = name.lower()
     if key not in ALIGNS:
-        close = difflib.get_close_matches(key, list(ALIGNS), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"unknown alignment {name!r}.{hint} Known names: {sorted(ALIGNS)}; "
+            f"unknown alignment {name!r}.{did_you_mean(key, ALIGNS.names())} Known names: {ALIGNS.names()}; "
             "or pass a factory factory(chs, low_stride, high_stride, **kwargs) -> nn.Module, or None."
         )
-    target = ALIGNS[key]
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ImportError(f"the alignment {name!r} is {target!r}, which cannot be imported: {err}") from err
-    return target
+    return ALIGNS.get(key)
 
 
 def build_align(spec: AlignSpec, chs: int, low_stride: int, high_stride: int, **kwargs: Any) -> nn.Module:
@@ -113,7 +106,7 @@ def build_align(spec: AlignSpec, chs: int, low_stride: int, high_stride: int, **
     factory = _resolve(spec) if isinstance(spec, str) else spec
     if not callable(factory):
         raise ValueError(
-            f"align must be None, a name in {sorted(ALIGNS)}, a factory or a dict with 'type'; got {spec!r}"
+            f"align must be None, a name in {ALIGNS.names()}, a factory or a dict with 'type'; got {spec!r}"
         )
     module = factory(int(chs), int(low_stride), int(high_stride), **kwargs)
     if not isinstance(module, nn.Module):

@@ -14,21 +14,20 @@ The Hamburger itself (``"ham"``) is built by ``LightHamHead``.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
 
 from torch import nn
 
+from msfusion.registry import Registry, did_you_mean
+
 __all__ = ["CONTEXT_MODULES", "build_context_module"]
 
-# name -> "module:callable(chs, **kwargs)"; imported on demand, one small file each.
-CONTEXT_MODULES = {
-    "cc": "msfusion.models.heads.criss_cross:RecurrentCrissCrossAttention",
-    "ema": "msfusion.models.heads.ema:EMAUnit",
-    "nl": "msfusion.models.heads.non_local:NonLocal2d",
-    "msca": "msfusion.models.heads.msca_head:MSCAContext",
-}
+# name -> callable(chs, **kwargs), imported on demand: one small file each.
+CONTEXT_MODULES = Registry("context module")
+CONTEXT_MODULES.register_lazy("cc", "msfusion.models.heads.criss_cross:RecurrentCrissCrossAttention")
+CONTEXT_MODULES.register_lazy("ema", "msfusion.models.heads.ema:EMAUnit")
+CONTEXT_MODULES.register_lazy("nl", "msfusion.models.heads.non_local:NonLocal2d")
+CONTEXT_MODULES.register_lazy("msca", "msfusion.models.heads.msca_head:MSCAContext")
 
 
 def build_context_module(name: str, chs: int, **kwargs: Any) -> nn.Module:
@@ -45,11 +44,8 @@ def build_context_module(name: str, chs: int, **kwargs: Any) -> nn.Module:
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in CONTEXT_MODULES:
-        close = difflib.get_close_matches(name, list(CONTEXT_MODULES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"unknown context module {name!r}; choose 'ham' (LightHamHead's default) or one of "
-            f"{sorted(CONTEXT_MODULES)}.{hint}"
+            f"{CONTEXT_MODULES.names()}.{did_you_mean(name, CONTEXT_MODULES.names())}"
         )
-    module, attr = CONTEXT_MODULES[name].split(":")
-    return getattr(importlib.import_module(module), attr)(chs, **kwargs)
+    return CONTEXT_MODULES.get(name)(chs, **kwargs)
