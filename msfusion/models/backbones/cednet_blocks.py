@@ -30,6 +30,7 @@ __all__ = [
     "LRBottleneckBlock",
     "make_norm2d",
     "make_act",
+    "init_weights",
     "NORMS",
     "ACTS",
 ]
@@ -59,6 +60,14 @@ def make_act(act: str) -> nn.Module:
     if act == "relu":
         return nn.ReLU(inplace=False)
     raise ValueError(f"unknown activation {act!r}; CEDNet allows {ACTS}")
+
+
+def init_weights(m: nn.Module) -> None:
+    """Official init (every CEDNet part): Kaiming-normal (fan-out, linear gain) convs and linears, zero biases."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="linear")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class _ChannelsLastMLP(nn.Module):

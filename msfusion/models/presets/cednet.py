@@ -1,8 +1,9 @@
 """CEDNet's registered models: UperNet segmentors (Table 3) and detectors (Table 2).
 
 Paper: "CEDNet: A Cascade Encoder-Decoder Network for Dense Prediction",
-Zhang et al., arXiv 2302.06052. The backbone and its pyramid are
-``msfusion.models.backbones.cednet``; ``UPerNet`` is the generic
+Zhang et al., arXiv 2302.06052. The backbone is
+``msfusion.models.backbones.cednet``, its detection pyramid the neck
+``msfusion.models.necks.cednet_pyramid``; ``UPerNet`` is the generic
 ``msfusion.models.meta_arch.upernet``.
 
 **Segmentation** (Sec. 4.4, Table 3, ADE20K with UperNet, Xiao et al., ECCV
@@ -30,8 +31,9 @@ models give 962.4 / 1045.2 / 1184.3 G there.
 The training recipe (AdamW, layer-wise lr decay) lives in
 ``configs/upernet_cednet_next_*.yaml``.
 
-**Detection**, Table 2(b)-(d): the backbone carries its own
-pyramid and there is no separate neck. RetinaNet reads P3-P7 (strides
+**Detection**, Table 2(b)-(d): the neck is CEDNet's own pyramid
+(``neck="cednet_pyramid"``; the released code builds it inside the backbone
+and sets no neck), not an FPN. RetinaNet reads P3-P7 (strides
 8-128: 1x1 conv + LayerNorm to 256 channels on the last stage's 1/8, 1/16,
 1/32 maps, then two 3x3 stride-2 conv + LayerNorm levels); Mask R-CNN and
 Cascade Mask R-CNN read P2-P6 (P2 = LayerNorm-then-3x3-conv of the
@@ -165,11 +167,12 @@ def test_upernet_cednet(**kwargs: Any) -> UPerNet:
 # ---- Detectors (Table 2(b)-(d)) --------------------------------------------------------------
 
 
-def _cednet(pyramid: str, drop_path_rate: float) -> dict[str, Any]:
+def _cednet(levels: str, drop_path_rate: float) -> dict[str, Any]:
     return dict(
         backbone="cednet_next_t",
-        neck=None,
-        backbone_kwargs=dict(pyramid=pyramid, drop_path_rate=drop_path_rate, layer_scale_init=1e-6),
+        neck="cednet_pyramid",
+        neck_kwargs=dict(levels=levels),
+        backbone_kwargs=dict(drop_path_rate=drop_path_rate, layer_scale_init=1e-6),
     )
 
 
@@ -207,8 +210,8 @@ def test_retinanet_cednet(**kwargs: Any) -> nn.Module:
     """A tiny RetinaNet on a tiny CEDNet's P3-P7 pyramid (tests only)."""
     defaults = dict(
         backbone="test_cednet_next",
-        neck=None,
-        backbone_kwargs=dict(pyramid="p3p7", pyramid_chs=32),
+        neck="cednet_pyramid",
+        neck_kwargs=dict(levels="p3p7", out_chs=32),
         num_classes=4,
         min_size=64,
         max_size=128,
