@@ -668,7 +668,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: CEDNet | None = None
     return {k: v for k, v in out.items() if k in own or not k.startswith(optional)}
 
 
-def _create_cednet(variant: str, **kwargs: Any) -> CEDNet:
+def _create_cednet(variant: str, cfg: dict[str, Any], **kwargs: Any) -> CEDNet:
+    """``CEDNet(**cfg)`` with the user's ``kwargs`` on top."""
     if "pyramid" in kwargs or "pyramid_chs" in kwargs:
         raise ValueError(
             f"{variant}: the detection pyramid (pyramid=, pyramid_chs=) is no longer built by the backbone; it is "
@@ -677,21 +678,33 @@ def _create_cednet(variant: str, **kwargs: Any) -> CEDNet:
             "dict(pyramid=...) with neck=None), or CEDNetPyramid(backbone.feature_info, 'p3p7') from "
             "msfusion.models.necks on create_model(name, features_only=True)"
         )
-    return CEDNet(**kwargs)
+    return CEDNet(**{**cfg, **kwargs})
+
+
+def _cfg(
+    chs: Sequence[int], blocks: Sequence[int], num_stages: int, drop_path_rate: float = 0.0, **extra: Any
+) -> dict[str, Any]:
+    """A variant in the paper's notation (Sec. 3.4): C = (C0, C1, C2, C3), B = (n0, n1, n2, n3), m stages.
+
+    C0 and n0 are the stem's stride-4 width and blocks; C1..C3 and n1..n3 the
+    1/8, 1/16, 1/32 levels of every cascade stage.
+    """
+    return dict(
+        num_stages=num_stages,
+        p2_dim=chs[0],
+        dims=tuple(chs[1:]),
+        p2_blocks=blocks[0],
+        blocks=tuple(blocks[1:]),
+        drop_path_rate=drop_path_rate,
+        **extra,
+    )
 
 
 # Variants: Sec. 3.4 (C, B, m) and the models registered in the released code
 # (models/cednet.py): drop-path rates are the official ImageNet ones.
-_NEXT_T = dict(num_stages=3, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 4, 2), drop_path_rate=0.1)
-_NEXT_S = dict(num_stages=4, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 7, 2), drop_path_rate=0.4)
-_NEXT_B = dict(
-    num_stages=4,
-    p2_dim=128,
-    p2_blocks=3,
-    dims=(256, 448, 704),
-    blocks=(2, 7, 2),
-    drop_path_rate=0.5,
-)
+_NEXT_T = _cfg((96, 192, 352, 512), (3, 2, 4, 2), 3, 0.1)
+_NEXT_S = _cfg((96, 192, 352, 512), (3, 2, 7, 2), 4, 0.4)
+_NEXT_B = _cfg((128, 256, 448, 704), (3, 2, 7, 2), 4, 0.5)
 # Table 1 / Table 9 style ablations of NeXt-T use their own widths in the official
 # code so that the three styles have about the same size.
 _NEXT_T_STYLE_DIMS = {
@@ -723,21 +736,20 @@ def cednet_next_t(**kwargs: Any) -> CEDNet:
     ``style="unet" | "hourglass" | "fpn_full"`` picks the official ablation widths
     of that style unless ``dims`` is given (Table 1, Table 9).
     """
-    cfg: dict[str, Any] = dict(_NEXT_T)
-    cfg["dims"] = _NEXT_T_STYLE_DIMS.get(kwargs.get("style", "fpn"), cfg["dims"])
-    return _create_cednet("cednet_next_t", **{**cfg, **kwargs})
+    cfg = dict(_NEXT_T, dims=_NEXT_T_STYLE_DIMS.get(kwargs.get("style", "fpn"), _NEXT_T["dims"]))
+    return _create_cednet("cednet_next_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_paper(56.2, 9.66, "paper Table 9: 55M, 9.8G"))
 def cednet_next_s(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-S: C=(96, 192, 352, 512), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
-    return _create_cednet("cednet_next_s", **{**_NEXT_S, **kwargs})
+    return _create_cednet("cednet_next_s", _NEXT_S, **kwargs)
 
 
 @register_model(kind="classifier", paper=_paper(94.6, 16.20, "paper Table 9: 95M, 16.2G"))
 def cednet_next_b(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-B: C=(128, 256, 448, 704), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
-    return _create_cednet("cednet_next_b", **{**_NEXT_B, **kwargs})
+    return _create_cednet("cednet_next_b", _NEXT_B, **kwargs)
 
 
 def _table5(params_m: float) -> PaperFigures:
@@ -752,86 +764,49 @@ def _table5(params_m: float) -> PaperFigures:
 @register_model(kind="classifier", paper=_table5(39))
 def cednet_r50_t(**kwargs: Any) -> CEDNet:
     """CEDNet-R50-T (Table 5): ResNet bottleneck mixer, BN, ReLU (official ``CEDNet_res50``)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=64,
-        p2_blocks=3,
-        dims=(128, 256, 384),
-        blocks=(1, 4, 2),
-        token_mixer="bottleneck",
-        norm="bn",
-        act="relu",
-        drop_path_rate=0.0,
-    )
-    return _create_cednet("cednet_r50_t", **{**cfg, **kwargs})
+    cfg = _cfg((64, 128, 256, 384), (3, 1, 4, 2), 3, token_mixer="bottleneck", norm="bn", act="relu")
+    return _create_cednet("cednet_r50_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_table5(37))
 def cednet_swin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-Swin-T (Table 5): Swin window attention, window 7, C/32 heads (official ``CEDNet_swin_tiny``)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=96,
-        p2_blocks=3,
-        dims=(160, 288, 416),
-        blocks=(2, 4, 2),
-        token_mixer="swin",
-        drop_path_rate=0.1,
-    )
-    return _create_cednet("cednet_swin_t", **{**cfg, **kwargs})
+    cfg = _cfg((96, 160, 288, 416), (3, 2, 4, 2), 3, 0.1, token_mixer="swin")
+    return _create_cednet("cednet_swin_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_table5(33))
 def cednet_cswin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-CSwin-T (Table 5): cross-shaped window attention (official ced-mmdet CSwin config)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=64,
-        p2_blocks=3,
-        dims=(128, 256, 320),
-        blocks=(2, 8, 1),
-        token_mixer="cswin",
-        cswin_heads=(2, 4, 8, 10),
-        cswin_split=(1, 2, 7, 7),
-        drop_path_rate=0.2,
-    )
-    return _create_cednet("cednet_cswin_t", **{**cfg, **kwargs})
+    mixer = dict(token_mixer="cswin", cswin_heads=(2, 4, 8, 10), cswin_split=(1, 2, 7, 7))
+    return _create_cednet("cednet_cswin_t", _cfg((64, 128, 256, 320), (3, 2, 8, 1), 3, 0.2, **mixer), **kwargs)
 
 
 # Tiny variants for fast tests (not paper variants).
-_TEST = dict(
-    num_stages=2,
-    p2_dim=8,
-    p2_blocks=1,
-    dims=(16, 24, 32),
-    blocks=(1, 1, 1),
-    head_hidden_dim=32,
-    num_classes=10,
-)
+_TEST = _cfg((8, 16, 24, 32), (1, 1, 1, 1), 2, head_hidden_dim=32, num_classes=10)
 
 
 @register_model(kind="classifier")
 def test_cednet_next(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-NeXt for fast tests."""
-    return _create_cednet("test_cednet_next", **{**_TEST, **kwargs})
+    return _create_cednet("test_cednet_next", _TEST, **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_r50(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-R50 for fast tests."""
-    cfg = dict(_TEST, token_mixer="bottleneck", norm="bn", act="relu")
-    return _create_cednet("test_cednet_r50", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_r50", dict(_TEST, token_mixer="bottleneck", norm="bn", act="relu"), **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_swin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-Swin for fast tests."""
     cfg = dict(_TEST, token_mixer="swin", swin_head_dim=8, window_size=4, blocks=(2, 2, 1))
-    return _create_cednet("test_cednet_swin", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_swin", cfg, **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_cswin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-CSwin for fast tests."""
     cfg = dict(_TEST, token_mixer="cswin", cswin_heads=(2, 2, 2, 2), cswin_split=(1, 2, 2, 2))
-    return _create_cednet("test_cednet_cswin", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_cswin", cfg, **kwargs)

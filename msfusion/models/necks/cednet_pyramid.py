@@ -119,11 +119,10 @@ class CEDNetPyramid(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         """The producer's maps (finest first) -> the selected levels (B, out_chs, ceil(H/s), ceil(W/s))."""
-        if not isinstance(features, (list, tuple)) or len(features) != self.num_inputs:
-            got = f"{len(features)} maps" if isinstance(features, (list, tuple)) else f"a {type(features).__name__}"
+        if len(features) != self.num_inputs:
             raise ValueError(
-                f"CEDNetPyramid was built for a list of {self.num_inputs} feature maps (finest first), got {got}; "
-                "feed it the output of the backbone whose feature_info built it"
+                f"CEDNetPyramid was built on {self.num_inputs} feature maps (the feature_info it was given), got "
+                f"{len(features)}; feed it the maps of the backbone whose feature_info built it, finest first"
             )
         inputs = [features[i] for i in self.in_index]
         feats = [conv(c) for conv, c in zip(self.reduce_convs, inputs[-3:], strict=True)]

@@ -123,18 +123,26 @@ def _create_upernet_cednet(backbone: str, **kwargs: Any) -> UPerNet:
     return UPerNet(backbone, backbone_kwargs=backbone_kwargs, **seg)
 
 
+def mmdet_figures(
+    params: float | None, gflops: float, source: str, notes: str, input_size: tuple[int, int, int] = (3, 800, 1280)
+) -> PaperFigures:
+    """Published figures counted as mmdetection / mmsegmentation's ``get_flops`` does (mmcv's rules).
+
+    ``input_size`` is the shape they count at: 800x1280 for the detectors, the
+    segmentors' 512x2048.
+    """
+    return PaperFigures(
+        params_m=params, gmacs=gflops, input_size=input_size, source=source, macs_rules="mmcv", notes=notes
+    )
+
+
 def _table3(params_m: float, gmacs: float) -> PaperFigures:
     # Table 3 lists "input size 512^2" (the training crop), but its FLOPs are the
     # mmseg get_flops default shape 512x2048 with mmcv's rules: measured 962.4 /
     # 1045.2 / 1184.3 G here, against the published 962 / 1045 / 1184 G.
-    return PaperFigures(
-        params_m=params_m,
-        gmacs=gmacs,
-        input_size=(3, 512, 2048),
-        source="CEDNet Table 3 (ADE20K, UperNet, 150 classes)",
-        macs_rules="mmcv",
-        notes="params include the auxiliary FCN head; MACs at 512x2048, mmcv rules",
-    )
+    source = "CEDNet Table 3 (ADE20K, UperNet, 150 classes)"
+    notes = "params include the auxiliary FCN head; MACs at 512x2048, mmcv rules"
+    return mmdet_figures(params_m, gmacs, source, notes, input_size=(3, 512, 2048))
 
 
 @register_model(kind="segmentor", backbone="cednet_next_t", paper=_table3(61, 962))
@@ -177,14 +185,8 @@ def _cednet(levels: str, drop_path_rate: float) -> dict[str, Any]:
 
 
 def _cednet_paper(params: float, gflops: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=gflops,
-        input_size=(3, 800, 1280),
-        source="CEDNet paper (arXiv 2302.06052) Table 2",
-        macs_rules="mmcv",
-        notes="mmdetection get_flops (backbone, neck, RPN, box head on 1000 RoIs, mask head on 100)",
-    )
+    notes = "mmdetection get_flops (backbone, neck, RPN, box head on 1000 RoIs, mask head on 100)"
+    return mmdet_figures(params, gflops, "CEDNet paper (arXiv 2302.06052) Table 2", notes)
 
 
 @register_model(kind="detector", paper=_cednet_paper(39, 255), backbone="cednet_next_t")
@@ -220,12 +222,6 @@ def test_retinanet_cednet(**kwargs: Any) -> nn.Module:
 
 
 # ---- Deformable DETR (Table 2(a)) ------------------------------------------------------------
-
-
-def mmdet_figures(params: float | None, gflops: float, source: str, notes: str) -> PaperFigures:
-    return PaperFigures(
-        params_m=params, gmacs=gflops, input_size=(3, 800, 1280), source=source, macs_rules="mmcv", notes=notes
-    )
 
 
 @register_model(
