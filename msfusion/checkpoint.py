@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write",
     "CLASSIFIER_PREFIXES",
     "adapt_layout",
+    "upgrade_moved_keys",
 ]
 
 # Parameters that legitimately change shape when fine-tuning to a new class count.
@@ -288,12 +289,28 @@ def _from_timm_layout(part: nn.Module, state: dict[str, Tensor]) -> tuple[dict[s
     return mapped, [k for k in state if k not in used]
 
 
+def upgrade_moved_keys(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of parts that moved since a checkpoint was saved -> today's keys.
+
+    Every submodule with an ``upgrade_state_dict(state, prefix)`` method maps
+    the keys it knows moved (``prefix`` is its own name in ``model`` plus a
+    dot): CEDNet's detection pyramid, saved inside the backbone by msfusion
+    0.1.0 and a neck since (``msfusion.models.necks.cednet_pyramid``).
+    """
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            state = upgrade(state, f"{name}." if name else "")
+    return state
+
+
 def adapt_layout(
     model: nn.Module, state: dict[str, Tensor], path: str | Path = "", unused: dict[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
     """Bring a state dict of any supported layout to ``model``'s keys.
 
-    In order: the model's ``checkpoint_filter_fn`` (official layouts); a timm
+    In order: the model's ``checkpoint_filter_fn`` (official layouts); keys
+    of parts that moved since (``upgrade_moved_keys``); a timm
     (or torchvision ResNet) classification file into a timm feature
     backbone; and a backbone's file (ours, official, timm) into the
     ``backbone.`` of a composed model. The file's tensors that the
@@ -304,6 +321,7 @@ def adapt_layout(
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if callable(filter_fn):
         state = filter_fn(state)
+    state = upgrade_moved_keys(model, state)
     own = model.state_dict()
     if not state or sum(k in own for k in state) >= len(state) / 2:
         return state
@@ -314,6 +332,8 @@ def adapt_layout(
         part_filter = getattr(part, "checkpoint_filter_fn", None)
         if part is not model and callable(part_filter):
             part_state = part_filter(part_state)
+        if part is not model:  # an official detector file's pyramid keys, under the backbone's name
+            part_state = upgrade_moved_keys(part, part_state)
         part_keys = part.state_dict()
         leftover = [k for k in part_state if k not in part_keys]
         source = part_state

@@ -1,4 +1,4 @@
-"""CEDNet (arXiv 2302.06052): fidelity, behaviour, errors and official checkpoint layouts.
+"""CEDNet (arXiv 2302.06052) and its detection pyramid: fidelity, behaviour, errors, official checkpoint layouts.
 
 Paper-size models are only built on the meta device (counts need no memory);
 forward passes use the tiny ``test_cednet_*`` variants.
@@ -18,6 +18,8 @@ from msfusion.convert.cednet import from_official, to_official
 from msfusion.models.backbones import cednet as C
 from msfusion.models.backbones.cednet_blocks import CEDBlock, LRCEDBlock
 from msfusion.models.backbones.cednet_mixers import LePEAttention, SwinCEDBlock
+from msfusion.models.chain import FeatureChain
+from msfusion.models.necks import CEDNetPyramid
 from msfusion.registry import paper_figures
 
 TEST_VARIANTS = ["test_cednet_next", "test_cednet_r50", "test_cednet_swin", "test_cednet_cswin"]
@@ -26,6 +28,13 @@ TEST_VARIANTS = ["test_cednet_next", "test_cednet_r50", "test_cednet_swin", "tes
 def meta(name: str, **kwargs) -> C.CEDNet:
     with torch.device("meta"):
         return mf.create_model(name, **kwargs)
+
+
+def with_pyramid(name: str, levels: str, device: str = "meta", **kwargs) -> FeatureChain:
+    """A CEDNet backbone and its detection pyramid: the released code's detection wrapper."""
+    with torch.device(device):
+        backbone = mf.create_model(name, features_only=True, **kwargs)
+        return FeatureChain(backbone, neck=CEDNetPyramid(backbone.feature_info, levels, norm=backbone.norm_type))
 
 
 def params_m(model: torch.nn.Module) -> float:
@@ -71,12 +80,15 @@ def test_mmcv_rules_skip_gelu_and_custom_layernorm():
         (dict(style="fpn_full"), 31.94),
         (dict(features_only=True), 30.72),
         (dict(deep_supervision=True), 40.04),
-        (dict(pyramid="p3p7"), 32.17),
-        (dict(pyramid="p2p6"), 32.20),
     ],
 )
 def test_style_and_wrapper_params_match_official(kwargs, expected_m):
     assert abs(params_m(meta("cednet_next_t", **kwargs)) - expected_m) / expected_m < 0.005
+
+
+@pytest.mark.parametrize("levels, expected_m", [("p3p7", 32.17), ("p2p6", 32.20)])
+def test_detection_wrappers_params_match_official(levels, expected_m):
+    assert abs(params_m(with_pyramid("cednet_next_t", levels)) - expected_m) / expected_m < 0.005
 
 
 @pytest.mark.parametrize(
@@ -84,9 +96,9 @@ def test_style_and_wrapper_params_match_official(kwargs, expected_m):
     [("cednet_next_s", 54.52, 54.55, 197.5), ("cednet_next_b", 92.66, 92.69, 331.1)],
 )
 def test_detection_backbones_match_official(name, retina_m, two_stage_m, gmacs):
-    retina = meta(name, pyramid="p3p7")
+    retina = with_pyramid(name, "p3p7")
     assert abs(params_m(retina) - retina_m) / retina_m < 0.005
-    assert abs(params_m(meta(name, pyramid="p2p6")) - two_stage_m) / two_stage_m < 0.005
+    assert abs(params_m(with_pyramid(name, "p2p6")) - two_stage_m) / two_stage_m < 0.005
     assert abs(count_macs_mmcv(retina, (1, 3, 800, 1280)) / 1e9 - gmacs) / gmacs < 0.01
 
 
@@ -114,7 +126,7 @@ def test_stage_allocation_tables_4_and_6():
         [[3, 6, 3], [3, 6, 3]],
         [[1, 2, 1], [5, 10, 5]],
     ]
-    sizes = {params_m(meta("cednet_next_t", num_stages=2, blocks=b, pyramid="p3p7")) for b in rows}
+    sizes = {params_m(with_pyramid("cednet_next_t", "p3p7", num_stages=2, blocks=b)) for b in rows}
     assert len(sizes) == 1, sizes
     # Table 6: any m with one [n1, n2, n3] for every stage.
     for m, blocks in [(1, [6, 9, 3]), (2, [3, 6, 3]), (4, [1, 4, 1])]:
@@ -185,17 +197,43 @@ def test_odd_input_equals_explicit_zero_padding_cropped():
         assert torch.allclose(o, p[..., : o.shape[-2], : o.shape[-1]], atol=1e-5)
 
 
-@pytest.mark.parametrize("pyramid, strides", [("p3p7", [8, 16, 32, 64, 128]), ("p2p6", [4, 8, 16, 32, 64])])
-def test_detection_pyramid(pyramid, strides):
-    model = mf.create_model("test_cednet_next", pyramid=pyramid).eval()
-    assert model.out_channels == 256
+@pytest.mark.parametrize("levels, strides", [("p3p7", [8, 16, 32, 64, 128]), ("p2p6", [4, 8, 16, 32, 64])])
+def test_detection_pyramid(levels, strides):
+    model = with_pyramid("test_cednet_next", levels, device="cpu").eval()
+    assert model.neck.out_channels == 256
     assert [i["reduction"] for i in model.feature_info] == strides
+    names = dict(model.neck.named_modules())
+    assert all(i["module"] in names for i in model.feature_info)
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 97, 131))
     for f, s in zip(feats, strides, strict=True):
         assert f.shape == (1, 256, math.ceil(97 / s), math.ceil(131 / s))
-    sub = mf.create_model("test_cednet_next", pyramid=pyramid, features_only=True, out_indices=(0, 2))
+    sub = CEDNetPyramid(model.backbone.feature_info, levels, out_indices=(0, 2))
     assert [i["reduction"] for i in sub.feature_info] == strides[0:3:2]
+
+
+def test_pyramid_of_an_odd_input_equals_the_padded_one_but_at_the_border():
+    # P3-P5 are per-pixel maps of the backbone's, which equal the padded network's cropped. P2's x2 upsampling
+    # reads one P3 pixel past the crop (the padded input has it) and its 3x3 conv one more: only P2's last
+    # two rows and columns differ.
+    model = with_pyramid("test_cednet_next", "p2p6", device="cpu").eval()
+    x = torch.randn(1, 3, 40, 70)
+    with torch.no_grad():
+        odd, padded = model(x), model(F.pad(x, (0, 26, 0, 24)))  # to 64x96
+    padded = [p[..., : o.shape[-2], : o.shape[-1]] for o, p in zip(odd, padded, strict=True)]
+    for o, p in zip(odd[1:], padded[1:], strict=True):
+        assert torch.allclose(o, p, atol=1e-5)
+    assert torch.allclose(odd[0][..., :-2, :-2], padded[0][..., :-2, :-2], atol=1e-5)
+    assert not torch.allclose(odd[0], padded[0], atol=1e-5)
+
+
+def test_backbone_pyramid_arguments_name_the_neck():
+    with pytest.raises(ValueError, match="neck 'cednet_pyramid'"):
+        mf.create_model("test_cednet_next", pyramid="p3p7")
+    with pytest.raises(ValueError, match="levels must be one of"):
+        CEDNetPyramid(meta("test_cednet_next", features_only=True).feature_info, "p3p6")
+    with pytest.raises(ValueError, match="reads strides"):
+        CEDNetPyramid([dict(chs=8, reduction=8), dict(chs=8, reduction=16)], "p3p7")
 
 
 def test_deep_supervision_heads():
@@ -270,7 +308,6 @@ def test_swin_window_covering_the_map_equals_unpadded_attention():
         (dict(blocks=[[2, 4, 2]] * 3), "blocks"),
         (dict(blocks=[[2, 4, 2], [2, 4]]), "blocks"),
         (dict(norm="gn"), "norm"),
-        (dict(pyramid="p3p6"), "pyramid"),
         (dict(dims=(16, 24)), "dims"),
     ],
 )
@@ -303,6 +340,36 @@ def _perturbed(name, **kwargs):
     return model
 
 
+def test_detectors_build_the_pyramid_as_their_neck():
+    # By name, the neck takes the arch's levels (P2-P6 two-stage, P3-P7 one-stage) and the backbone's norm.
+    two_stage = mf.build_detector("faster_rcnn", backbone="test_cednet_r50", neck="cednet_pyramid", num_classes=3)
+    assert two_stage.backbone.names == ["p2", "p3", "p4", "p5", "p6"]
+    assert isinstance(two_stage.backbone.neck.reduce_convs[0][1], torch.nn.BatchNorm2d)
+    one_stage = mf.build_detector("retinanet", backbone="test_cednet_next", neck="cednet_pyramid", num_classes=3)
+    assert one_stage.backbone.names == ["p3", "p4", "p5", "p6", "p7"]
+
+
+def test_backbone_pyramid_arguments_still_build_the_same_detector():
+    # msfusion 0.1.0's spelling: the pyramid as backbone arguments with neck=None.
+    old = mf.build_detector(
+        "retinanet", backbone="test_cednet_next", neck=None, num_classes=3,
+        backbone_kwargs=dict(pyramid="p2p6", pyramid_chs=16, out_indices=(1, 2, 3, 4)),
+    )  # fmt: skip
+    neck = old.backbone.neck
+    assert isinstance(neck, CEDNetPyramid) and (neck.levels, neck.out_chs) == ("p2p6", 16)
+    assert old.backbone.names == ["p3", "p4", "p5", "p6"] and old.model_cfg["kwargs"]["neck"] is None
+    new = mf.build_detector(
+        "retinanet", backbone="test_cednet_next", neck="cednet_pyramid", num_classes=3,
+        neck_kwargs=dict(levels="p2p6", out_chs=16, out_indices=(1, 2, 3, 4)),
+    )  # fmt: skip
+    assert list(old.state_dict()) == list(new.state_dict())
+    # Through a preset, the backbone arguments override the preset's neck.
+    preset = mf.create_model("test_retinanet_cednet", backbone_kwargs=dict(pyramid_chs=24))
+    assert preset.backbone.neck.out_chs == 24
+    with pytest.raises(ValueError, match="no other neck"):
+        mf.build_detector("retinanet", backbone="test_cednet_next", backbone_kwargs=dict(pyramid="p3p7"), num_classes=3)
+
+
 @pytest.mark.parametrize("name", ["test_cednet_next", "test_cednet_swin", "test_cednet_r50"])
 def test_imagenet_layout_round_trip(name, tmp_path):
     src = _perturbed(name, deep_supervision=True)
@@ -318,21 +385,31 @@ def test_imagenet_layout_round_trip(name, tmp_path):
     assert torch.allclose(_outputs(src, x)[0], _outputs(dst, x)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("pyramid", ["p3p7", "p2p6"])
-def test_mmdet_layout_round_trip(pyramid):
-    src = _perturbed("test_cednet_next", pyramid=pyramid)
-    ckpt = to_official(src.state_dict(), "mmdet")
+@pytest.mark.parametrize("arch, levels", [("retinanet", "p3p7"), ("faster_rcnn", "p2p6")])
+def test_mmdet_layout_round_trip(arch, levels, tmp_path):
+    src = with_pyramid("test_cednet_next", levels, device="cpu").eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    # The released detectors keep the pyramid inside the backbone: its keys sit beside the backbone's.
+    ckpt = to_official({**src.backbone.state_dict(), **src.neck.state_dict()}, "mmdet")
     sd = ckpt["state_dict"]
     assert all(k.startswith("backbone.") for k in sd) and any(".reduce_convs." in k for k in sd)
     sd["bbox_head.retina_cls.weight"] = torch.zeros(9, 256, 3, 3)
-    dst = mf.create_model("test_cednet_next", pyramid=pyramid)
-    dst.load_state_dict(dst.checkpoint_filter_fn(ckpt))
+    torch.save(ckpt, tmp_path / "official.pth")
+    # Into a detector whose neck is the pyramid (its levels follow the arch): every tensor finds its place.
+    dst = mf.build_detector(arch, backbone="test_cednet_next", neck="cednet_pyramid", num_classes=3).eval()
+    with pytest.warns(UserWarning, match="bbox_head.retina_cls.weight"):
+        mf.load_checkpoint(dst, tmp_path / "official.pth")
     x = torch.randn(1, 3, 64, 64)
-    for a, b in zip(_outputs(src, x), _outputs(dst, x), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
-    # The same detector checkpoint also initialises a plain backbone.
+    with torch.no_grad():
+        for a, b in zip(src(x), dst.backbone(x).values(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+    # The same detector checkpoint also initialises a plain backbone, and the neck alone.
     plain = mf.create_model("test_cednet_next", features_only=True)
     plain.load_state_dict(plain.checkpoint_filter_fn(ckpt))
+    neck = CEDNetPyramid(plain.feature_info, levels)
+    neck.load_state_dict(neck.checkpoint_filter_fn(ckpt))
 
 
 def test_mmseg_layout_round_trip():
@@ -369,7 +446,7 @@ RETINA_HEAD = 8 * (256 * 256 * 9 + 256) + (256 * 720 * 9 + 720) + (256 * 36 * 9 
     ],
 )
 def test_retinanet_sizes_match_tables_5_and_8(name, kwargs, table_m):
-    total = (mf.count_params(meta(name, pyramid="p3p7", **kwargs)) + RETINA_HEAD) / 1e6
+    total = (mf.count_params(with_pyramid(name, "p3p7", **kwargs)) + RETINA_HEAD) / 1e6
     assert abs(total - table_m) / table_m < 0.025, total
 
 

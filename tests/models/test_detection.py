@@ -99,9 +99,10 @@ def test_every_arch_and_neck_trains_and_infers(arch: str, neck: str, fine: bool)
             assert out["masks"].shape[1:] == (1, *image.shape[-2:])
 
 
-def test_cednet_pyramid_without_neck() -> None:
+def test_cednet_pyramid_is_the_neck() -> None:
     model = mf.create_model("test_retinanet_cednet")
-    assert model.backbone.names == ["p3", "p4", "p5", "p6", "p7"] and model.backbone.neck is None
+    assert model.backbone.names == ["p3", "p4", "p5", "p6", "p7"]
+    assert type(model.backbone.neck).__name__ == "CEDNetPyramid"
     images, targets = _batch()
     model.train()
     sum(model(images, targets).values()).backward()

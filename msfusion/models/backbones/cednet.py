@@ -25,8 +25,9 @@ Implements:
   global average pool, LayerNorm, linear) on the last stage's 1/32 map, with the
   official deep-supervision heads on every stage (``deep_supervision=True``,
   ``forward_train``).
-- The detection pyramids of the official mmdet wrappers (``pyramid="p3p7"``:
-  RetinaNet, P3-P7; ``"p2p6"``: Mask R-CNN, P2-P6; 256 channels).
+
+The detection pyramids of the official mmdet wrappers (RetinaNet P3-P7, Mask
+R-CNN P2-P6) are the neck ``msfusion.models.necks.cednet_pyramid``.
 
 Numbers (parameters, mmcv-rule MACs, block allocation, drop-path schedule,
 initialisation, checkpoint keys) come from the released CEDNet code
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from msfusion.layers import LayerNorm2d, check_image_batch
+from msfusion.layers import check_image_batch
 from msfusion.layers.features import select_features
 from msfusion.models.backbones.cednet_blocks import (
     ACTS,
@@ -55,6 +56,7 @@ from msfusion.models.backbones.cednet_blocks import (
     CEDBlock,
     LRBottleneckBlock,
     LRCEDBlock,
+    init_weights,
     make_act,
     make_norm2d,
 )
@@ -68,12 +70,10 @@ __all__ = [
     "checkpoint_filter_fn",
     "STYLES",
     "TOKEN_MIXERS",
-    "PYRAMIDS",
 ]
 
 STYLES = ("fpn", "unet", "hourglass", "fpn_full")
 TOKEN_MIXERS = ("dwconv7", "bottleneck", "swin", "cswin")
-PYRAMIDS = ("p3p7", "p2p6")
 # The network downsamples by 32 and fuses levels by exact x2 upsampling, so inputs
 # are padded inside to a multiple of 32; below 32 pixels the 1/32 map would be
 # nothing but padding.
@@ -290,9 +290,9 @@ class Decoder(nn.Module):
 
 
 class CEDNet(nn.Module):
-    """CEDNet classifier / backbone / detection backbone.
+    """CEDNet classifier / backbone.
 
-    Three modes:
+    Two modes:
 
     - classifier (default): ``forward(x)`` (B, 3, H, W) -> (B, num_classes)
       logits of the last stage's head. With ``deep_supervision=True`` there is
@@ -308,11 +308,9 @@ class CEDNet(nn.Module):
       and the first feeds its auxiliary FCN head) is exposed separately:
       ``forward_with_extras(x)`` returns ``(features, extras)`` and
       ``extra_feature_info`` describes the extras.
-    - ``pyramid="p3p7"`` / ``"p2p6"``: the official mmdet wrappers' built-in neck,
-      ``pyramid_chs`` (256) channels each: P3-P7 (strides 8-128, 1x1 conv + LN on
-      c3..c5, two 3x3 stride-2 conv + LN) or P2-P6 (strides 4-64, one extra level,
-      and P2 = Conv3x3(LN(Up2x(P3) + LN(Conv1x1(c2))))). ``out_channels`` is set
-      for torchvision detectors.
+
+    The detection pyramids of the official detectors (P3-P7, P2-P6) are the
+    neck ``CEDNetPyramid`` (``neck="cednet_pyramid"``) on the features.
 
     Any input size works: inputs are padded (bottom/right, zeros) to a multiple
     of 32 and feature maps are cropped back to ``ceil(size / stride)``. Sides
@@ -348,11 +346,9 @@ class CEDNet(nn.Module):
         head_init_scale: multiplies the initial classifier weights and biases.
         deep_supervision: build a head on every stage (training recipe).
         features_only: return feature maps instead of logits.
-        out_indices: which outputs to return (features or pyramid levels; all by default).
+        out_indices: which feature maps to return (all by default).
         extra_stage_features: append the earlier stages' fused 1/8 maps to the
             feature list (official mmseg layout, for an auxiliary head).
-        pyramid: None, ``"p3p7"`` or ``"p2p6"`` (implies feature output).
-        pyramid_chs: channels of the pyramid levels.
     """
 
     def __init__(
@@ -386,8 +382,6 @@ class CEDNet(nn.Module):
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
         extra_stage_features: bool = False,
-        pyramid: str | None = None,
-        pyramid_chs: int = 256,
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
@@ -395,8 +389,6 @@ class CEDNet(nn.Module):
         _check_choice("token_mixer", token_mixer, TOKEN_MIXERS)
         _check_choice("norm", norm, NORMS)
         _check_choice("act", act, ACTS)
-        if pyramid is not None:
-            _check_choice("pyramid", pyramid, PYRAMIDS)
         if len(dims) != 3 or any(int(d) <= 0 for d in dims):
             raise ValueError(f"dims must be three positive channel counts (C1, C2, C3), got {tuple(dims)}")
         if num_stages < 1:
@@ -411,7 +403,7 @@ class CEDNet(nn.Module):
         self.dims = tuple(int(d) for d in dims)
         self.style = style
         self.token_mixer = token_mixer
-        self.pyramid = pyramid
+        self.norm_type = norm
         make_block = _BlockFactory(
             token_mixer,
             norm,
@@ -475,37 +467,10 @@ class CEDNet(nn.Module):
         )
         self.extra_stage_features = extra_stage_features
 
-        self.features_only = features_only or pyramid is not None
-        if pyramid is not None:
-            num_add = 2 if pyramid == "p3p7" else 1
-            self.reduce_convs = nn.ModuleList(
-                nn.Sequential(nn.Conv2d(d, pyramid_chs, 1), make_norm2d(norm, pyramid_chs)) for d in self.dims
-            )
-            self.add_blocks = nn.ModuleList(
-                nn.Sequential(
-                    nn.Conv2d(pyramid_chs, pyramid_chs, 3, stride=2, padding=1),
-                    make_norm2d(norm, pyramid_chs),
-                )
-                for _ in range(num_add)
-            )
-            first = 3
-            if pyramid == "p2p6":
-                first = 2
-                self.upsample_p3 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-                # The official wrapper uses LayerNorm here whatever ``norm`` is.
-                self.reduce_c2 = nn.Sequential(nn.Conv2d(p2_dim, pyramid_chs, 1), LayerNorm2d(pyramid_chs, eps=1e-6))
-                self.merge_c2 = nn.Sequential(
-                    LayerNorm2d(pyramid_chs, eps=1e-6),
-                    nn.Conv2d(pyramid_chs, pyramid_chs, 3, padding=1),
-                )
-            info = [
-                dict(chs=pyramid_chs, reduction=2**lvl, module=f"pyramid.p{lvl}") for lvl in range(first, first + 5)
-            ]
-        else:
-            info = self.backbone_info
-        self.out_indices, self.feature_info = select_features(info, out_indices if self.features_only else None)
-        if not self.features_only:
-            self.feature_info = select_features(self.backbone_info, None)[1]
+        self.features_only = features_only
+        self.out_indices, self.feature_info = select_features(
+            self.backbone_info, out_indices if features_only else None
+        )
         chs = [f["chs"] for f in self.feature_info]
         # torchvision detectors read one ``out_channels``; with mixed widths it is a list.
         self.out_channels: int | list[int] = chs[0] if len(set(chs)) == 1 else chs
@@ -535,7 +500,7 @@ class CEDNet(nn.Module):
                 }
             )
 
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if not self.features_only:
             with torch.no_grad():
                 for head in self.heads.values():
@@ -602,25 +567,6 @@ class CEDNet(nn.Module):
         feats, extras = self._features_and_extras(x)
         return [feats[i] for i in self.out_indices], extras
 
-    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) -> the detection pyramid, ``pyramid_chs`` channels per level.
-
-        ``"p3p7"``: strides 8, 16, 32, 64, 128. ``"p2p6"``: strides 4, 8, 16, 32, 64.
-        """
-        if self.pyramid is None:
-            raise ValueError("forward_pyramid needs a model built with pyramid='p3p7' or 'p2p6'")
-        x, size = self._check_and_pad(x)
-        c2, outs = self._forward_cascade(x)
-        feats = [conv(c) for conv, c in zip(self.reduce_convs, outs[-1], strict=True)]
-        for block in self.add_blocks:
-            feats.append(block(feats[-1]))
-        if self.pyramid == "p2p6":
-            feats.insert(0, self.merge_c2(self.upsample_p3(feats[0]) + self.reduce_c2(c2)))
-            strides = [4, 8, 16, 32, 64]
-        else:
-            strides = [8, 16, 32, 64, 128]
-        return [_crop(f, size, r) for f, r in zip(feats, strides, strict=True)]
-
     def forward_head(self, x: Tensor, stage: int = -1) -> Tensor:
         """(B, C3, h, w) 1/32 map -> (B, num_classes) with the head of ``stage`` (default: last)."""
         key = str(stage % self.num_stages)
@@ -628,10 +574,7 @@ class CEDNet(nn.Module):
         return self.heads[key](self.norms[key](x))
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        """Logits (B, num_classes), or the selected feature / pyramid maps (see the class docstring)."""
-        if self.pyramid is not None:
-            feats = self.forward_pyramid(x)
-            return [feats[i] for i in self.out_indices]
+        """Logits (B, num_classes), or the selected feature maps (see the class docstring)."""
         if self.features_only:
             feats = self.forward_features(x)
             return [feats[i] for i in self.out_indices]
@@ -645,7 +588,7 @@ class CEDNet(nn.Module):
         Each stage's 1/32 output goes through its own head (official ImageNet
         recipe; the loss is the mean of the m cross-entropies). Without
         ``deep_supervision`` the list holds only the last head's logits. A
-        feature / pyramid model returns its ``forward`` output.
+        feature model returns its ``forward`` output.
         """
         if self.features_only:
             return self.forward(x)
@@ -694,14 +637,6 @@ def _stage_blocks(blocks: Any, num_stages: int) -> list[tuple[int, int, int]]:
     return triples  # type: ignore[return-value]
 
 
-def _init_weights(m: nn.Module) -> None:
-    """Official init: Kaiming-normal (fan-out, linear gain) convs and linears, zero biases."""
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="linear")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: CEDNet | None = None) -> dict[str, Tensor]:
     """Map an official CEDNet checkpoint to our keys.
 
@@ -711,7 +646,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: CEDNet | None = None
     and the mmseg UperNet layout (``backbone.`` prefix), see
     ``msfusion.convert.cednet``. With a ``model``, keys the model has no place
     for by design are dropped: per-stage heads it did not build, detector or
-    segmentor heads, and the pyramid layers of a plain backbone. Every other key
+    segmentor heads, and the pyramid layers (the neck ``CEDNetPyramid``
+    loads those). Every other key
     is kept, so a real mismatch is still reported by ``load_state_dict``.
     """
     from msfusion.convert.cednet import from_official
@@ -732,22 +668,43 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: CEDNet | None = None
     return {k: v for k, v in out.items() if k in own or not k.startswith(optional)}
 
 
-def _create_cednet(variant: str, **kwargs: Any) -> CEDNet:
-    return CEDNet(**kwargs)
+def _create_cednet(variant: str, cfg: dict[str, Any], **kwargs: Any) -> CEDNet:
+    """``CEDNet(**cfg)`` with the user's ``kwargs`` on top."""
+    if "pyramid" in kwargs or "pyramid_chs" in kwargs:
+        raise ValueError(
+            f"{variant}: the detection pyramid (pyramid=, pyramid_chs=) is no longer built by the backbone; it is "
+            "the neck 'cednet_pyramid': build_detector(..., backbone=name, neck='cednet_pyramid', "
+            "neck_kwargs=dict(levels='p3p7', out_chs=256)) (build_detector still reads backbone_kwargs="
+            "dict(pyramid=...) with neck=None), or CEDNetPyramid(backbone.feature_info, 'p3p7') from "
+            "msfusion.models.necks on create_model(name, features_only=True)"
+        )
+    return CEDNet(**{**cfg, **kwargs})
+
+
+def _cfg(
+    chs: Sequence[int], blocks: Sequence[int], num_stages: int, drop_path_rate: float = 0.0, **extra: Any
+) -> dict[str, Any]:
+    """A variant in the paper's notation (Sec. 3.4): C = (C0, C1, C2, C3), B = (n0, n1, n2, n3), m stages.
+
+    C0 and n0 are the stem's stride-4 width and blocks; C1..C3 and n1..n3 the
+    1/8, 1/16, 1/32 levels of every cascade stage.
+    """
+    return dict(
+        num_stages=num_stages,
+        p2_dim=chs[0],
+        dims=tuple(chs[1:]),
+        p2_blocks=blocks[0],
+        blocks=tuple(blocks[1:]),
+        drop_path_rate=drop_path_rate,
+        **extra,
+    )
 
 
 # Variants: Sec. 3.4 (C, B, m) and the models registered in the released code
 # (models/cednet.py): drop-path rates are the official ImageNet ones.
-_NEXT_T = dict(num_stages=3, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 4, 2), drop_path_rate=0.1)
-_NEXT_S = dict(num_stages=4, p2_dim=96, p2_blocks=3, dims=(192, 352, 512), blocks=(2, 7, 2), drop_path_rate=0.4)
-_NEXT_B = dict(
-    num_stages=4,
-    p2_dim=128,
-    p2_blocks=3,
-    dims=(256, 448, 704),
-    blocks=(2, 7, 2),
-    drop_path_rate=0.5,
-)
+_NEXT_T = _cfg((96, 192, 352, 512), (3, 2, 4, 2), 3, 0.1)
+_NEXT_S = _cfg((96, 192, 352, 512), (3, 2, 7, 2), 4, 0.4)
+_NEXT_B = _cfg((128, 256, 448, 704), (3, 2, 7, 2), 4, 0.5)
 # Table 1 / Table 9 style ablations of NeXt-T use their own widths in the official
 # code so that the three styles have about the same size.
 _NEXT_T_STYLE_DIMS = {
@@ -779,21 +736,20 @@ def cednet_next_t(**kwargs: Any) -> CEDNet:
     ``style="unet" | "hourglass" | "fpn_full"`` picks the official ablation widths
     of that style unless ``dims`` is given (Table 1, Table 9).
     """
-    cfg: dict[str, Any] = dict(_NEXT_T)
-    cfg["dims"] = _NEXT_T_STYLE_DIMS.get(kwargs.get("style", "fpn"), cfg["dims"])
-    return _create_cednet("cednet_next_t", **{**cfg, **kwargs})
+    cfg = dict(_NEXT_T, dims=_NEXT_T_STYLE_DIMS.get(kwargs.get("style", "fpn"), _NEXT_T["dims"]))
+    return _create_cednet("cednet_next_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_paper(56.2, 9.66, "paper Table 9: 55M, 9.8G"))
 def cednet_next_s(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-S: C=(96, 192, 352, 512), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
-    return _create_cednet("cednet_next_s", **{**_NEXT_S, **kwargs})
+    return _create_cednet("cednet_next_s", _NEXT_S, **kwargs)
 
 
 @register_model(kind="classifier", paper=_paper(94.6, 16.20, "paper Table 9: 95M, 16.2G"))
 def cednet_next_b(**kwargs: Any) -> CEDNet:
     """CEDNet-NeXt-B: C=(128, 256, 448, 704), B=(3, 2, 7, 2), m=4 (Sec. 3.4)."""
-    return _create_cednet("cednet_next_b", **{**_NEXT_B, **kwargs})
+    return _create_cednet("cednet_next_b", _NEXT_B, **kwargs)
 
 
 def _table5(params_m: float) -> PaperFigures:
@@ -808,86 +764,49 @@ def _table5(params_m: float) -> PaperFigures:
 @register_model(kind="classifier", paper=_table5(39))
 def cednet_r50_t(**kwargs: Any) -> CEDNet:
     """CEDNet-R50-T (Table 5): ResNet bottleneck mixer, BN, ReLU (official ``CEDNet_res50``)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=64,
-        p2_blocks=3,
-        dims=(128, 256, 384),
-        blocks=(1, 4, 2),
-        token_mixer="bottleneck",
-        norm="bn",
-        act="relu",
-        drop_path_rate=0.0,
-    )
-    return _create_cednet("cednet_r50_t", **{**cfg, **kwargs})
+    cfg = _cfg((64, 128, 256, 384), (3, 1, 4, 2), 3, token_mixer="bottleneck", norm="bn", act="relu")
+    return _create_cednet("cednet_r50_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_table5(37))
 def cednet_swin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-Swin-T (Table 5): Swin window attention, window 7, C/32 heads (official ``CEDNet_swin_tiny``)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=96,
-        p2_blocks=3,
-        dims=(160, 288, 416),
-        blocks=(2, 4, 2),
-        token_mixer="swin",
-        drop_path_rate=0.1,
-    )
-    return _create_cednet("cednet_swin_t", **{**cfg, **kwargs})
+    cfg = _cfg((96, 160, 288, 416), (3, 2, 4, 2), 3, 0.1, token_mixer="swin")
+    return _create_cednet("cednet_swin_t", cfg, **kwargs)
 
 
 @register_model(kind="classifier", paper=_table5(33))
 def cednet_cswin_t(**kwargs: Any) -> CEDNet:
     """CEDNet-CSwin-T (Table 5): cross-shaped window attention (official ced-mmdet CSwin config)."""
-    cfg = dict(
-        num_stages=3,
-        p2_dim=64,
-        p2_blocks=3,
-        dims=(128, 256, 320),
-        blocks=(2, 8, 1),
-        token_mixer="cswin",
-        cswin_heads=(2, 4, 8, 10),
-        cswin_split=(1, 2, 7, 7),
-        drop_path_rate=0.2,
-    )
-    return _create_cednet("cednet_cswin_t", **{**cfg, **kwargs})
+    mixer = dict(token_mixer="cswin", cswin_heads=(2, 4, 8, 10), cswin_split=(1, 2, 7, 7))
+    return _create_cednet("cednet_cswin_t", _cfg((64, 128, 256, 320), (3, 2, 8, 1), 3, 0.2, **mixer), **kwargs)
 
 
 # Tiny variants for fast tests (not paper variants).
-_TEST = dict(
-    num_stages=2,
-    p2_dim=8,
-    p2_blocks=1,
-    dims=(16, 24, 32),
-    blocks=(1, 1, 1),
-    head_hidden_dim=32,
-    num_classes=10,
-)
+_TEST = _cfg((8, 16, 24, 32), (1, 1, 1, 1), 2, head_hidden_dim=32, num_classes=10)
 
 
 @register_model(kind="classifier")
 def test_cednet_next(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-NeXt for fast tests."""
-    return _create_cednet("test_cednet_next", **{**_TEST, **kwargs})
+    return _create_cednet("test_cednet_next", _TEST, **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_r50(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-R50 for fast tests."""
-    cfg = dict(_TEST, token_mixer="bottleneck", norm="bn", act="relu")
-    return _create_cednet("test_cednet_r50", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_r50", dict(_TEST, token_mixer="bottleneck", norm="bn", act="relu"), **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_swin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-Swin for fast tests."""
     cfg = dict(_TEST, token_mixer="swin", swin_head_dim=8, window_size=4, blocks=(2, 2, 1))
-    return _create_cednet("test_cednet_swin", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_swin", cfg, **kwargs)
 
 
 @register_model(kind="classifier")
 def test_cednet_cswin(**kwargs: Any) -> CEDNet:
     """A tiny CEDNet-CSwin for fast tests."""
     cfg = dict(_TEST, token_mixer="cswin", cswin_heads=(2, 2, 2, 2), cswin_split=(1, 2, 2, 2))
-    return _create_cednet("test_cednet_cswin", **{**cfg, **kwargs})
+    return _create_cednet("test_cednet_cswin", cfg, **kwargs)

@@ -18,6 +18,8 @@ All blocks take and return (B, C, H, W) tensors.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +32,7 @@ __all__ = [
     "LRBottleneckBlock",
     "make_norm2d",
     "make_act",
+    "init_weights",
     "NORMS",
     "ACTS",
 ]
@@ -61,17 +64,59 @@ def make_act(act: str) -> nn.Module:
     raise ValueError(f"unknown activation {act!r}; CEDNet allows {ACTS}")
 
 
-class _ChannelsLastMLP(nn.Module):
-    """Shared tail of the (LR) CED block: MLP x4 in channels-last, layer scale, DropPath."""
+def init_weights(m: nn.Module) -> None:
+    """Official init (every CEDNet part): Kaiming-normal (fan-out, linear gain) convs and linears, zero biases."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="linear")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
-    def _init_mlp(self, dim: int, mlp_ratio: float, act: str, layer_scale_init: float, drop_path: float) -> None:
+
+def _dw7_norm_act(dim: int, norm: str, act: str, dilation: int = 1) -> nn.Sequential:
+    """7x7 depthwise conv (dilation r, "same" padding) + norm + activation: the LR blocks' long-range mixer."""
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim),
+        make_norm2d(norm, dim),
+        make_act(act),
+    )
+
+
+class _CEDBlockBase(nn.Module):
+    """A token mixer (``build_mixer``, one per subclass), then a 4x MLP in channels-last with layer scale.
+
+    ``x + DropPath(gamma * MLP(mixer(x)))``; the subclass's ``forward`` applies its mixer.
+
+    Args:
+        dim: channels C.
+        drop_path: stochastic-depth rate of the residual branch.
+        norm: ``"ln"`` (default) or ``"bn"``, the norm of the mixer.
+        act: ``"gelu"`` (default) or ``"relu"``.
+        layer_scale_init: initial value of ``gamma``; 0 or less removes it (official behaviour).
+        mlp_ratio: hidden width of the MLP over C.
+        **mixer: the subclass's mixer arguments (``kernel_size``, ``dilation``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        norm: str = "ln",
+        act: str = "gelu",
+        layer_scale_init: float = 1e-6,
+        mlp_ratio: float = 4.0,
+        **mixer: Any,
+    ) -> None:
+        super().__init__()
+        self.build_mixer(dim, norm, act, **mixer)
         hidden = int(mlp_ratio * dim)
         self.pwconv1 = nn.Linear(dim, hidden)
         self.act = make_act(act)
         self.pwconv2 = nn.Linear(hidden, dim)
-        # Layer scale exists only for a positive init value (official behaviour).
         self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def build_mixer(self, dim: int, norm: str, act: str) -> None:
+        raise NotImplementedError
 
     def _mlp(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
@@ -81,79 +126,36 @@ class _ChannelsLastMLP(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class CEDBlock(_ChannelsLastMLP):
+class CEDBlock(_CEDBlockBase):
     """CED block (Sec. 3.3, solid elements of Fig. 3), the official ``NeXtBlock``.
 
     ``x + DropPath(gamma * MLP(LN(DWConv7x7(x))))`` with a 4x MLP and GELU.
-
-    Args:
-        dim: channels C.
-        drop_path: stochastic-depth rate of the residual branch.
-        norm: ``"ln"`` (default) or ``"bn"``.
-        act: ``"gelu"`` (default) or ``"relu"``.
-        layer_scale_init: initial value of ``gamma``; 0 or less removes it.
-        mlp_ratio: hidden width of the MLP over C.
-        kernel_size: depthwise kernel of the token mixer.
+    Arguments as ``_CEDBlockBase``, and ``kernel_size``, the depthwise kernel
+    of the token mixer (7).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path: float = 0.0,
-        norm: str = "ln",
-        act: str = "gelu",
-        layer_scale_init: float = 1e-6,
-        mlp_ratio: float = 4.0,
-        kernel_size: int = 7,
-    ) -> None:
-        super().__init__()
+    def build_mixer(self, dim: int, norm: str, act: str, kernel_size: int = 7) -> None:
         self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.norm = make_norm2d(norm, dim)
-        self._init_mlp(dim, mlp_ratio, act, layer_scale_init, drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         return x + self.drop_path(self._mlp(self.norm(self.dwconv(x))))
 
 
-class LRCEDBlock(_ChannelsLastMLP):
+class LRCEDBlock(_CEDBlockBase):
     """Long-range CED block (Sec. 3.3, solid + dashed elements of Fig. 3), the official ``DNeXtBlock``.
 
     ``y = x + Act(LN(DW7x7(x)))``; ``y = y + Act(LN(DW7x7_dil(y)))``;
     ``out = x + DropPath(gamma * MLP(y))``. Each depthwise conv carries its own
     norm and activation inside its skip; the MLP input is not normalised again
-    (as in the released CEDNet code).
-
-    Args:
-        dim: channels C.
-        drop_path: stochastic-depth rate of the outer residual branch.
-        norm: ``"ln"`` or ``"bn"``.
-        act: ``"gelu"`` or ``"relu"``.
-        layer_scale_init: initial value of ``gamma``; 0 or less removes it.
-        mlp_ratio: hidden width of the MLP over C.
-        dilation: dilation r of the second 7x7 depthwise conv (paper: r = 3).
+    (as in the released CEDNet code). Arguments as ``_CEDBlockBase``, and
+    ``dilation``, the dilation r of the second 7x7 depthwise conv (paper: r = 3).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path: float = 0.0,
-        norm: str = "ln",
-        act: str = "gelu",
-        layer_scale_init: float = 1e-6,
-        mlp_ratio: float = 4.0,
-        dilation: int = 3,
-    ) -> None:
-        super().__init__()
-        self.dwconv1 = nn.Sequential(
-            nn.Conv2d(dim, dim, 7, padding=3, groups=dim), make_norm2d(norm, dim), make_act(act)
-        )
-        self.dwconv2 = nn.Sequential(
-            nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim),
-            make_norm2d(norm, dim),
-            make_act(act),
-        )
-        self._init_mlp(dim, mlp_ratio, act, layer_scale_init, drop_path)
+    def build_mixer(self, dim: int, norm: str, act: str, dilation: int = 3) -> None:
+        self.dwconv1 = _dw7_norm_act(dim, norm, act)
+        self.dwconv2 = _dw7_norm_act(dim, norm, act, dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -184,9 +186,10 @@ class BottleneckBlock(nn.Module):
         drop_path: stochastic-depth rate.
         norm: ``"bn"`` in the official variant; ``"ln"`` allowed.
         act: ``"relu"`` in the official variant.
-        mlp_ratio: expansion of the 1x1 pair.
         layer_scale_init: unused (the official block has no layer scale); accepted
             so every block has the same signature.
+        mlp_ratio: expansion of the 1x1 pair.
+        **long_range: the LR block's arguments (``LRBottleneckBlock``).
     """
 
     def __init__(
@@ -197,6 +200,7 @@ class BottleneckBlock(nn.Module):
         act: str = "relu",
         layer_scale_init: float = 0.0,
         mlp_ratio: float = 4.0,
+        **long_range: Any,
     ) -> None:
         super().__init__()
         hidden = int(mlp_ratio * dim)
@@ -205,6 +209,10 @@ class BottleneckBlock(nn.Module):
         self.conv3 = _conv_norm(hidden, dim, 1, norm, None)
         self.act = make_act(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.build_long_range(dim, norm, act, **long_range)
+
+    def build_long_range(self, dim: int, norm: str, act: str) -> None:
+        """The LR block's extra mixer (``LRBottleneckBlock``); the plain block has none."""
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -217,34 +225,12 @@ class LRBottleneckBlock(BottleneckBlock):
 
     As ``BottleneckBlock`` but the 3x3 conv gets a skip, and a 7x7 depthwise
     conv with dilation r (+ norm + act, with a bias as in the official code)
-    follows with its own skip, before the 1x1 pair.
-
-    Args:
-        dim: channels C.
-        drop_path: stochastic-depth rate.
-        norm: ``"bn"`` in the official variant.
-        act: ``"relu"`` in the official variant.
-        layer_scale_init: unused (no layer scale in this block).
-        mlp_ratio: expansion of the 1x1 pair.
-        dilation: dilation r of the 7x7 depthwise conv (3).
+    follows with its own skip, before the 1x1 pair. Arguments as
+    ``BottleneckBlock``, and ``dilation``, the dilation r (3).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path: float = 0.0,
-        norm: str = "bn",
-        act: str = "relu",
-        layer_scale_init: float = 0.0,
-        mlp_ratio: float = 4.0,
-        dilation: int = 3,
-    ) -> None:
-        super().__init__(dim, drop_path, norm, act, layer_scale_init, mlp_ratio)
-        self.dwconv1 = nn.Sequential(
-            nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim),
-            make_norm2d(norm, dim),
-            make_act(act),
-        )
+    def build_long_range(self, dim: int, norm: str, act: str, dilation: int = 3) -> None:
+        self.dwconv1 = _dw7_norm_act(dim, norm, act, dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""

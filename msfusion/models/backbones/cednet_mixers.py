@@ -23,6 +23,8 @@ official detection code). All blocks take and return (B, C, H, W).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm
@@ -62,7 +64,21 @@ def _merge(windows: Tensor, window: int, b: int, h: int, w: int) -> Tensor:
     return x.reshape(b, h, w, -1)
 
 
-class SwinCEDBlock(nn.Module):
+class _PreNormMLP(nn.Module):
+    """The Swin and CSwin blocks' MLP branch: ``DropPath(MLP(LN(x)))`` on channels-last tokens (..., C)."""
+
+    def _init_mlp(self, dim: int, mlp_ratio: float, act: str, drop_path: float) -> None:
+        self.norm2 = LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
+        self.act = make_act(act)
+        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        return self.drop_path(self.pwconv2(self.act(self.pwconv1(self.norm2(x)))))
+
+
+class SwinCEDBlock(_PreNormMLP):
     """Swin-mixer CED block (official ``SwinBlock``): ``x + W-MSA(LN(x))``, then ``x + MLP(LN(x))``.
 
     Args:
@@ -84,6 +100,7 @@ class SwinCEDBlock(nn.Module):
             default (a shift that was never applied is not undone); turn it on
             for weights trained with the official code. With it on, outputs
             equal the official ``CEDNet_swin_tiny`` to float64 precision.
+        **long_range: the LR block's arguments (``LRSwinCEDBlock``).
     """
 
     def __init__(
@@ -98,6 +115,7 @@ class SwinCEDBlock(nn.Module):
         norm: str = "ln",
         layer_scale_init: float = 0.0,
         roll_back_unshifted: bool = False,
+        **long_range: Any,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -107,11 +125,11 @@ class SwinCEDBlock(nn.Module):
         self.roll_back_unshifted = roll_back_unshifted
         self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = WindowAttention(dim, num_heads=num_heads, window_size=window_size)
-        self.norm2 = LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
-        self.act = make_act(act)
-        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._init_mlp(dim, mlp_ratio, act, drop_path)
+        self.build_long_range(dim, act, **long_range)
+
+    def build_long_range(self, dim: int, act: str) -> None:
+        """The LR block's extra layers (``LRSwinCEDBlock``); the plain block has none."""
 
     def window_attention(self, x: Tensor) -> Tensor:
         """(B, H, W, C) channels-last -> (B, H, W, C), padding to whole windows inside."""
@@ -132,9 +150,6 @@ class SwinCEDBlock(nn.Module):
             x = torch.roll(x, shifts=(back, back), dims=(1, 2))
         return x[:, :h, :w, :]
 
-    def _mlp(self, x: Tensor) -> Tensor:
-        return self.drop_path(self.pwconv2(self.act(self.pwconv1(self.norm2(x)))))
-
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         x = x.permute(0, 2, 3, 1)
@@ -147,39 +162,12 @@ class LRSwinCEDBlock(SwinCEDBlock):
     """Long-range Swin-mixer block (official ``DSwinBlock``).
 
     ``y = LN1(x)``; ``y = Act(LN(W-MSA(y))) + y``; ``y = Act(LN(DW7x7_dil(y))) + y``;
-    ``x = x + DropPath(y)``; then ``x + MLP(LN2(x))``.
-
-    Args:
-        dim: channels C.
-        drop_path: stochastic-depth rate.
-        num_heads: attention heads.
-        window_size: attention window side.
-        shift: shifted windows (see ``SwinCEDBlock``).
-        act: activation of the MLP and of the two norm-act pairs.
-        mlp_ratio: MLP hidden width over C.
-        norm: unused.
-        layer_scale_init: unused.
-        roll_back_unshifted: the official quirk (see ``SwinCEDBlock``).
-        dilation: dilation r of the 7x7 depthwise conv (3).
+    ``x = x + DropPath(y)``; then ``x + MLP(LN2(x))``. Arguments as
+    ``SwinCEDBlock``, and ``dilation``, the dilation r of the 7x7 depthwise
+    conv (3).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path: float = 0.0,
-        num_heads: int = 1,
-        window_size: int = 7,
-        shift: bool = False,
-        act: str = "gelu",
-        mlp_ratio: float = 4.0,
-        norm: str = "ln",
-        layer_scale_init: float = 0.0,
-        roll_back_unshifted: bool = False,
-        dilation: int = 3,
-    ) -> None:
-        super().__init__(
-            dim, drop_path, num_heads, window_size, shift, act, mlp_ratio, norm, layer_scale_init, roll_back_unshifted
-        )
+    def build_long_range(self, dim: int, act: str, dilation: int = 3) -> None:
         self.norm_act1 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
         self.dwconv2 = nn.Conv2d(dim, dim, 7, padding=3 * dilation, dilation=dilation, groups=dim)
         self.norm_act2 = nn.Sequential(LayerNorm(dim, eps=1e-6), make_act(act))
@@ -249,7 +237,7 @@ class LePEAttention(nn.Module):
         return out[:, top : top + h, left : left + w, :].reshape(b, h * w, c)
 
 
-class CSwinCEDBlock(nn.Module):
+class CSwinCEDBlock(_PreNormMLP):
     """CSwin-mixer CED block (official ``CSwinBlock``): ``x + proj(CSwinAttn(LN(x)))``, then ``x + MLP(LN(x))``.
 
     Args:
@@ -289,11 +277,7 @@ class CSwinCEDBlock(nn.Module):
                     "(half go to the vertical, half to the horizontal stripes)"
                 )
             self.attns = nn.ModuleList([LePEAttention(dim // 2, i, split_size, num_heads // 2) for i in range(2)])
-        self.norm2 = LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
-        self.act = make_act(act)
-        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._init_mlp(dim, mlp_ratio, act, drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -306,5 +290,5 @@ class CSwinCEDBlock(nn.Module):
         else:
             y = self.attns[0](qkv, h, w)
         x = x + self.drop_path(self.proj(y))
-        x = x + self.drop_path(self.pwconv2(self.act(self.pwconv1(self.norm2(x)))))
+        x = x + self._mlp(x)
         return x.transpose(1, 2).reshape(b, c, h, w)

@@ -23,7 +23,8 @@ detectors expect, and builds one of:
 Neck defaults follow the detectors' papers and torchvision's builders:
 two-stage detectors fuse C2-C5 into P2-P5 and add P6 by stride-2
 subsampling of P5 (for the RPN); one-stage detectors fuse C3-C5 into P3-P5
-and add P6 = conv3x3/2(P5) and P7 = conv3x3/2(ReLU(P6)). With
+and add P6 = conv3x3/2(P5) and P7 = conv3x3/2(ReLU(P6)). CEDNet's own pyramid
+(``neck="cednet_pyramid"``) takes the same level sets, P2-P6 and P3-P7. With
 ``backbone="resnet50"`` (timm), ``neck="fpn"`` and ``num_classes=91`` the
 parameter counts equal torchvision's ``fasterrcnn_resnet50_fpn`` (41,808,406),
 ``maskrcnn_resnet50_fpn`` (44,454,513), ``retinanet_resnet50_fpn``
@@ -59,7 +60,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.chain import FeatureChain, build_chain, check_finite_input, pad_to_size_constraint
-from msfusion.registry import Registry, create_model, recordable, register_builder
+from msfusion.models.necks.cednet_pyramid import create_backbone_with_pyramid
+from msfusion.registry import Registry, recordable, register_builder
 
 __all__ = [
     "DETECTOR_ARCHS",
@@ -233,8 +235,10 @@ class TorchvisionArch(ABC):
     def complexity(self, counter: DetectorComplexity, feats: list[Tensor]) -> list[Tensor]:
         """The heads' fixed-cost forward for ``count_macs`` (see ``DetectorComplexity``)."""
 
-    def neck_defaults(self, info: Sequence[dict]) -> dict[str, Any]:
+    def neck_defaults(self, info: Sequence[dict], neck: str = "fpn") -> dict[str, Any]:
         """The neck arguments of the detector papers / torchvision builders on ``info``."""
+        if neck == "cednet_pyramid":  # CEDNet Table 2: P3-P7 for RetinaNet, P2-P6 for the R-CNNs
+            return dict(levels=self.pyramid)
         strides = [f["reduction"] for f in info]
         if self.pyramid == "p2p6":
             wanted, top, extra_type = (4, 8, 16, 32), 64, "maxpool"
@@ -322,7 +326,8 @@ def build_detector_backbone(
     if fine and "fine" in (neck_kwargs or {}):
         raise ValueError("give fine= or neck_kwargs['fine'], not both")
     if isinstance(backbone, str):
-        backbone = create_model(backbone, features_only=True, **(backbone_kwargs or {}))
+        # (msfusion 0.1.0 spelled the neck ``cednet_pyramid`` as backbone arguments: pyramid=, pyramid_chs=)
+        backbone, neck, neck_kwargs = create_backbone_with_pyramid(backbone, backbone_kwargs, neck, neck_kwargs)
         backbone_kwargs = None
     if frozen_bn:
         freeze_batch_norm(backbone)
@@ -334,7 +339,7 @@ def build_detector_backbone(
         addon_kwargs=addon_kwargs,
         neck_kwargs=neck_kwargs,
         # The neck arguments of the detector papers, on the features (recorded: only what the user gave).
-        neck_defaults=lambda info: {**spec.neck_defaults(info), **({"fine": fine} if fine else {})},
+        neck_defaults=lambda info: {**spec.neck_defaults(info, neck), **({"fine": fine} if fine else {})},
     )
     return DetectorBackbone(backbone, addon, neck)
 
@@ -370,8 +375,8 @@ def build_detector(
         mf.build_detector("retinanet", backbone="resnet50", fine=True, num_classes=81)  # FINE Table 1
         mf.build_detector("mask_rcnn", backbone="resnet50", addon="mscsa",
                           num_classes=81)  # = mask_rcnn_r50_mscsa: MSCSA Table 2, Table 7's ResNet-50 row
-        mf.build_detector("retinanet", backbone="cednet_next_t", neck=None, num_classes=81,
-                          backbone_kwargs=dict(pyramid="p3p7"))                         # CEDNet Table 2
+        mf.build_detector("retinanet", backbone="cednet_next_t", neck="cednet_pyramid",
+                          num_classes=81)                                               # CEDNet Table 2
 
     Training: ``model(images, targets)`` with ``images`` a list of (3, H_i,
     W_i) float tensors in [0, 1] and ``targets`` a list of dicts with
@@ -390,10 +395,11 @@ def build_detector(
             (ours or any timm model) or a feature module.
         num_classes: classes including the background (torchvision's convention).
         addon: an add-on name (``"mscsa"``) or module, or None.
-        neck: a neck name (``"fpn"``, ``"pan"``), a module, or None to feed the
-            backbone's (or add-on's) maps straight to the heads (CEDNet's
-            built-in pyramids). A named neck gets the arch's defaults (module
-            doc) unless ``neck_kwargs`` overrides them.
+        neck: a neck name (``"fpn"``, ``"pan"``, ``"cednet_pyramid"``), a
+            module, or None to feed the backbone's (or add-on's) maps straight
+            to the heads. A named neck gets the arch's defaults (module doc;
+            CEDNet's pyramid: the arch's levels) unless ``neck_kwargs``
+            overrides them.
         fine: FINE in a named neck's top-down fusions whose finer map has
             stride 8 or 16 (FINE's stages l = 2 and 3, Sec. 3-4; a C2-C5 FPN's
             stride-4 fusion stays plain); ``True`` or FINE's kwargs.

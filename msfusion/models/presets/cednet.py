@@ -1,8 +1,9 @@
 """CEDNet's registered models: UperNet segmentors (Table 3) and detectors (Table 2).
 
 Paper: "CEDNet: A Cascade Encoder-Decoder Network for Dense Prediction",
-Zhang et al., arXiv 2302.06052. The backbone and its pyramid are
-``msfusion.models.backbones.cednet``; ``UPerNet`` is the generic
+Zhang et al., arXiv 2302.06052. The backbone is
+``msfusion.models.backbones.cednet``, its detection pyramid the neck
+``msfusion.models.necks.cednet_pyramid``; ``UPerNet`` is the generic
 ``msfusion.models.meta_arch.upernet``.
 
 **Segmentation** (Sec. 4.4, Table 3, ADE20K with UperNet, Xiao et al., ECCV
@@ -30,8 +31,9 @@ models give 962.4 / 1045.2 / 1184.3 G there.
 The training recipe (AdamW, layer-wise lr decay) lives in
 ``configs/upernet_cednet_next_*.yaml``.
 
-**Detection**, Table 2(b)-(d): the backbone carries its own
-pyramid and there is no separate neck. RetinaNet reads P3-P7 (strides
+**Detection**, Table 2(b)-(d): the neck is CEDNet's own pyramid
+(``neck="cednet_pyramid"``; the released code builds it inside the backbone
+and sets no neck), not an FPN. RetinaNet reads P3-P7 (strides
 8-128: 1x1 conv + LayerNorm to 256 channels on the last stage's 1/8, 1/16,
 1/32 maps, then two 3x3 stride-2 conv + LayerNorm levels); Mask R-CNN and
 Cascade Mask R-CNN read P2-P6 (P2 = LayerNorm-then-3x3-conv of the
@@ -121,18 +123,26 @@ def _create_upernet_cednet(backbone: str, **kwargs: Any) -> UPerNet:
     return UPerNet(backbone, backbone_kwargs=backbone_kwargs, **seg)
 
 
+def mmdet_figures(
+    params: float | None, gflops: float, source: str, notes: str, input_size: tuple[int, int, int] = (3, 800, 1280)
+) -> PaperFigures:
+    """Published figures counted as mmdetection / mmsegmentation's ``get_flops`` does (mmcv's rules).
+
+    ``input_size`` is the shape they count at: 800x1280 for the detectors, the
+    segmentors' 512x2048.
+    """
+    return PaperFigures(
+        params_m=params, gmacs=gflops, input_size=input_size, source=source, macs_rules="mmcv", notes=notes
+    )
+
+
 def _table3(params_m: float, gmacs: float) -> PaperFigures:
     # Table 3 lists "input size 512^2" (the training crop), but its FLOPs are the
     # mmseg get_flops default shape 512x2048 with mmcv's rules: measured 962.4 /
     # 1045.2 / 1184.3 G here, against the published 962 / 1045 / 1184 G.
-    return PaperFigures(
-        params_m=params_m,
-        gmacs=gmacs,
-        input_size=(3, 512, 2048),
-        source="CEDNet Table 3 (ADE20K, UperNet, 150 classes)",
-        macs_rules="mmcv",
-        notes="params include the auxiliary FCN head; MACs at 512x2048, mmcv rules",
-    )
+    source = "CEDNet Table 3 (ADE20K, UperNet, 150 classes)"
+    notes = "params include the auxiliary FCN head; MACs at 512x2048, mmcv rules"
+    return mmdet_figures(params_m, gmacs, source, notes, input_size=(3, 512, 2048))
 
 
 @register_model(kind="segmentor", backbone="cednet_next_t", paper=_table3(61, 962))
@@ -165,23 +175,18 @@ def test_upernet_cednet(**kwargs: Any) -> UPerNet:
 # ---- Detectors (Table 2(b)-(d)) --------------------------------------------------------------
 
 
-def _cednet(pyramid: str, drop_path_rate: float) -> dict[str, Any]:
+def _cednet(levels: str, drop_path_rate: float) -> dict[str, Any]:
     return dict(
         backbone="cednet_next_t",
-        neck=None,
-        backbone_kwargs=dict(pyramid=pyramid, drop_path_rate=drop_path_rate, layer_scale_init=1e-6),
+        neck="cednet_pyramid",
+        neck_kwargs=dict(levels=levels),
+        backbone_kwargs=dict(drop_path_rate=drop_path_rate, layer_scale_init=1e-6),
     )
 
 
 def _cednet_paper(params: float, gflops: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=gflops,
-        input_size=(3, 800, 1280),
-        source="CEDNet paper (arXiv 2302.06052) Table 2",
-        macs_rules="mmcv",
-        notes="mmdetection get_flops (backbone, neck, RPN, box head on 1000 RoIs, mask head on 100)",
-    )
+    notes = "mmdetection get_flops (backbone, neck, RPN, box head on 1000 RoIs, mask head on 100)"
+    return mmdet_figures(params, gflops, "CEDNet paper (arXiv 2302.06052) Table 2", notes)
 
 
 @register_model(kind="detector", paper=_cednet_paper(39, 255), backbone="cednet_next_t")
@@ -207,8 +212,8 @@ def test_retinanet_cednet(**kwargs: Any) -> nn.Module:
     """A tiny RetinaNet on a tiny CEDNet's P3-P7 pyramid (tests only)."""
     defaults = dict(
         backbone="test_cednet_next",
-        neck=None,
-        backbone_kwargs=dict(pyramid="p3p7", pyramid_chs=32),
+        neck="cednet_pyramid",
+        neck_kwargs=dict(levels="p3p7", out_chs=32),
         num_classes=4,
         min_size=64,
         max_size=128,
@@ -217,12 +222,6 @@ def test_retinanet_cednet(**kwargs: Any) -> nn.Module:
 
 
 # ---- Deformable DETR (Table 2(a)) ------------------------------------------------------------
-
-
-def mmdet_figures(params: float | None, gflops: float, source: str, notes: str) -> PaperFigures:
-    return PaperFigures(
-        params_m=params, gmacs=gflops, input_size=(3, 800, 1280), source=source, macs_rules="mmcv", notes=notes
-    )
 
 
 @register_model(
