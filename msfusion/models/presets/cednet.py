@@ -51,18 +51,12 @@ Deformable DETR configs) train both as the plain variant (300 queries, 6 +
 and layer scale initialised to 1.0 behind mmdetection's ChannelMapper (1x1
 conv + GroupNorm per level, one 3x3 stride-2 conv for the fourth level),
 which is what transformers' input projection is. The CEDNet-NeXt-T row
-matches its count (43.1 M / 223.5 G); the ConvNeXt-T row's printed 42 M /
-231 G exceed the released configuration's count (40.9 M / 199.6 G under
-mmcv's rules, the rules that reproduce every CEDNet row of Table 2 within
-0.5%). ``two_stage=True, with_box_refine=True`` reaches the printed 42.0 M
-but only 204.5 G. The preset is that variant, the one whose parameter
-count matches the table; ``two_stage=False, with_box_refine=False`` gives
-the released configuration. Neither explains the printed 231 G. The
-surplus is outside the backbone: the ConvNeXt-S row (317 G) lies 86 G above
-ConvNeXt-T as ours does (86.3 G), and both ConvNeXt rows exceed this count
-by the same 26.3 G. An FPN on C3-C5 in place of the input projections
-(Table 2's caption names FPN as the default fusion "for methods except
-CEDNet") adds 12.1 G of it.
+matches its count (43.1 M / 223.5 G). The ConvNeXt rows (42 M / 231 G,
+64 M / 317 G) are the released plain configuration with 8 encoder layers
+instead of 6: 42.4 M / 231.7 G (231.4 G as mmdet counts) and 64.1 M /
+318.0 G (317.7 G); the released file counts 40.9 M / 199.6 G. The preset is
+that 8-layer variant; ``encoder_layers=6`` gives the released configuration
+(``docs/fidelity.md`` decomposes the count by part).
 """
 
 from __future__ import annotations
