@@ -37,6 +37,7 @@ and the thing label for things, so panoptic classes are
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -287,16 +288,15 @@ COCO_PANOPTIC = dict(num_classes=81, num_stuff_classes=53)
 R50 = dict(backbone="resnet50", backbone_kwargs=dict(out_indices=(1, 2, 3, 4)))
 
 
-def _paper(params: float, gflops: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=gflops,
-        input_size=(3, 640, 640),
-        source="FINE paper (arXiv 2606.14005) Table 7",
-        macs_rules="mmcv",
-        notes="OpenMMLab 1x Panoptic FPN R50 on COCO panoptic (80 things, 53 stuff) at FINE's 640x640 input; "
-        "mmdetection get_flops (box head on 1000 RoIs, mask head on 100, the semantic branch on the image)",
-    )
+# _paper(params_m, gmacs): FINE Table 7's COCO panoptic figures.
+_paper = partial(
+    PaperFigures,
+    input_size=(3, 640, 640),
+    source="FINE paper (arXiv 2606.14005) Table 7",
+    macs_rules="mmcv",
+    notes="OpenMMLab 1x Panoptic FPN R50 on COCO panoptic (80 things, 53 stuff) at FINE's 640x640 input; "
+    "mmdetection get_flops (box head on 1000 RoIs, mask head on 100, the semantic branch on the image)",
+)
 
 
 def _create(defaults: dict[str, Any], kwargs: dict[str, Any]) -> PanopticFPN:
