@@ -58,7 +58,13 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.chain import FeatureChain, build_chain, check_finite_input, pad_to_size_constraint
+from msfusion.models.chain import (
+    FeatureChain,
+    build_chain,
+    check_finite_input,
+    pad_to_size_constraint,
+    record_resolved_addon,
+)
 from msfusion.registry import Registry, create_model, recordable, register_builder
 
 __all__ = [
@@ -294,8 +300,7 @@ class TorchvisionArch(ABC):
         model.arch = self.name
         model.num_classes = args.num_classes
         model.feature_info = body.feature_info
-        if body.addon is not None and isinstance(args.addon, str):  # the settings it resolved (MSCSA's Table 7 row)
-            recorded["addon_kwargs"] = body.addon.model_cfg["kwargs"]
+        record_resolved_addon(recorded, body)
         model.model_cfg = {"builder": "build_detector", "kwargs": recorded}
         return model
 
