@@ -10,7 +10,9 @@ producer's ``feature_info`` and the input constraint (``size_divisor``,
 ``min_size``), and pads an input to that constraint. ``build_chain`` builds
 the parts from registered names (``build_part`` for one part), the one way
 every builder (``build_segmentor``, ``build_classifier``, ``build_detector``,
-``SegNeXt``, ``UPerNet``, the DETR backbone) assembles them.
+``SegNeXt``, ``UPerNet``, the DETR backbone) assembles them; ``records_call``
+registers a builder and records each call in the model's ``model_cfg``, which
+a checkpoint rebuilds it from.
 
 Task models *are* chains (``Segmentor``, ``Classifier`` and the detectors'
 ``DetectorBackbone`` subclass it), as detectron2's ``FPN`` is still a
