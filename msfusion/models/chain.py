@@ -10,7 +10,9 @@ producer's ``feature_info`` and the input constraint (``size_divisor``,
 ``min_size``), and pads an input to that constraint. ``build_chain`` builds
 the parts from registered names (``build_part`` for one part), the one way
 every builder (``build_segmentor``, ``build_classifier``, ``build_detector``,
-``SegNeXt``, ``UPerNet``, the DETR backbone) assembles them.
+``SegNeXt``, ``UPerNet``, the DETR backbone) assembles them; ``records_call``
+registers a builder and records each call in the model's ``model_cfg``, which
+a checkpoint rebuilds it from.
 
 Task models *are* chains (``Segmentor``, ``Classifier`` and the detectors'
 ``DetectorBackbone`` subclass it), as detectron2's ``FPN`` is still a
@@ -21,17 +23,18 @@ every earlier release.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from msfusion.layers import check_feature_info
 from msfusion.layers.features import FeatureInfo, pad_to_size_constraint
-from msfusion.registry import create_model, model_entrypoint, recordable
+from msfusion.registry import create_model, model_entrypoint, recordable, register_builder
 
 __all__ = [
     "ChainParts",
@@ -41,7 +44,11 @@ __all__ = [
     "check_finite_input",
     "feature_producer",
     "pad_to_size_constraint",
+    "record_resolved_addon",
+    "records_call",
 ]
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
 def check_finite_input(images: Tensor | Sequence[Tensor], what: str = "input") -> None:
@@ -271,3 +278,46 @@ def build_chain(
     if neck is not None:
         info = check_feature_info(getattr(neck, "feature_info", None), f"the neck {type(neck).__name__}")
     return ChainParts(backbone, addon, neck, list(info))
+
+
+def record_resolved_addon(cfg: dict[str, Any], chain: FeatureChain) -> None:
+    """An add-on given by name in ``cfg`` records the settings it resolved (MSCSA's Table 7 row for the backbone)."""
+    if chain.addon is not None and isinstance(cfg.get("addon"), str):
+        cfg["addon_kwargs"] = chain.addon.model_cfg["kwargs"]
+
+
+def records_call(name: str) -> Callable[[Builder], Builder]:
+    """Register a composition builder under ``name``; each model it builds records the call in ``model_cfg``.
+
+    The record is ``{"builder": name, "kwargs": ...}``: the call's arguments
+    by name, defaults filled in and ``**kwargs`` spread, as JSON values
+    (``recordable``), which ``load_model`` passes to the builder again. An
+    add-on given by name records the settings it resolved
+    (``record_resolved_addon``), so a rebuild does not depend on later
+    defaults. The model's chain is the model itself or its ``backbone``
+    (a detector's ``DetectorBackbone``).
+    """
+
+    def wrap(builder: Builder) -> Builder:
+        signature = inspect.signature(builder)
+
+        @functools.wraps(builder)
+        def build(*args: Any, **kwargs: Any) -> nn.Module:
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            cfg: dict[str, Any] = {}
+            for key, value in call.arguments.items():
+                if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                    cfg.update(value)
+                else:
+                    cfg[key] = value
+            model = builder(*args, **kwargs)
+            chain = model if isinstance(model, FeatureChain) else model.backbone
+            record_resolved_addon(cfg, chain)
+            model.model_cfg = {"builder": name, "kwargs": recordable(cfg, name)}
+            return model
+
+        register_builder(name, build)
+        return build  # type: ignore[return-value]
+
+    return wrap

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from msfusion.models.meta_arch.anchors import roi_pool, rpn_anchors
 from msfusion.models.meta_arch.cascade_rcnn import CascadeRCNN
-from msfusion.models.meta_arch.detector import (
-    DETECTOR_ARCHS,
-    DetectorArgs,
-    DetectorBackbone,
-    DetectorComplexity,
-    TorchvisionArch,
-)
+from msfusion.models.meta_arch.detector import DETECTOR_ARCHS, DetectorArgs, DetectorBackbone
+from msfusion.models.meta_arch.rcnn import RCNNArch, StageHeads
 
 __all__ = ["CascadeRCNNArch", "CascadeMaskRCNNArch"]
 
 
-class CascadeRCNNArch(TorchvisionArch):
+class CascadeRCNNArch(RCNNArch):
     """Three box stages at IoU 0.5, 0.6, 0.7 after torchvision's RPN."""
 
     name = "cascade_rcnn"
-    pyramid = "p2p6"
-    options = ("representation", "mask_chs")
 
     def make(self, body: DetectorBackbone, args: DetectorArgs, transform: dict) -> nn.Module:
-        parts = dict(rpn_anchor_generator=rpn_anchors(body.strides), box_roi_pool=roi_pool(body, 7, args.roi_strides))
-        if self.predicts_masks:
-            parts["mask_roi_pool"] = roi_pool(body, 14, args.roi_strides)
         return CascadeRCNN(
             body,
             args.num_classes,
@@ -35,18 +24,16 @@ class CascadeRCNNArch(TorchvisionArch):
             representation=args.representation,
             mask_chs=args.mask_chs,
             **transform,
-            **{**parts, **args.extra},
+            **{**self.rpn_and_pools(body, args), **args.extra},
         )
 
-    def complexity(self, counter: DetectorComplexity, feats: list[Tensor]) -> list[Tensor]:
-        det = counter.detector
-        outs = list(det.rpn.head(feats)[0])
-        heads = det.roi_heads
-        for t, stage in enumerate(heads.stages):
-            mask = heads.mask_heads[t] if heads.mask_heads is not None else None
-            mask_pred = heads.mask_predictors[t] if heads.mask_predictors is not None else None
-            counter.box_and_mask(stage.box_head, stage.box_predictor, feats[0], mask, mask_pred)
-        return outs
+    def stage_heads(self, roi_heads: nn.Module) -> list[StageHeads]:
+        masks = roi_heads.mask_heads or [None] * len(roi_heads.stages)
+        predictors = roi_heads.mask_predictors or [None] * len(roi_heads.stages)
+        return [
+            (stage.box_head, stage.box_predictor, mask, pred)
+            for stage, mask, pred in zip(roi_heads.stages, masks, predictors, strict=True)
+        ]
 
 
 class CascadeMaskRCNNArch(CascadeRCNNArch):

@@ -16,8 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from msfusion.layers import check_image_batch
-from msfusion.models.chain import FeatureChain, build_chain
-from msfusion.registry import model_entrypoint, recordable, register_builder
+from msfusion.models.chain import FeatureChain, build_chain, records_call
+from msfusion.registry import model_entrypoint
 
 __all__ = ["ClassifierHead", "Classifier", "build_classifier"]
 
@@ -92,6 +92,7 @@ class Classifier(FeatureChain):
         return self.forward_head(self.forward_features(self.pad(images)))
 
 
+@records_call("build_classifier")
 def build_classifier(
     backbone: str | nn.Module,
     *,
@@ -120,14 +121,6 @@ def build_classifier(
 
     ``**kwargs`` go to ``Classifier`` (``head_norm``, ``dropout``).
     """
-    cfg = dict(
-        backbone=backbone,
-        num_classes=num_classes,
-        addon=addon,
-        backbone_kwargs=backbone_kwargs,
-        addon_kwargs=addon_kwargs,
-        **kwargs,
-    )
     # An add-on with a classification form (its builder takes ``mode``: MSCSA, Fig. 4) is built in it.
     classification = (
         isinstance(addon, str) and "mode" in inspect.signature(model_entrypoint(addon, kind="addon")).parameters
@@ -139,11 +132,4 @@ def build_classifier(
         addon_kwargs=addon_kwargs,
         addon_defaults={"mode": "classification"} if classification else None,
     )
-    if addon is not None and isinstance(cfg["addon"], str):  # the settings it resolved (MSCSA's Table 7 row)
-        cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
-    model = Classifier(backbone, num_classes, addon=addon, **kwargs)
-    model.model_cfg = {"builder": "build_classifier", "kwargs": recordable(cfg, "build_classifier")}
-    return model
-
-
-register_builder("build_classifier", build_classifier)
+    return Classifier(backbone, num_classes, addon=addon, **kwargs)

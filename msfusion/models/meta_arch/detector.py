@@ -59,7 +59,13 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from msfusion.layers.frozen_norm import freeze_batch_norm
-from msfusion.models.chain import FeatureChain, build_chain, check_finite_input, pad_to_size_constraint
+from msfusion.models.chain import (
+    FeatureChain,
+    build_chain,
+    check_finite_input,
+    pad_to_size_constraint,
+    record_resolved_addon,
+)
 from msfusion.models.necks.cednet_pyramid import create_backbone_with_pyramid
 from msfusion.registry import Registry, recordable, register_builder
 
@@ -70,7 +76,6 @@ __all__ = [
     "torchvision_archs",
     "DetectorBackbone",
     "build_detector",
-    "build_detector_backbone",
     "freeze_batch_norm",
     "DetectorComplexity",
     "TestResizeTransform",
@@ -204,7 +209,7 @@ DETECTOR_ARCHS = Registry("detector architecture")
 class TorchvisionArch(ABC):
     """A torchvision-style detection architecture on msfusion's feature chain.
 
-    ``__call__(arch, args)`` builds the chain as a ``DetectorBackbone`` with the
+    ``__call__(args)`` builds the chain as a ``DetectorBackbone`` (``build_backbone``) with the
     architecture's neck defaults, then the architecture's heads (``make``).
     A subclass sets ``name``, ``pyramid`` and the ``options`` it reads, and
     implements ``make`` and ``complexity``; registering an instance with
@@ -264,6 +269,35 @@ class TorchvisionArch(ABC):
                 f"{list(self.options) or 'none of them'})"
             )
 
+    def build_backbone(self, args: DetectorArgs) -> DetectorBackbone:
+        """The feature chain of ``build_detector`` (see there) with this architecture's neck defaults."""
+        backbone, backbone_kwargs, fine = args.backbone, args.backbone_kwargs, args.fine
+        neck, neck_kwargs = args.neck, args.neck_kwargs
+        if fine and not isinstance(neck, str):
+            raise ValueError(
+                "fine=True plugs FINE into a neck's fusion steps: give the neck by name (neck='fpn' or 'pan'), "
+                "or build the neck module with fine=True yourself"
+            )
+        if fine and "fine" in (neck_kwargs or {}):
+            raise ValueError("give fine= or neck_kwargs['fine'], not both")
+        if isinstance(backbone, str):
+            # (msfusion 0.1.0 spelled the neck ``cednet_pyramid`` as backbone arguments: pyramid=, pyramid_chs=)
+            backbone, neck, neck_kwargs = create_backbone_with_pyramid(backbone, backbone_kwargs, neck, neck_kwargs)
+            backbone_kwargs = None
+        if args.frozen_bn:
+            freeze_batch_norm(backbone)  # before the add-on and neck are built on it
+        backbone, addon, neck, _ = build_chain(
+            backbone,
+            args.addon,
+            neck,
+            backbone_kwargs=backbone_kwargs,
+            addon_kwargs=args.addon_kwargs,
+            neck_kwargs=neck_kwargs,
+            # The neck arguments of the detector papers, on the features (recorded: only what the user gave).
+            neck_defaults=lambda info: {**self.neck_defaults(info, neck), **({"fine": fine} if fine else {})},
+        )
+        return DetectorBackbone(backbone, addon, neck)
+
     def __call__(self, args: DetectorArgs) -> nn.Module:
         # Record the arguments as given, before ``make`` fills ``extra`` with modules (anchors, heads).
         recorded = recordable(args.recorded(self.name), "build_detector")
@@ -274,17 +308,7 @@ class TorchvisionArch(ABC):
                 f"got {args.num_classes!r}"
             )
         self.check_options(args)
-        body = build_detector_backbone(
-            self.name,
-            args.backbone,
-            addon=args.addon,
-            neck=args.neck,
-            fine=args.fine,
-            backbone_kwargs=args.backbone_kwargs,
-            addon_kwargs=args.addon_kwargs,
-            neck_kwargs=args.neck_kwargs,
-            frozen_bn=args.frozen_bn,
-        )
+        body = self.build_backbone(args)
         transform = dict(
             min_size=args.min_size,
             max_size=args.max_size,
@@ -298,50 +322,9 @@ class TorchvisionArch(ABC):
         model.arch = self.name
         model.num_classes = args.num_classes
         model.feature_info = body.feature_info
-        if body.addon is not None and isinstance(args.addon, str):  # the settings it resolved (MSCSA's Table 7 row)
-            recorded["addon_kwargs"] = body.addon.model_cfg["kwargs"]
+        record_resolved_addon(recorded, body)
         model.model_cfg = {"builder": "build_detector", "kwargs": recorded}
         return model
-
-
-def build_detector_backbone(
-    arch: str,
-    backbone: str | nn.Module,
-    *,
-    addon: str | nn.Module | None = None,
-    neck: str | nn.Module | None = "fpn",
-    fine: bool | dict[str, Any] = False,
-    backbone_kwargs: dict[str, Any] | None = None,
-    addon_kwargs: dict[str, Any] | None = None,
-    neck_kwargs: dict[str, Any] | None = None,
-    frozen_bn: bool = False,
-) -> DetectorBackbone:
-    """The feature chain of ``build_detector`` (see there), as a ``DetectorBackbone``."""
-    spec = DETECTOR_ARCHS.get(arch)
-    if fine and not isinstance(neck, str):
-        raise ValueError(
-            "fine=True plugs FINE into a neck's fusion steps: give the neck by name (neck='fpn' or 'pan'), "
-            "or build the neck module with fine=True yourself"
-        )
-    if fine and "fine" in (neck_kwargs or {}):
-        raise ValueError("give fine= or neck_kwargs['fine'], not both")
-    if isinstance(backbone, str):
-        # (msfusion 0.1.0 spelled the neck ``cednet_pyramid`` as backbone arguments: pyramid=, pyramid_chs=)
-        backbone, neck, neck_kwargs = create_backbone_with_pyramid(backbone, backbone_kwargs, neck, neck_kwargs)
-        backbone_kwargs = None
-    if frozen_bn:
-        freeze_batch_norm(backbone)
-    backbone, addon, neck, _ = build_chain(
-        backbone,
-        addon,
-        neck,
-        backbone_kwargs=backbone_kwargs,
-        addon_kwargs=addon_kwargs,
-        neck_kwargs=neck_kwargs,
-        # The neck arguments of the detector papers, on the features (recorded: only what the user gave).
-        neck_defaults=lambda info: {**spec.neck_defaults(info, neck), **({"fine": fine} if fine else {})},
-    )
-    return DetectorBackbone(backbone, addon, neck)
 
 
 def build_detector(

@@ -37,6 +37,7 @@ and the thing label for things, so panoptic classes are
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,10 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from msfusion.models.chain import pad_to_size_constraint
+from msfusion.models.chain import pad_to_size_constraint, records_call
 from msfusion.models.heads.semantic_fpn import SemanticFPNHead
 from msfusion.models.meta_arch.detector import DETECTOR_ARCHS, DetectorComplexity, build_detector
-from msfusion.registry import PaperFigures, recordable, register_builder, register_model
+from msfusion.registry import PaperFigures, register_model
 
 __all__ = ["PanopticFPN", "PanopticComplexity", "build_panoptic_fpn", "panoptic_merge", "IGNORE_INDEX"]
 
@@ -238,6 +239,7 @@ class PanopticComplexity(DetectorComplexity):
         return [*outs, det.semantic_head(feats)]
 
 
+@records_call("build_panoptic_fpn")
 def build_panoptic_fpn(
     *,
     backbone: str | nn.Module,
@@ -264,21 +266,13 @@ def build_panoptic_fpn(
         **detector_kwargs: ``build_detector``'s (neck, backbone_kwargs,
             min_size, max_size, RPN / RoI settings ...).
     """
-    cfg = dict(
-        backbone=backbone, num_classes=num_classes, num_stuff_classes=num_stuff_classes, fine=fine,
-        semantic_chs=semantic_chs, num_groups=num_groups, semantic_weight=semantic_weight,
-        score_thresh=score_thresh, overlap_thresh=overlap_thresh, stuff_area=stuff_area, **detector_kwargs,
-    )  # fmt: skip
     detector = build_detector("mask_rcnn", backbone=backbone, num_classes=num_classes, fine=fine, **detector_kwargs)
-    model = PanopticFPN(
+    return PanopticFPN(
         detector, num_stuff_classes, semantic_chs, num_groups=num_groups, semantic_weight=semantic_weight,
         score_thresh=score_thresh, overlap_thresh=overlap_thresh, stuff_area=stuff_area,
     )  # fmt: skip
-    model.model_cfg = {"builder": "build_panoptic_fpn", "kwargs": recordable(cfg, "build_panoptic_fpn")}
-    return model
 
 
-register_builder("build_panoptic_fpn", build_panoptic_fpn)
 # ``msfusion.analysis.model_report`` counts a detector through this module (mmdetection's get_flops convention).
 PanopticFPN.complexity_module = PanopticComplexity
 
@@ -287,16 +281,15 @@ COCO_PANOPTIC = dict(num_classes=81, num_stuff_classes=53)
 R50 = dict(backbone="resnet50", backbone_kwargs=dict(out_indices=(1, 2, 3, 4)))
 
 
-def _paper(params: float, gflops: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=gflops,
-        input_size=(3, 640, 640),
-        source="FINE paper (arXiv 2606.14005) Table 7",
-        macs_rules="mmcv",
-        notes="OpenMMLab 1x Panoptic FPN R50 on COCO panoptic (80 things, 53 stuff) at FINE's 640x640 input; "
-        "mmdetection get_flops (box head on 1000 RoIs, mask head on 100, the semantic branch on the image)",
-    )
+# _paper(params_m, gmacs): FINE Table 7's COCO panoptic figures.
+_paper = partial(
+    PaperFigures,
+    input_size=(3, 640, 640),
+    source="FINE paper (arXiv 2606.14005) Table 7",
+    macs_rules="mmcv",
+    notes="OpenMMLab 1x Panoptic FPN R50 on COCO panoptic (80 things, 53 stuff) at FINE's 640x640 input; "
+    "mmdetection get_flops (box head on 1000 RoIs, mask head on 100, the semantic branch on the image)",
+)
 
 
 def _create(defaults: dict[str, Any], kwargs: dict[str, Any]) -> PanopticFPN:

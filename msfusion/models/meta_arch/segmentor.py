@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from msfusion.layers import check_image_batch, resize_to
-from msfusion.models.chain import FeatureChain, build_chain, build_part, check_finite_input
-from msfusion.registry import recordable, register_builder
+from msfusion.models.chain import FeatureChain, build_chain, build_part, check_finite_input, records_call
 
 __all__ = ["Segmentor", "build_segmentor"]
 
@@ -172,6 +171,7 @@ class Segmentor(FeatureChain):
         return total / n
 
 
+@records_call("build_segmentor")
 def build_segmentor(
     backbone: str | nn.Module,
     *,
@@ -211,28 +211,9 @@ def build_segmentor(
         and ``load_model`` rebuilds (refused when a part was given as a module
         that was not itself built by name).
     """
-    cfg = dict(
-        backbone=backbone,
-        head=head,
-        num_classes=num_classes,
-        addon=addon,
-        neck=neck,
-        backbone_kwargs=backbone_kwargs,
-        addon_kwargs=addon_kwargs,
-        neck_kwargs=neck_kwargs,
-        head_kwargs=head_kwargs,
-        **kwargs,
-    )
     backbone, addon, neck, info = build_chain(
         backbone, addon, neck, backbone_kwargs=backbone_kwargs, addon_kwargs=addon_kwargs, neck_kwargs=neck_kwargs
     )
-    if addon is not None and isinstance(cfg["addon"], str):  # the settings it resolved (MSCSA's Table 7 row)
-        cfg["addon_kwargs"] = addon.model_cfg["kwargs"]
     head = build_part(head, "head", info, head_kwargs, num_classes=num_classes)
     kwargs.setdefault("in_chans", getattr(backbone, "in_chans", 3))
-    model = Segmentor(backbone, head, num_classes, addon=addon, neck=neck, **kwargs)
-    model.model_cfg = {"builder": "build_segmentor", "kwargs": recordable(cfg, "build_segmentor")}
-    return model
-
-
-register_builder("build_segmentor", build_segmentor)
+    return Segmentor(backbone, head, num_classes, addon=addon, neck=neck, **kwargs)

@@ -159,6 +159,7 @@ class FPN(nn.Module):
         self.extra_type = extra_type
         self.extra_source = extra_source
         self.relu_before_extra = bool(relu_before_extra)
+        self.norm = norm  # of the lateral and output convs (and of PAN's bottom-up convs)
         num_levels = len(strides)
 
         self.lateral_convs = nn.ModuleList(

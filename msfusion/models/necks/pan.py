@@ -23,14 +23,13 @@ input. Parameter names follow mmdetection's ``PAFPN`` (``lateral_convs``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo
-from msfusion.models.align.hook import AlignSpec
 from msfusion.models.necks.fpn import FPN, _init_weights
 from msfusion.registry import register_model
 
@@ -51,43 +50,21 @@ class PAN(FPN):
     ``len(feature_info)`` maps (B, out_chs, H_i, W_i), finest first.
 
     Args:
-        feature_info, out_chs, in_strides, extra_levels, extra_type,
-        extra_source, relu_before_extra, norm, align, align_kwargs, fine: as
-            ``FPN``.
+        feature_info, *args, **kwargs: ``FPN``'s arguments (``out_chs``,
+            ``in_strides``, ``extra_levels``, ``extra_type``, ``extra_source``,
+            ``relu_before_extra``, ``norm``, ``align``, ``align_kwargs``,
+            ``fine``), in its order; the bottom-up convs take ``out_chs`` and
+            ``norm`` too.
         act: activation after each bottom-up conv (``"relu"`` as the paper;
             ``None`` as mmdetection's ``PAFPN``).
     """
 
     def __init__(
-        self,
-        feature_info: Sequence[FeatureInfo],
-        out_chs: int = 256,
-        in_strides: Sequence[int] | None = None,
-        extra_levels: int = 0,
-        extra_type: str = "conv",
-        extra_source: str = "p5",
-        relu_before_extra: bool = True,
-        norm: str | None = None,
-        align: AlignSpec | Mapping[int | str, AlignSpec] | Sequence[AlignSpec] = None,
-        align_kwargs: Mapping[str, Any] | None = None,
-        fine: bool | Mapping[str, Any] = False,
-        act: str | None = "relu",
+        self, feature_info: Sequence[FeatureInfo], *args: Any, act: str | None = "relu", **kwargs: Any
     ) -> None:
-        super().__init__(
-            feature_info,
-            out_chs=out_chs,
-            in_strides=in_strides,
-            extra_levels=extra_levels,
-            extra_type=extra_type,
-            extra_source=extra_source,
-            relu_before_extra=relu_before_extra,
-            norm=norm,
-            align=align,
-            align_kwargs=align_kwargs,
-            fine=fine,
-        )
+        super().__init__(feature_info, *args, **kwargs)
         steps = len(self.in_strides) - 1
-        c = self.out_chs
+        c, norm = self.out_chs, self.norm
         self.downsample_convs = nn.ModuleList(ConvNormAct(c, c, 3, stride=2, norm=norm, act=act) for _ in range(steps))
         self.pafpn_convs = nn.ModuleList(ConvNormAct(c, c, 3, norm=norm, act=act) for _ in range(steps))
         self.downsample_convs.apply(_init_weights)

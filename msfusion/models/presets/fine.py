@@ -47,6 +47,7 @@ transformers (``msfusion[detr]``) is imported when one is built.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -97,15 +98,14 @@ def _create_semantic_fpn(
     )
 
 
-def _cityscapes(params_m: float, gmacs: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params_m,
-        gmacs=gmacs,
-        input_size=(3, 512, 1024),
-        source="FINE (arXiv 2606.14005) Table 7, Cityscapes",
-        notes="19 classes; the +1.6 M / +0.8 G of FINE match the authors' earlier version (fine={'preset': "
-        "'earlier'}); the paper's module (default) adds 0.53 M / 0.54 G",
-    )
+# _cityscapes(params_m, gmacs): Table 7's Cityscapes figures at 512 x 1024.
+_cityscapes = partial(
+    PaperFigures,
+    input_size=(3, 512, 1024),
+    source="FINE (arXiv 2606.14005) Table 7, Cityscapes",
+    notes="19 classes; the +1.6 M / +0.8 G of FINE match the authors' earlier version (fine={'preset': "
+    "'earlier'}); the paper's module (default) adds 0.53 M / 0.54 G",
+)
 
 
 @register_model(kind="segmentor", backbone="resnet50c", paper=_cityscapes(28.5, 90.9))
@@ -135,14 +135,13 @@ def _r50_fpn(fine: bool) -> dict[str, Any]:
     return dict(backbone="resnet50", backbone_kwargs=dict(R50_STAGES), fine=fine, num_classes=TORCHVISION_COCO_CLASSES)
 
 
-def _fine_paper(params: float, gflops: float) -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=gflops,
-        input_size=(3, 800, 800),
-        source="FINE paper (arXiv 2606.14005) Table 1",
-        notes="torchvision's reference figures (91 classes), which a count at 800x800 reproduces",
-    )
+# _fine_paper(params_m, gmacs): Table 1's torchvision detectors, whose figures a count at 800 x 800 reproduces.
+_fine_paper = partial(
+    PaperFigures,
+    input_size=(3, 800, 800),
+    source="FINE paper (arXiv 2606.14005) Table 1",
+    notes="torchvision's reference figures (91 classes), which a count at 800x800 reproduces",
+)
 
 
 @register_model(kind="detector", paper=_fine_paper(41.8, 134.4), backbone="resnet50")
@@ -196,13 +195,17 @@ def mask_rcnn_r50_fpn_fine(**kwargs: Any) -> nn.Module:
 # ---- RT-DETR (Table 1) -----------------------------------------------------------------------
 
 
-def _fine_table1(params: float, gflops: float, what: str) -> PaperFigures:
+def _table1_640(
+    params: float, gflops: float, what: str, notes: str = "", *, dropped: str = "post-processing"
+) -> PaperFigures:
+    """Table 1's RT-DETR and YOLO rows at 640 x 640, published as GFLOPs of 2 FLOPs per multiply-add."""
     return PaperFigures(
         params_m=params,
         gmacs=round(gflops / 2, 2),
         input_size=(3, 640, 640),
         source="FINE paper (arXiv 2606.14005) Table 1",
-        notes=f"{what}; published as {gflops} GFLOPs = 2 FLOPs per multiply-add (network only, no post-processing)",
+        notes=f"{what}; published as {gflops} GFLOPs = 2 FLOPs per multiply-add (network only, no {dropped})"
+        + (f"; {notes}" if notes else ""),
     )
 
 
@@ -211,25 +214,25 @@ def _rt_detr(depth: int, fine: bool) -> dict[str, Any]:
     return dict(backbone=f"resnet{depth}d", frozen_bn=True, fine=fine, **size)
 
 
-@register_model(kind="detector", paper=_fine_table1(20.2, 61.7, "RT-DETRv1 R18"), backbone="resnet18d")
+@register_model(kind="detector", paper=_table1_640(20.2, 61.7, "RT-DETRv1 R18"), backbone="resnet18d")
 def rt_detr_r18(**kwargs: Any) -> nn.Module:
     """RT-DETR R18-vd (FINE Table 1: 20.2 M, 61.7 GFLOPs, 46.5 AP)."""
     return create_detr("rt_detr", _rt_detr(18, False), kwargs)
 
 
-@register_model(kind="detector", paper=_fine_table1(21.2, 62.9, "RT-DETRv1 R18 + FINE"), backbone="resnet18d")
+@register_model(kind="detector", paper=_table1_640(21.2, 62.9, "RT-DETRv1 R18 + FINE"), backbone="resnet18d")
 def rt_detr_r18_fine(**kwargs: Any) -> nn.Module:
     """RT-DETR R18-vd with FINE at the hybrid encoder's two top-down fusions (Table 1: 21.2 M, 62.9 G, 47.3 AP)."""
     return create_detr("rt_detr", _rt_detr(18, True), kwargs)
 
 
-@register_model(kind="detector", paper=_fine_table1(42.9, 138.0, "RT-DETRv1 R50"), backbone="resnet50d")
+@register_model(kind="detector", paper=_table1_640(42.9, 138.0, "RT-DETRv1 R50"), backbone="resnet50d")
 def rt_detr_r50(**kwargs: Any) -> nn.Module:
     """RT-DETR R50-vd (FINE Table 1: 42.9 M, 138.0 GFLOPs, 52.8 AP)."""
     return create_detr("rt_detr", _rt_detr(50, False), kwargs)
 
 
-@register_model(kind="detector", paper=_fine_table1(44.0, 139.2, "RT-DETRv1 R50 + FINE"), backbone="resnet50d")
+@register_model(kind="detector", paper=_table1_640(44.0, 139.2, "RT-DETRv1 R50 + FINE"), backbone="resnet50d")
 def rt_detr_r50_fine(**kwargs: Any) -> nn.Module:
     """RT-DETR R50-vd with FINE in the hybrid encoder (Table 1: 44.0 M, 139.2 G, 53.3 AP)."""
     return create_detr("rt_detr", _rt_detr(50, True), kwargs)
@@ -266,15 +269,8 @@ def rt_detr_v2_r50_fine(**kwargs: Any) -> nn.Module:
 # ---- YOLO with FINE in the PAN (Table 1; ultralytics, AGPL-3.0, imported only when built) ----
 
 
-def _yolo_table1(params: float, gflops: float, what: str, notes: str = "") -> PaperFigures:
-    return PaperFigures(
-        params_m=params,
-        gmacs=round(gflops / 2, 2),
-        input_size=(3, 640, 640),
-        source="FINE paper (arXiv 2606.14005) Table 1",
-        notes=f"{what}; published as {gflops} GFLOPs = 2 FLOPs per multiply-add (network only, no NMS)"
-        + (f"; {notes}" if notes else ""),
-    )
+# The YOLO rows count no NMS.
+_yolo_table1 = partial(_table1_640, dropped="NMS")
 
 
 def _yolo(variant: str, fine: bool, kwargs: dict[str, Any]) -> nn.Module:

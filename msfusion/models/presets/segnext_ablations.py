@@ -30,42 +30,23 @@ Table 2 T 4.36/6.71 vs 4.4/6.7, S 14.03/15.97 vs 14.0/15.9, B 27.97/33.68 vs
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from msfusion.models.presets.segnext import SegNeXt, segnext_b, segnext_l, segnext_s, segnext_t
-from msfusion.registry import PaperFigures, register_model
+from msfusion.models.presets.segnext import SegNeXt, ade20k_figures, segnext_b, segnext_l, segnext_s, segnext_t
+from msfusion.registry import register_model
 
 __all__: list[str] = []
 
 
-def _figures(params_m: float | None, gmacs: float | None, source: str, notes: str = "") -> PaperFigures:
-    return PaperFigures(
-        params_m=params_m,
-        gmacs=gmacs,
-        input_size=(3, 512, 512),
-        source=source,
-        notes=notes or "torchprofile multiply-adds incl. the final upsample to 512x512",
-    )
-
-
-def _table5(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(params_m, gmacs, "SegNeXt Table 5 (SegNeXt-B decoder context, ADE20K, 150 classes)")
-
-
-def _table6() -> PaperFigures:
-    return _figures(None, None, "SegNeXt Table 6 (MSCA design, SegNeXt-T, ADE20K)", "the table gives mIoU only")
-
-
-def _table7(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(params_m, gmacs, "SegNeXt Table 7 (decoder structure, SegNeXt-T, ADE20K, 150 classes)")
-
-
-def _table8(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(params_m, gmacs, "SegNeXt Table 8 (w/o MSCA: VAN's LKA, ADE20K, 150 classes)")
-
-
-def _appendix_table2(params_m: float, gmacs: float) -> PaperFigures:
-    return _figures(params_m, gmacs, "SegNeXt appendix Table 2 (MSCA head, COCO-Stuff, 171 classes)")
+# Each table's figures, as ``ade20k_figures(params_m, gmacs)`` with the table named.
+_table5 = partial(ade20k_figures, source="SegNeXt Table 5 (SegNeXt-B decoder context, ADE20K, 150 classes)")
+_table6 = partial(
+    ade20k_figures, source="SegNeXt Table 6 (MSCA design, SegNeXt-T, ADE20K)", notes="the table gives mIoU only"
+)
+_table7 = partial(ade20k_figures, source="SegNeXt Table 7 (decoder structure, SegNeXt-T, ADE20K, 150 classes)")
+_table8 = partial(ade20k_figures, source="SegNeXt Table 8 (w/o MSCA: VAN's LKA, ADE20K, 150 classes)")
+_appendix_table2 = partial(ade20k_figures, source="SegNeXt appendix Table 2 (MSCA head, COCO-Stuff, 171 classes)")
 
 
 # Table 5: the Hamburger of SegNeXt-B's head replaced by another context module.
