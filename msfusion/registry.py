@@ -50,9 +50,12 @@ class Registry:
 
     Used for what a recipe or a builder names by a string: detector
     architectures (``msfusion.models.meta_arch``), the composition builders
-    that checkpoints name, and the datasets and transform pipelines of each
-    task (``msfusion.data.registry``). Lookups of unknown names fail with the
-    registered names and a did-you-mean.
+    that checkpoints name, the datasets and transform pipelines of each task
+    (``msfusion.data.registry``), the tasks (``msfusion.engine.tasks``), the
+    alignments of the necks' fusion hook and the heads' context modules.
+    Lookups of unknown names fail with the registered names and a
+    did-you-mean; it reads like a mapping (``reg[name]``, ``name in reg``,
+    ``list(reg)``).
 
     Args:
         role: what the table holds, for messages (e.g. ``"detector architecture"``).
