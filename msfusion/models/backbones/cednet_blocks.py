@@ -18,6 +18,7 @@ All blocks take and return (B, C, H, W) tensors.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -81,7 +82,7 @@ def _dw7_norm_act(dim: int, norm: str, act: str, dilation: int = 1) -> nn.Sequen
     )
 
 
-class _CEDBlockBase(nn.Module):
+class _CEDBlockBase(nn.Module, metaclass=ABCMeta):
     """A token mixer (``build_mixer``, one per subclass), then a 4x MLP in channels-last with layer scale.
 
     ``x + DropPath(gamma * MLP(mixer(x)))``; the subclass's ``forward`` applies its mixer.
@@ -115,8 +116,9 @@ class _CEDBlockBase(nn.Module):
         self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    @abstractmethod
     def build_mixer(self, dim: int, norm: str, act: str) -> None:
-        raise NotImplementedError
+        """Create the block's token-mixer layers as attributes (their names are the checkpoint keys)."""
 
     def _mlp(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
