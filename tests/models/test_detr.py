@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_detection_recipe
 from PIL import Image
 
 import msfusion as mf
@@ -236,20 +237,13 @@ def test_engine_trains_resumes_evaluates_and_predicts(tmp_path: Path) -> None:
     from msfusion.engine.trainer import train
     from msfusion.registry import load_model
 
-    shapes = {"type": "shapes", "image_size": 64, "seed": 0}
-
     def recipe(iters: int) -> dict:
-        return {
-            "task": "detection",
-            "model": {"name": "rt_detr_tiny", "compose": {"arch": "rt_detr", "backbone": "test_mscan", "fine": True},
-                      "kwargs": TINY},
-            "data": {"train": dict(shapes, split="train", num_images=4), "val": dict(shapes, split="val", num_images=2),
-                     "batch_size": 2, "num_workers": 0},
-            "optim": {"lr": 1.0e-4},
-            "schedule": {"iters": iters, "warmup_iters": 1},
-            "train": {"work_dir": str(tmp_path / "run"), "eval_interval": iters, "ckpt_interval": 1,
-                      "log_interval": 1, "progress": False, "tensorboard": False},
-        }  # fmt: skip
+        model = {
+            "name": "rt_detr_tiny",
+            "compose": {"arch": "rt_detr", "backbone": "test_mscan", "fine": True},
+            "kwargs": TINY,
+        }
+        return tiny_detection_recipe(model, str(tmp_path / "run"), iters)
 
     summary = train(validate_config(recipe(1)))
     assert "bbox_AP" in summary["metrics"] and summary["history"][-1]["loss"] > 0

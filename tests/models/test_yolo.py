@@ -8,6 +8,7 @@ import os
 import PIL.Image
 import pytest
 import torch
+from helpers import tiny_detection_recipe
 
 import msfusion as mf
 
@@ -154,20 +155,13 @@ def test_engine_trains_resumes_evaluates_and_predicts_yolo(tmp_path) -> None:
     from msfusion.models.meta_arch.yolo import YoloDetector
     from msfusion.registry import load_model
 
-    shapes = {"type": "shapes", "image_size": 64, "seed": 0}
-
     def recipe(iters: int) -> dict:
-        return {
-            "task": "detection",
-            "model": {"name": "yolo_nano", "compose": {"arch": "yolo", "backbone": "yolov8n", "fine": True},
-                      "kwargs": {"image_size": 64}},
-            "data": {"train": dict(shapes, split="train", num_images=4), "val": dict(shapes, split="val", num_images=2),
-                     "batch_size": 2, "num_workers": 0},
-            "optim": {"lr": 1.0e-4},
-            "schedule": {"iters": iters, "warmup_iters": 1},
-            "train": {"work_dir": str(tmp_path / "run"), "eval_interval": iters, "ckpt_interval": 1,
-                      "log_interval": 1, "progress": False, "tensorboard": False},
-        }  # fmt: skip
+        model = {
+            "name": "yolo_nano",
+            "compose": {"arch": "yolo", "backbone": "yolov8n", "fine": True},
+            "kwargs": {"image_size": 64},
+        }
+        return tiny_detection_recipe(model, str(tmp_path / "run"), iters)
 
     summary = train(validate_config(recipe(1)))
     assert "bbox_AP" in summary["metrics"] and summary["history"][-1]["loss"] > 0
