@@ -321,7 +321,7 @@ PAIRS: tuple[Pair, ...] = (
         treatment=Arm(
             "fcos_ced2_cascade",
             "FCOS 2-stage CEDNet (P3-P7)",
-            {"compose": _fcos("cednet_next_t", {**_CED_CASCADE, "pyramid": "p3p7", "pyramid_chs": 64}, None, None)},
+            {"compose": _fcos("cednet_next_t", _CED_CASCADE, "cednet_pyramid", {"out_chs": 64})},
         ),
     ),
     Pair(
