@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from msfusion.data import build_panoptic_dataset
-from msfusion.data.registry import dataset_types as registered_dataset_types
+from msfusion.data.registry import datasets as registered_datasets
 from msfusion.engine.detection import DetectionTask
 from msfusion.engine.distributed import DistInfo, all_gather_objects
 from msfusion.engine.evaluation import DatasetEvaluator, evaluate, shard_indices, shard_loader
@@ -58,8 +58,9 @@ __all__ = [
     "PANOPTIC_DATASET_TYPES",
 ]
 
-#: The registered panoptic dataset types (a view of ``msfusion.data.registry``).
-PANOPTIC_DATASET_TYPES = registered_dataset_types("panoptic")
+#: The registered panoptic datasets by type: a read-only live view of ``msfusion.data.registry``
+#: (``msfusion.data.DATASET_TYPES`` is the segmentation one), so later registrations show.
+PANOPTIC_DATASET_TYPES = registered_datasets("panoptic")
 
 
 @register_task

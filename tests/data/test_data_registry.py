@@ -135,3 +135,17 @@ def test_boxes_from_masks_pixel_edges_and_empty_masks() -> None:
     assert boxes.tolist() == [[3, 2, 4, 3], [0, 1, 7, 4], [0, 0, 0, 0]]
     assert torch.equal(boxes_from_masks(masks.bool()), boxes)
     assert boxes_from_masks(torch.zeros(0, 5, 7, dtype=torch.bool)).shape == (0, 4)
+
+
+def test_panoptic_dataset_types_is_a_live_view_of_the_registry() -> None:
+    from msfusion.data.shapes_panoptic import ShapesPanoptic
+    from msfusion.engine.panoptic import PANOPTIC_DATASET_TYPES
+
+    assert {"coco_panoptic", "shapes"} <= set(PANOPTIC_DATASET_TYPES)
+    assert PANOPTIC_DATASET_TYPES["shapes"] is ShapesPanoptic
+    register_dataset("tiny_panoptic_test_only", task="panoptic")(ShapesPanoptic)
+    try:
+        assert "tiny_panoptic_test_only" in PANOPTIC_DATASET_TYPES  # registered after the import: it shows
+    finally:
+        registry._DATASETS.get("panoptic")._table.pop("tiny_panoptic_test_only")
+    assert "tiny_panoptic_test_only" not in PANOPTIC_DATASET_TYPES
