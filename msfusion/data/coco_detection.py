@@ -181,9 +181,7 @@ def read_coco_json(path: Path, kind: str) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, Mapping):
-        raise ValueError(
-            f"{path}: a COCO {kind} JSON is an object with 'images', 'annotations' and 'categories' lists"
-        )
+        raise ValueError(f"{path}: a COCO {kind} JSON is an object with 'images', 'annotations' and 'categories' lists")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(

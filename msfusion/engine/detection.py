@@ -727,22 +727,21 @@ def predict_detection_files(
     """Detect objects in image files and write ``<stem>_det.png`` (boxes, masks, names, scores) and
     ``<stem>_det.json`` (the detections: xyxy boxes, labels, class names, scores) per image.
 
-    ``tta``: horizontal-flip test-time augmentation (see :func:`detect`).
+    ``tta``: horizontal-flip test-time augmentation (see :func:`detect`). Unreadable files and
+    ``on_bad_file``: as :func:`~msfusion.engine.image_files.write_predictions`.
     """
     from PIL import Image
 
-    from msfusion.engine.image_files import iter_images
+    from msfusion.engine.image_files import write_predictions
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes or [str(i) for i in range(getattr(model, "num_classes", 91))])
     model.eval().to(device)
-    written: list[Path] = []
-    for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
+
+    def write_one(array: np.ndarray, _path: Path, prefix: Path) -> Path:
         image = torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0  # a writable copy
         output = {k: v.cpu() for k, v in detect(model, [image.to(device)], flip=tta)[0].items()}
         picture = draw_detections(image, output, classes, palette, score_thresh)
-        png = out_dir / f"{stem}_det.png"
+        png = Path(f"{prefix}_det.png")
         Image.fromarray(picture.permute(1, 2, 0).numpy()).save(png)
         keep = output["scores"] >= score_thresh
         record = [
@@ -756,6 +755,7 @@ def predict_detection_files(
                 output["boxes"][keep].tolist(), output["labels"][keep].tolist(), output["scores"][keep], strict=True
             )
         ]
-        (out_dir / f"{stem}_det.json").write_text(json.dumps(record, indent=1))
-        written.append(png)
-    return written
+        Path(f"{prefix}_det.json").write_text(json.dumps(record, indent=1))
+        return png
+
+    return write_predictions(inputs, out_dir, write_one, on_bad_file=on_bad_file, progress=progress)

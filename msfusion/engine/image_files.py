@@ -1,18 +1,24 @@
-"""Image files to predict: the inputs of ``msfusion predict`` (files and folders), read for every task.
+"""Image files to predict: the inputs of ``msfusion predict`` (files and folders), read and written for every task.
 
 Images of any format PIL reads; grayscale, palette and RGBA images become
 RGB. Two inputs with the same file name get distinct output stems, so no
-prediction overwrites another.
+prediction overwrites another. :func:`write_predictions` is the one loop of
+every task's ``predict_*_files``: the task gives what it writes for one image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "collect_images", "iter_images", "unique_stems"]
+__all__ = ["IMAGE_SUFFIXES", "collect_images", "iter_images", "prepare_out_dir", "unique_stems", "write_predictions"]
+
+T = TypeVar("T")
+BAD_FILE_POLICIES = ("raise", "skip")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,27 +49,84 @@ def iter_images(
 ) -> Iterator[tuple[Path, str, np.ndarray]]:
     """``(path, unique output stem, (H, W, 3) uint8 image)`` for every image of ``inputs``.
 
-    An unreadable file raises, or with ``on_bad_file="skip"`` is reported and
-    skipped; ``progress`` shows a bar. Used by the detection and panoptic
-    predictions.
+    An unreadable file raises (naming it), or with ``on_bad_file="skip"`` is
+    skipped with a warning; ``progress`` shows a bar.
+
+    Raises:
+        ValueError: ``on_bad_file`` is not "raise" or "skip".
+        FileNotFoundError: an input does not exist, or a folder holds no image.
     """
     from msfusion.data.image_io import read_image
 
+    _check_policy(on_bad_file)
     files = collect_images(inputs)
     pairs: Iterable = zip(files, unique_stems(files), strict=True)
     if progress:
         from tqdm import tqdm
 
-        pairs = tqdm(list(pairs), desc="predict", unit="img")
+        pairs = tqdm(list(pairs), desc="predict", unit="img", dynamic_ncols=True)
     for path, stem in pairs:
         try:
             array = read_image(path)
         except (OSError, ValueError) as err:
-            if on_bad_file == "skip":
-                print(f"skipped {path}: {err}")
-                continue
-            raise
+            if on_bad_file == "raise":
+                raise
+            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            continue
         yield path, stem, array
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a folder, created if missing.
+
+    Raises:
+        ValueError: ``out_dir`` is an existing file.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output folder {out_dir} is an existing file; give a folder path (created if missing)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_predictions(
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    write_one: Callable[[np.ndarray, Path, Path], T],
+    *,
+    on_bad_file: str = "raise",
+    progress: bool = True,
+) -> list[T]:
+    """Call ``write_one(image, input path, out_dir / stem)`` for every image of ``inputs``; what it returned, in order.
+
+    ``write_one`` predicts one (H, W, 3) uint8 image and writes its files next
+    to the path prefix it is given (``out_dir/<unique stem>``). A file that
+    cannot be read, or an image the model refuses with a ``ValueError``, stops
+    the run naming the file, or with ``on_bad_file="skip"`` is skipped with a
+    warning. The checks that do not depend on an image run before the first.
+
+    Raises:
+        ValueError: bad ``on_bad_file``, ``out_dir`` is a file, or (``"raise"``) a bad image.
+        FileNotFoundError: an input does not exist, or a folder holds no image.
+    """
+    _check_policy(on_bad_file)
+    inputs = list(inputs)
+    collect_images(inputs)  # a missing input stops the run before the output folder is made
+    out_dir = prepare_out_dir(out_dir)
+    written: list[T] = []
+    for path, stem, image in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
+        try:
+            written.append(write_one(image, path, out_dir / stem))
+        except ValueError as err:
+            if on_bad_file == "raise":
+                raise ValueError(f"{path}: {err}") from err
+            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+    return written
+
+
+def _check_policy(on_bad_file: str) -> None:
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
 
 
 def unique_stems(files: Sequence[Path]) -> list[str]:

@@ -274,30 +274,31 @@ def predict_panoptic_files(
 ) -> list[Path]:
     """Panoptic maps of image files: ``<stem>_panoptic.png``, ``<stem>_panoptic_ids.png``, ``<stem>_panoptic.json``.
 
+    Unreadable files and ``on_bad_file``: as :func:`~msfusion.engine.image_files.write_predictions`.
+
     Returns:
         The pictures written (``<stem>_panoptic.png``).
     """
     from PIL import Image
 
     from msfusion.data.coco_panoptic import id_to_rgb
-    from msfusion.engine.image_files import iter_images
+    from msfusion.engine.image_files import write_predictions
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     total = getattr(model, "num_things", 0) + getattr(model, "num_stuff_classes", 0) + 1
     classes = list(classes or [str(i) for i in range(total)])
     model.eval().to(device)
-    written: list[Path] = []
-    for _path, stem, array in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
+
+    def write_one(array: np.ndarray, _path: Path, prefix: Path) -> Path:
         image = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
         output = model([image.to(device)])[0]
         ids = output["panoptic"].cpu().numpy()
         segments = output["segments_info"]
         picture = draw_panoptic(array, ids, segments, classes, palette)
-        png = out_dir / f"{stem}_panoptic.png"
+        png = Path(f"{prefix}_panoptic.png")
         Image.fromarray(picture).save(png)
-        Image.fromarray(id_to_rgb(ids)).save(out_dir / f"{stem}_panoptic_ids.png")
+        Image.fromarray(id_to_rgb(ids)).save(Path(f"{prefix}_panoptic_ids.png"))
         record = [{**s, "class": classes[int(s["category_id"])], "score": round(s["score"], 4)} for s in segments]
-        (out_dir / f"{stem}_panoptic.json").write_text(json.dumps({"segments_info": record}, indent=1))
-        written.append(png)
-    return written
+        Path(f"{prefix}_panoptic.json").write_text(json.dumps({"segments_info": record}, indent=1))
+        return png
+
+    return write_predictions(inputs, out_dir, write_one, on_bad_file=on_bad_file, progress=progress)

@@ -18,7 +18,6 @@ network and the scores are resized back, as in evaluation.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from msfusion.engine.image_files import collect_images, unique_stems
+from msfusion.engine.image_files import write_predictions
 from msfusion.engine.segmentation_eval import check_slide_window, segment_with_config
 from msfusion.engine.visualize import add_legend, colorize, default_palette, overlay, save_label_png
 
@@ -125,58 +124,26 @@ def predict_files(
     Returns:
         One dict per written image: ``input``, ``label``, ``color``, ``overlay`` paths.
     """
-    from msfusion.data.image_io import read_image
-    from msfusion.data.label_maps import InvalidSampleError
-
-    if on_bad_file not in ("raise", "skip"):
-        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
     cfg = dict(eval_cfg or {})
     if cfg.get("mode") == "slide":  # an option error stops before any image, not once per image
         check_slide_window(cfg.get("crop_size", (512, 512)), cfg.get("stride", (341, 341)))
-    files = collect_images(inputs)
     num_classes = getattr(model, "num_classes", None) or (len(classes) if classes else 256)
     classes = list(classes) if classes else [f"class {i}" for i in range(num_classes)]
     palette = [tuple(c) for c in palette] if palette else default_palette(len(classes))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"the output folder {out_dir} is an existing file; give a folder path (created if missing)")
     if len(classes) > 65536:
         raise ValueError(f"{len(classes)} classes do not fit a 16-bit label PNG")
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    written = []
-    iterator: Iterable[tuple[Path, str]] = zip(files, unique_stems(files), strict=True)
-    if progress:
-        from tqdm import tqdm
 
-        iterator = tqdm(list(iterator), desc="predict", unit="img", dynamic_ncols=True)
-    for path, stem in iterator:
-        try:
-            image = read_image(path)
-        except InvalidSampleError as err:
-            if on_bad_file == "raise":
-                raise
-            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
-            continue
-        try:
-            label = predict_array(model, image, eval_cfg=eval_cfg, resize=resize, device=device)
-        except ValueError as err:
-            if on_bad_file == "raise":
-                raise ValueError(f"{path}: {err}") from err
-            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
-            continue
+    def write_one(image: np.ndarray, path: Path, prefix: Path) -> dict[str, str]:
+        label = predict_array(model, image, eval_cfg=eval_cfg, resize=resize, device=device)
         # colorize's table has 256 entries; more classes index the palette directly.
         color = colorize(label, palette) if len(palette) <= 256 else np.asarray(palette, dtype=np.uint8)[label]
         present = sorted(int(v) for v in np.unique(label))
-        paths = {
-            "input": str(path),
-            "label": str(out_dir / f"{stem}_label.png"),
-            "color": str(out_dir / f"{stem}_color.png"),
-            "overlay": str(out_dir / f"{stem}_overlay.png"),
-        }
+        paths = {"input": str(path), **{kind: f"{prefix}_{kind}.png" for kind in ("label", "color", "overlay")}}
         # A palette PNG (ids unchanged, shown in colour by viewers); 16-bit grey beyond 256 classes.
         save_label_png(label, palette, paths["label"])
         Image.fromarray(color).save(paths["color"])
         add_legend(overlay(image, color, alpha), classes, palette, present).save(paths["overlay"])
-        written.append(paths)
-    return written
+        return paths
+
+    return write_predictions(inputs, out_dir, write_one, on_bad_file=on_bad_file, progress=progress)

@@ -52,7 +52,10 @@ def test_tiny_budget_writes_a_complete_report(tmp_path):
     assert pair["verdict"] == "undecided" and "one seed" in pair["text"]
     assert report["trained_now"] == 2 and report["reused"] == 0
     assert (tmp_path / "effects.png").stat().st_size > 10_000
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["segmentation.tiny_a.s0.json", "segmentation.tiny_b.s0.json"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "segmentation.tiny_a.s0.json",
+        "segmentation.tiny_b.s0.json",
+    ]
     assert not (tmp_path / "work").exists()  # weights are not kept, results are
     assert "tiny A" in E.format_report(report)
 
