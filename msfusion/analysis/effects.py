@@ -239,6 +239,8 @@ def _fcos(backbone: str, backbone_kwargs: dict[str, Any], neck: str | None, neck
 
 _R18 = {"out_indices": [1, 2, 3, 4]}  # strides 4-32 (timm's stride-2 stem output left out)
 _DEMO_FPN = {"out_chs": _FPN_CHS, "in_strides": [4, 8, 16, 32], "extra_levels": 1}  # the detection demo's FPN
+# FINE's and MSCSA's segmentation pairs share this baseline: it trains once per seed (runs are keyed by its key).
+_SEMFPN_R18 = Arm("semfpn_r18", "Semantic FPN R18", {"compose": _seg("resnet18", neck={"out_chs": _FPN_CHS})})
 
 PAIRS: tuple[Pair, ...] = (
     Pair(
@@ -264,7 +266,7 @@ PAIRS: tuple[Pair, ...] = (
         task="segmentation",
         metrics=SEG_METRICS,
         primary="mIoU",
-        baseline=Arm("semfpn_r18", "Semantic FPN R18", {"compose": _seg("resnet18", neck={"out_chs": _FPN_CHS})}),
+        baseline=_SEMFPN_R18,
         treatment=Arm(
             "semfpn_r18_fine",
             "Semantic FPN R18 + FINE",
@@ -279,7 +281,7 @@ PAIRS: tuple[Pair, ...] = (
         task="segmentation",
         metrics=SEG_METRICS,
         primary="mIoU",
-        baseline=Arm("semfpn_r18", "Semantic FPN R18", {"compose": _seg("resnet18", neck={"out_chs": _FPN_CHS})}),
+        baseline=_SEMFPN_R18,
         treatment=Arm(
             "semfpn_r18_mscsa",
             "Semantic FPN R18 + MSCSA",
