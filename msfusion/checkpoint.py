@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from msfusion.structured_files import read_mapping
 from msfusion.version import __version__
 
 __all__ = [
@@ -187,11 +188,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_path = _metadata_path(Path(path))
     if not meta_path.exists():
         return {}
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from err
-    if isinstance(meta, dict) and meta.get("model"):
+    meta = read_mapping(meta_path, "checkpoint sidecar", error=CheckpointError)
+    if meta.get("model"):
         meta["model"] = _with_old_mscsa_defaults(meta["model"])
     return meta
 

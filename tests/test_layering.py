@@ -1,7 +1,7 @@
 """Layering you can see: no import cycle in the package, and no upward import.
 
 Layers, lowest first: ``version``; ``layers``, ``registry``, ``checkpoint``,
-``convert`` (shared blocks and plumbing); ``models`` and ``data``; ``engine``,
+``convert``, ``structured_files`` (shared blocks and plumbing); ``models`` and ``data``; ``engine``,
 ``analysis``, ``export``; ``commands`` and ``cli``. A module may import its own
 layer and the layers below; imports inside functions count. The package face
 (``msfusion/__init__.py``, ``__main__``) sits on top; the command line, and only
@@ -27,6 +27,7 @@ RANKS = {
     "version": 0,
     "layers": 1,
     "registry": 1,
+    "structured_files": 1,
     "checkpoint": 1,
     "weights": 1,
     "convert": 1,

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import warnings
 from collections.abc import Mapping
@@ -61,6 +60,7 @@ from msfusion.data.detection import DetectionDataset, DetectionSample
 from msfusion.data.detection_transforms import DetectionTransforms
 from msfusion.data.image_io import read_image
 from msfusion.data.registry import register_dataset
+from msfusion.structured_files import read_mapping
 
 __all__ = ["COCODetection", "BadAnnotationError", "rle_run_lengths"]
 
@@ -174,14 +174,7 @@ def read_coco_json(path: Path, kind: str) -> dict[str, Any]:
         FileNotFoundError: ``path`` is not a file.
         ValueError: not JSON, not an object, or one of the three lists missing.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO {kind} JSON not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a COCO {kind} JSON is an object with 'images', 'annotations' and 'categories' lists")
+    data = read_mapping(path, f"COCO {kind} JSON")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(

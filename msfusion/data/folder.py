@@ -33,6 +33,7 @@ from msfusion.data.layout import DatasetLayout
 from msfusion.data.registry import register_dataset
 from msfusion.data.segmentation import BadFilePolicy, FileSegmentationDataset, SamplePaths
 from msfusion.data.segmentation_transforms import Transform
+from msfusion.structured_files import read_mapping
 
 LAYOUT = DatasetLayout(
     "folder dataset",
@@ -52,11 +53,8 @@ def read_classes_yaml(path: Path) -> tuple[list[str], list[tuple[int, int, int]]
         ValueError: Malformed content, naming the file and the problem.
     """
     LAYOUT.require_file(path)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"cannot parse {path}: {error}") from error
-    names = content.get("names") if isinstance(content, dict) else None
+    content = read_mapping(path, "classes.yaml")
+    names = content.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path} must contain 'names:' with a non-empty list of class names")
     palette = content.get("palette")

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from msfusion.structured_files import read_mapping
+
 __all__ = [
     "DEFAULTS",
     "OPEN_KEYS",
@@ -479,16 +481,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: no such file.
         ConfigError: unreadable YAML, a top level that is not a mapping, unknown keys (with a did-you-mean).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if loaded is not None and not isinstance(loaded, Mapping):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    raw = dict(loaded or {})
+    raw = read_mapping(path, "config file", error=ConfigError)
     try:
         _check_keys(raw, DEFAULTS)
     except ConfigError as err:

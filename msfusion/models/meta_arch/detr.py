@@ -84,6 +84,7 @@ from msfusion.layers.frozen_norm import freeze_batch_norm
 from msfusion.models.align.fine import FINE
 from msfusion.models.chain import build_chain, check_finite_input
 from msfusion.registry import create_model, recordable
+from msfusion.structured_files import read_mapping
 
 try:
     from transformers import (
@@ -554,7 +555,7 @@ class DetrDetector(nn.Module):
         settings_file = path / "msfusion_detr.json"
         if not settings_file.is_file():
             raise ValueError(f"{path} has no msfusion_detr.json: save it with DetrDetector.save_pretrained")
-        settings = json.loads(settings_file.read_text())
+        settings = read_mapping(settings_file, "DETR settings file")
         arch = settings.pop("arch")
         detr = _CLASSES[arch][1].from_pretrained(path, local_files_only=True, **kwargs)
         return cls(detr, arch, **settings)
