@@ -237,6 +237,10 @@ def _fcos(backbone: str, backbone_kwargs: dict[str, Any], neck: str | None, neck
     return {**compose, **extra}
 
 
+def _named(name: str) -> dict:
+    return {"name": name, "kwargs": {"drop_path_rate": 0.0}}  # no stochastic depth in a short from-scratch run
+
+
 _R18 = {"out_indices": [1, 2, 3, 4]}  # strides 4-32 (timm's stride-2 stem output left out)
 _DEMO_FPN = {"out_chs": _FPN_CHS, "in_strides": [4, 8, 16, 32], "extra_levels": 1}  # the detection demo's FPN
 # FINE's and MSCSA's segmentation pairs share this baseline: it trains once per seed (runs are keyed by its key).
@@ -334,8 +338,8 @@ PAIRS: tuple[Pair, ...] = (
         task="segmentation",
         metrics=SEG_METRICS,
         primary="mIoU",
-        baseline=Arm("segnext_t_branch21", "SegNeXt-T, 21x21 branch only", {"name": "segnext_t_branch21"}),
-        treatment=Arm("segnext_t", "SegNeXt-T (MSCA)", {"name": "segnext_t"}),
+        baseline=Arm("segnext_t_branch21", "SegNeXt-T, 21x21 branch only", _named("segnext_t_branch21")),
+        treatment=Arm("segnext_t", "SegNeXt-T (MSCA)", _named("segnext_t")),
     ),
 )
 EFFECTS: dict[str, tuple[Pair, ...]] = {
@@ -417,9 +421,63 @@ def budget_for(device: str = "cpu", quick: bool = False, steps: int | None = Non
     return Budget(steps=steps or default_steps, seeds=seeds or default_seeds, device=device, num_workers=workers)
 
 
+@dataclass(frozen=True)
+class TaskSetup:
+    """How the arms of one task's pairs train and are counted (the study's choices, the same for both arms).
+
+    Attributes:
+        size: the square image side, from the budget.
+        model_kwargs: what every arm's model is given, from the image side.
+        train_split: keys of the training split beyond the shapes'.
+        data: keys of the recipe's ``data`` beyond the splits, from the image side.
+        eval: the recipe's ``eval`` section (None: the task's defaults).
+        counted: the module whose forward the MACs count (mmdetection's convention for detectors).
+    """
+
+    size: Callable[[Budget], int]
+    model_kwargs: Callable[[int], dict[str, Any]]
+    train_split: dict[str, Any]
+    data: Callable[[int], dict[str, Any]]
+    eval: dict[str, Any] | None
+    counted: Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def _detector_view(model: torch.nn.Module) -> torch.nn.Module:
+    from msfusion.models.meta_arch.detector import complexity_view
+
+    return complexity_view(model)
+
+
+TASK_SETUPS: dict[str, TaskSetup] = {
+    "segmentation": TaskSetup(
+        size=lambda budget: budget.seg_size,
+        model_kwargs=lambda size: {},
+        train_split={},
+        data=lambda size: {
+            "crop_size": [size, size],
+            "scale": [size, size],
+            "ratio_range": [0.75, 1.5],
+            "photometric": False,
+            "eval_scale": None,
+        },
+        eval={"mode": "whole"},
+        counted=lambda model: model,
+    ),
+    "detection": TaskSetup(
+        size=lambda budget: budget.det_size,
+        model_kwargs=lambda size: {"min_size": size, "max_size": size, **_FCOS_KWARGS},
+        train_split={"transforms": {"kind": "train"}},
+        data=lambda size: {},
+        eval=None,
+        counted=_detector_view,
+    ),
+}
+
+
 def arm_recipe(pair: Pair, arm: Arm, budget: Budget, seed: int, work_dir: str | Path) -> dict[str, Any]:
     """The training recipe (``msfusion train`` format) of one arm and seed; the pair's arms differ only in ``model``."""
-    size = budget.det_size if pair.task == "detection" else budget.seg_size
+    setup = TASK_SETUPS[pair.task]
+    size = setup.size(budget)
     shapes = {
         "type": "shapes",
         "image_size": size,
@@ -427,27 +485,18 @@ def arm_recipe(pair: Pair, arm: Arm, budget: Budget, seed: int, work_dir: str | 
         "variant": "hard",
         "max_objects": budget.max_objects,
     }
-    model: dict[str, Any] = {"name": arm.model.get("name", arm.name), "kwargs": {}}
+    model: dict[str, Any] = {
+        "name": arm.model.get("name", arm.name),
+        "kwargs": copy.deepcopy(arm.model.get("kwargs", {})),
+    }
     if "compose" in arm.model:
         model["compose"] = copy.deepcopy(arm.model["compose"])
-    if pair.task == "detection":
-        model["kwargs"] = {"min_size": size, "max_size": size, **_FCOS_KWARGS}
-        data = {
-            "train": {**shapes, "split": "train", "num_images": budget.num_train, "transforms": {"kind": "train"}},
-            "val": {**shapes, "split": "val", "num_images": budget.num_val},
-        }
-    else:
-        if "name" in arm.model:
-            model["kwargs"] = {"drop_path_rate": 0.0}
-        data = {
-            "train": {**shapes, "split": "train", "num_images": budget.num_train},
-            "val": {**shapes, "split": "val", "num_images": budget.num_val},
-            "crop_size": [size, size],
-            "scale": [size, size],
-            "ratio_range": [0.75, 1.5],
-            "photometric": False,
-            "eval_scale": None,
-        }
+    model["kwargs"].update(setup.model_kwargs(size))
+    data = {
+        "train": {**shapes, "split": "train", "num_images": budget.num_train, **copy.deepcopy(setup.train_split)},
+        "val": {**shapes, "split": "val", "num_images": budget.num_val},
+        **setup.data(size),
+    }
     data.update({"batch_size": budget.batch_size, "num_workers": budget.num_workers, "check_labels": False})
     recipe: dict[str, Any] = {
         "task": pair.task,
@@ -469,8 +518,8 @@ def arm_recipe(pair: Pair, arm: Arm, budget: Budget, seed: int, work_dir: str | 
             "tensorboard": False,
         },
     }
-    if pair.task == "segmentation":
-        recipe["eval"] = {"mode": "whole"}
+    if setup.eval is not None:
+        recipe["eval"] = copy.deepcopy(setup.eval)
     return recipe
 
 
@@ -481,11 +530,7 @@ def _complexity(model: torch.nn.Module, task: str, size: int) -> tuple[int, int]
     """Parameters and multiply-adds of one (1, 3, size, size) forward (detectors: mmdetection's convention)."""
     from msfusion.analysis.complexity import count_macs, count_params
 
-    counted = model
-    if task == "detection":
-        from msfusion.models.meta_arch.detector import DetectorComplexity
-
-        counted = DetectorComplexity(model)
+    counted = TASK_SETUPS[task].counted(model)
     was_training = model.training
     macs = count_macs(counted, (1, 3, size, size))
     model.train(was_training)

@@ -32,10 +32,9 @@ def model_report(
     params = count_params(model)
     counted = model
     if model_kind(name) == "detector":
-        from msfusion.models.meta_arch.detector import DetectorComplexity
+        from msfusion.models.meta_arch.detector import complexity_view
 
-        # mmdetection's get_flops convention: dense parts on the image, box / mask heads on 1000 / 100 RoIs.
-        counted = getattr(model, "complexity_module", DetectorComplexity)(model)  # Panoptic FPN adds a branch
+        counted = complexity_view(model)
     macs = count_macs(counted, (1, *chw), rules=rules)
     return {
         "model": name,

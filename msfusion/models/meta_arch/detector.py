@@ -78,6 +78,7 @@ __all__ = [
     "build_detector",
     "freeze_batch_norm",
     "DetectorComplexity",
+    "complexity_view",
     "TestResizeTransform",
 ]
 
@@ -483,3 +484,13 @@ class DetectorComplexity(nn.Module):
         images = pad_to_size_constraint(images, det.transform.size_divisible)
         feats = list(det.backbone(images).values())
         return DETECTOR_ARCHS.get(det.arch).complexity(self, feats)
+
+
+def complexity_view(detector: nn.Module) -> nn.Module:
+    """The module whose forward ``count_macs`` runs for ``detector``: mmdetection's ``get_flops`` convention.
+
+    The detector's ``complexity_module`` where its class names one (DETR, YOLO,
+    Panoptic FPN), else :class:`DetectorComplexity` (torchvision-style
+    detectors: dense parts on the image, box heads on 1000 RoIs, masks on 100).
+    """
+    return getattr(detector, "complexity_module", DetectorComplexity)(detector)
