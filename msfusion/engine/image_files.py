@@ -71,7 +71,7 @@ def iter_images(
         except (OSError, ValueError) as err:
             if on_bad_file == "raise":
                 raise
-            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            _warn_skipped(path, err)
             continue
         yield path, stem, array
 
@@ -120,8 +120,13 @@ def write_predictions(
         except ValueError as err:
             if on_bad_file == "raise":
                 raise ValueError(f"{path}: {err}") from err
-            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            _warn_skipped(path, err)
     return written
+
+
+def _warn_skipped(path: Path, err: Exception) -> None:
+    reason = str(err) if str(path) in str(err) else f"{path}: {err}"  # the reader's messages name the file
+    warnings.warn(f"skipped, {reason}", stacklevel=3)
 
 
 def _check_policy(on_bad_file: str) -> None:

@@ -50,7 +50,7 @@ def test_bad_files_and_refused_images_raise_naming_the_file_or_are_skipped(tmp_p
 
     with pytest.raises(ValueError, match=r"b\.png: too small for this model"):
         write_predictions([folder / "a.png", folder / "b.png"], tmp_path / "o3", refuse_b, progress=False)
-    with pytest.warns(UserWarning, match=r"skipping .*b\.png: too small"):
+    with pytest.warns(UserWarning, match=r"skipped, .*b\.png: too small"):
         written = write_predictions([folder / "a.png", folder / "b.png"], tmp_path / "o4", refuse_b, on_bad_file="skip")
     assert written == ["a.png"]
 
