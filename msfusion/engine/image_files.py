@@ -49,22 +49,28 @@ def iter_images(
 ) -> Iterator[tuple[Path, str, np.ndarray]]:
     """``(path, unique output stem, (H, W, 3) uint8 image)`` for every image of ``inputs``.
 
-    An unreadable file raises (naming it), or with ``on_bad_file="skip"`` is
-    skipped with a warning; ``progress`` shows a bar.
+    The inputs and ``on_bad_file`` are checked at the call, before any image
+    is read. An unreadable file raises (naming it), or with
+    ``on_bad_file="skip"`` is skipped with a warning; ``progress`` shows a bar.
 
     Raises:
         ValueError: ``on_bad_file`` is not "raise" or "skip".
         FileNotFoundError: an input does not exist, or a folder holds no image.
     """
-    from msfusion.data.image_io import read_image
-
-    _check_policy(on_bad_file)
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
     files = collect_images(inputs)
     pairs: Iterable = zip(files, unique_stems(files), strict=True)
     if progress:
         from tqdm import tqdm
 
         pairs = tqdm(list(pairs), desc="predict", unit="img", dynamic_ncols=True)
+    return _read_images(pairs, on_bad_file)
+
+
+def _read_images(pairs: Iterable[tuple[Path, str]], on_bad_file: str) -> Iterator[tuple[Path, str, np.ndarray]]:
+    from msfusion.data.image_io import read_image
+
     for path, stem in pairs:
         try:
             array = read_image(path)
@@ -109,12 +115,10 @@ def write_predictions(
         ValueError: bad ``on_bad_file``, ``out_dir`` is a file, or (``"raise"``) a bad image.
         FileNotFoundError: an input does not exist, or a folder holds no image.
     """
-    _check_policy(on_bad_file)
-    inputs = list(inputs)
-    collect_images(inputs)  # a missing input stops the run before the output folder is made
+    images = iter_images(inputs, progress=progress, on_bad_file=on_bad_file)  # checks before the folder is made
     out_dir = prepare_out_dir(out_dir)
     written: list[T] = []
-    for path, stem, image in iter_images(inputs, progress=progress, on_bad_file=on_bad_file):
+    for path, stem, image in images:
         try:
             written.append(write_one(image, path, out_dir / stem))
         except ValueError as err:
@@ -127,11 +131,6 @@ def write_predictions(
 def _warn_skipped(path: Path, err: Exception) -> None:
     reason = str(err) if str(path) in str(err) else f"{path}: {err}"  # the reader's messages name the file
     warnings.warn(f"skipped, {reason}", stacklevel=3)
-
-
-def _check_policy(on_bad_file: str) -> None:
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
 
 
 def unique_stems(files: Sequence[Path]) -> list[str]:
