@@ -22,7 +22,9 @@ from PIL import Image
 from msfusion.data.label_maps import InvalidSampleError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# ImportError: a decoder plugin that is missing, including the HEIF one that ultralytics' replacement of
+# Image.open (installed process-wide once `import ultralytics` runs) imports for a file PIL cannot identify.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError)
 _INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
 
 

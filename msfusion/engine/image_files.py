@@ -15,12 +15,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from msfusion.data.image_io import IMAGE_SUFFIXES, read_image
+
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "iter_images", "prepare_out_dir", "unique_stems", "write_predictions"]
 
 T = TypeVar("T")
 BAD_FILE_POLICIES = ("raise", "skip")
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
@@ -69,8 +69,6 @@ def iter_images(
 
 
 def _read_images(pairs: Iterable[tuple[Path, str]], on_bad_file: str) -> Iterator[tuple[Path, str, np.ndarray]]:
-    from msfusion.data.image_io import read_image
-
     for path, stem in pairs:
         try:
             array = read_image(path)

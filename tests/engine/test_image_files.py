@@ -65,3 +65,25 @@ def test_option_and_input_errors_come_before_any_output(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="output folder .*taken is an existing file"):
         write_predictions([folder], tmp_path / "taken", _shape_writer)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_bad_file_is_named_when_another_package_replaced_image_open(tmp_path: Path, monkeypatch) -> None:
+    # `import ultralytics` replaces PIL.Image.open process-wide; on a file PIL cannot identify, its version
+    # imports a HEIF plugin, which fails with ModuleNotFoundError where the plugin is not installed.
+    import PIL.Image
+
+    pil_open = PIL.Image.open
+
+    def heif_retrying_open(path, *args, **kwargs):  # noqa: ANN001, ANN202 - PIL's own signature
+        try:
+            return pil_open(path, *args, **kwargs)
+        except PIL.Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    monkeypatch.setattr(PIL.Image, "open", heif_retrying_open)
+    folder = _images(tmp_path / "in")
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.png: No module named 'pi_heif'"):
+        write_predictions([folder], tmp_path / "out", _shape_writer, progress=False)
+    with pytest.warns(UserWarning, match=r"broken\.png"):
+        assert len(write_predictions([folder], tmp_path / "o2", _shape_writer, on_bad_file="skip")) == 2
