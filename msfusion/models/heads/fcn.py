@@ -15,12 +15,14 @@ concatenation of input and output, and ``conv_seg`` after Dropout2d.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo
 from msfusion.models.heads.base import DecodeHead
+from msfusion.registry import register_model
 
 __all__ = ["FCNHead"]
 
@@ -98,3 +100,9 @@ class FCNHead(DecodeHead):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         return self.cls_seg(self.forward_features(features))
+
+
+@register_model(kind="head")
+def fcn(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> FCNHead:
+    """The FCN head on one map (stride 16 by default), UperNet's auxiliary head."""
+    return FCNHead(feature_info, num_classes, **kwargs)

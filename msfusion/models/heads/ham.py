@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
 from msfusion.models.heads.base import DecodeHead
+from msfusion.registry import register_model
 
 __all__ = ["NMF2D", "Hamburger", "LightHamHead"]
 
@@ -186,3 +187,9 @@ class LightHamHead(DecodeHead):
         x = torch.cat([resize_to(f, size) for f in inputs], dim=1)
         x = self.align(self.hamburger(self.squeeze(x)))
         return self.cls_seg(x)
+
+
+@register_model(kind="head")
+def ham(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> LightHamHead:
+    """SegNeXt's LightHamHead (Fig. 3c): strides 8, 16, 32 -> logits at 1/8."""
+    return LightHamHead(feature_info, num_classes, **kwargs)

@@ -22,12 +22,14 @@ not depend on the choice. SegNeXt-T with this head and all four stages counts
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
 from msfusion.models.heads.base import DecodeHead
+from msfusion.registry import register_model
 
 __all__ = ["MLPHead"]
 
@@ -67,3 +69,9 @@ class MLPHead(DecodeHead):
         # Project at each stage's own resolution, then upsample: cheaper than the reverse.
         outs = [resize_to(conv(x), size) for conv, x in zip(self.convs, inputs, strict=True)]
         return self.cls_seg(self.fusion_conv(torch.cat(outs, dim=1)))
+
+
+@register_model(kind="head")
+def mlp(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> MLPHead:
+    """SegFormer's all-MLP head: strides 4, 8, 16, 32 -> logits at 1/4."""
+    return MLPHead(feature_info, num_classes, **kwargs)

@@ -19,10 +19,12 @@ feed-forward network, 8-11 C^2) would give 32.9 M for B and is ruled out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from msfusion.layers import FeatureInfo
 from msfusion.layers.msca import MSCA, STRIP_KERNELS, SpatialAttention
 from msfusion.models.heads.ham import LightHamHead
+from msfusion.registry import register_model
 
 __all__ = ["MSCAContext", "MSCAHead"]
 
@@ -84,3 +86,9 @@ class MSCAHead(LightHamHead):
             context="msca",
             context_kwargs=dict(branch_kernels=tuple(branch_kernels)),
         )
+
+
+@register_model(kind="head")
+def msca(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> MSCAHead:
+    """SegNeXt's appendix MSCA head: strides 8, 16, 32 -> logits at 1/8."""
+    return MSCAHead(feature_info, num_classes, **kwargs)

@@ -18,6 +18,7 @@ without renaming.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from msfusion.layers import ConvNormAct, FeatureInfo, resize_to
 from msfusion.layers.pooling import AdaptiveAvgPool2d
 from msfusion.models.heads.base import DecodeHead
+from msfusion.registry import register_model
 
 __all__ = ["PPM", "UPerHead"]
 
@@ -141,3 +143,9 @@ class UPerHead(DecodeHead):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         return self.cls_seg(self.forward_features(features))
+
+
+@register_model(kind="head")
+def uper(feature_info: Sequence[FeatureInfo], num_classes: int, **kwargs: Any) -> UPerHead:
+    """UperNet's PPM + FPN head: strides 4, 8, 16, 32 -> logits at 1/4."""
+    return UPerHead(feature_info, num_classes, **kwargs)
