@@ -1,4 +1,4 @@
-"""``msfusion predict --checkpoint PATH IMAGES|DIR --out DIR``: colour masks, overlays, label PNGs.
+"""``msfusion predict --checkpoint PATH IMAGES|DIR --out DIR``: what a checkpoint sees in image files, as PNG and JSON.
 
 The checkpoint's task decides what is written: segmentation label, colour and
 overlay PNGs; detection pictures with boxes, masks, names and scores (and a
@@ -15,7 +15,7 @@ import argparse
 
 from msfusion.commands import add_device_option, add_progress_option, checkpoint_file, int_pair, output_folder
 
-HELP = "segment images and write PNG masks and overlays"
+HELP = "run a checkpoint on image files: masks, boxes or panoptic maps as PNG (and JSON)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
