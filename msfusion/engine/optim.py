@@ -30,6 +30,7 @@ with the same learning rates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,7 +173,18 @@ class PolyWarmup:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule_cfg: Mapping[str, Any]) -> LambdaLR:
-    """A ``LambdaLR`` with one :class:`PolyWarmup` per group; call ``step()`` after each optimiser step."""
+    """A ``LambdaLR`` with one :class:`PolyWarmup` per group; call ``step()`` after each optimiser step.
+
+    Warns when the warm-up is not shorter than the run (a recipe's ``iters``
+    lowered for a quick try): the learning rate would never reach ``optim.lr``.
+    """
+    iters, warmup = int(schedule_cfg["iters"]), int(schedule_cfg.get("warmup_iters", 0))
+    if warmup >= iters:
+        warnings.warn(
+            f"schedule.warmup_iters ({warmup}) is not below schedule.iters ({iters}): the learning rate warms up "
+            f"for the whole run and never reaches optim.lr; lower it, e.g. --set schedule.warmup_iters={iters // 10}",
+            stacklevel=2,
+        )
     lambdas = [
         PolyWarmup(
             schedule_cfg["iters"],

@@ -82,6 +82,16 @@ def test_schedule_matches_mmcv_poly_with_linear_warmup_and_resumes():
     assert sched2.lr_lambdas[0].warmup_iters == 10
 
 
+def test_a_warmup_as_long_as_the_run_is_warned(recwarn):
+    opt = build_optimizer(
+        torch.nn.Linear(2, 2), {"lr": 1e-2, "weight_decay": 0.0, "betas": [0.9, 0.999], "custom_keys": {}}
+    )
+    build_scheduler(opt, {"iters": 100, "warmup_iters": 99})
+    assert not recwarn.list, "a warm-up shorter than the run is fine"
+    with pytest.warns(UserWarning, match=r"warmup_iters \(50\) is not below schedule.iters \(30\).*warmup_iters=3"):
+        build_scheduler(opt, {"iters": 30, "warmup_iters": 50})
+
+
 def test_unknown_keys_rejected_with_did_you_mean(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  lerning_rate: 0.1\n")
