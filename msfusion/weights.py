@@ -340,10 +340,12 @@ def hub_download_command() -> str:
     ``huggingface-cli download``."""
     import importlib.util
 
+    if importlib.util.find_spec("huggingface_hub") is None:  # missing: name the current command
+        return "pip install huggingface_hub && hf download"
     try:
         has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
-    except ModuleNotFoundError:  # huggingface_hub itself is missing: name the current command
-        return "pip install huggingface_hub && hf download"
+    except ModuleNotFoundError:  # before 0.34 there is no huggingface_hub.cli package at all
+        has_hf = False
     return "hf download" if has_hf else "huggingface-cli download"
 
 

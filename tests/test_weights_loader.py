@@ -151,16 +151,28 @@ def test_a_plain_file_in_the_hub_cache_is_checked_against_the_hub_or_said_unchec
 
 
 def test_the_offline_hint_names_the_installed_download_command(tmp_path, monkeypatch):
+    import importlib.metadata
     import importlib.util
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    version = tuple(int(part) for part in importlib.metadata.version("huggingface_hub").split(".")[:2])
+    has_hf = version >= (0, 34)  # the `hf` command arrived in huggingface_hub 0.34
     with pytest.raises(W.WeightsError, match="hf download timm/test_convnext" if has_hf else "huggingface-cli"):
         W.resolve_weights(W.timm_weights("test_convnext"))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.endswith(".hf") else real(name, *a))
+
+    def without_cli(name, *args):  # huggingface_hub < 0.34: no huggingface_hub.cli package at all
+        if name.startswith("huggingface_hub.cli"):
+            raise ModuleNotFoundError(f"No module named {name.rsplit('.', 1)[0]!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_cli)
     assert W.hub_download_command() == "huggingface-cli download"
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "huggingface_hub" else real(name, *a)
+    )
+    assert W.hub_download_command().startswith("pip install huggingface_hub")
 
 
 def test_a_url_download_goes_through_torch_hub_with_the_published_hash(tmp_path, monkeypatch):
