@@ -14,7 +14,7 @@ The defaults are the official SegNeXt ADE20K recipe (the SegNeXt repo's
 power 1.0 after 1500 linear warm-up iterations (ratio 1e-6); 160k iterations;
 batch 16; crop 512, resize scale (2048, 512), ratio 0.5-2.0; whole-image test.
 ``optim.layer_decay`` (off by default: ``rate: null``) selects the CEDNet
-UperNet recipes' layer-wise lr decay instead of the custom keys
+recipes' layer-wise lr decay instead of the custom keys
 (``msfusion.engine.layer_decay``); it may also be written ``layer_decay: null``.
 """
 
@@ -99,14 +99,21 @@ DEFAULTS: dict[str, Any] = {
         # Layer-wise lr decay (ced-mmseg LearningRateDecayOptimizerConstructor), off while rate is
         # null: lr scale min(1, rate ** (num_layers + 1 - layer_id)), layer ids by `rule`
         # ("cednet" or "cednet_small"), no weight decay for 1-D params and biases, no custom keys.
-        "layer_decay": {"rate": None, "num_layers": None, "rule": None},
+        # head_weight_decay: the decay of every parameter outside the backbone/add-on/neck chain
+        # (ced-mmdet's detectors: 1e-4 for the heads); null treats the heads as the rest (ced-mmseg).
+        "layer_decay": {"rate": None, "num_layers": None, "rule": None, "head_weight_decay": None},
     },
     "schedule": {
+        # "poly": mmcv's poly decay (the segmentation recipes); "step": x gamma at each of `steps`
+        # (iterations; the detection recipes' "1x" schedule: after epochs 8 and 11 of 12).
+        "policy": "poly",
         "iters": 160000,
         "warmup_iters": 1500,
         "warmup_ratio": 1.0e-6,
-        "power": 1.0,
+        "power": 1.0,  # poly only
         "min_lr": 0.0,
+        "steps": None,  # step only: the iterations at which the lr is multiplied by gamma
+        "gamma": 0.1,  # step only
     },
     "train": {
         "work_dir": "work_dirs/run",
@@ -159,6 +166,7 @@ _CHOICES = {
     "eval.mode": ("whole", "slide"),
     "data.on_bad_file": ("raise", "skip"),
     "optim.type": ("adamw", "sgd"),
+    "schedule.policy": ("poly", "step"),
 }
 
 
@@ -363,6 +371,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if not _is_number(value) or value < 0:
                 raise ConfigError(f"optim.custom_keys.{name}.{mult} must be a non-negative number, got {value!r}")
     _check_layer_decay(full["optim"])
+    _check_steps(full["schedule"])
     clip = full["train"]["clip_grad"]
     if clip is not None and (not _is_number(clip) or clip <= 0):
         raise ConfigError(f"train.clip_grad must be a positive number or null, got {_describe(clip)}")
@@ -384,6 +393,30 @@ def _check_number_list(full: dict[str, Any], path: str, length: int | None, expe
     _set(full, path, value)
 
 
+def _check_steps(schedule: dict[str, Any]) -> None:
+    """``schedule.steps``: increasing iterations inside the run, for ``policy: step`` and only for it."""
+    steps, iters = schedule["steps"], schedule["iters"]
+    if schedule["policy"] != "step":
+        if steps is not None:
+            raise ConfigError(
+                f"schedule.steps is set ({steps}) but schedule.policy is {schedule['policy']!r}: the steps would "
+                "be ignored; set schedule.policy: step, or remove schedule.steps"
+            )
+        return
+    ok = isinstance(steps, (list, tuple)) and len(steps) > 0
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < iters for s in steps)
+    if not ok or list(steps) != sorted(set(steps)):
+        raise ConfigError(
+            f"schedule.steps must be increasing iterations between 0 and schedule.iters ({iters}) for "
+            f"policy: step, got {_describe(steps)}; e.g. [{iters * 8 // 12}, {iters * 11 // 12}] "
+            "(mmdetection's 1x: after epochs 8 and 11 of 12)"
+        )
+    schedule["steps"] = list(steps)
+    gamma = _as_float({"schedule": schedule}, "schedule.gamma")
+    if not 0 < gamma <= 1:
+        raise ConfigError(f"schedule.gamma must be a number in (0, 1], got {gamma!r}")
+
+
 def _check_layer_decay(optim: Mapping[str, Any]) -> None:
     from msfusion.engine.layer_decay import LAYER_ID_RULES
 
@@ -397,6 +430,11 @@ def _check_layer_decay(optim: Mapping[str, Any]) -> None:
         raise ConfigError(f"optim.layer_decay.num_layers must be a positive integer, got {num_layers!r}")
     if rule not in LAYER_ID_RULES:
         raise ConfigError(f"optim.layer_decay.rule must be one of {sorted(LAYER_ID_RULES)}, got {rule!r}")
+    head_decay = ld.get("head_weight_decay")
+    if head_decay is not None and (not _is_number(head_decay) or head_decay < 0):
+        raise ConfigError(
+            f"optim.layer_decay.head_weight_decay must be a non-negative number or null, got {_describe(head_decay)}"
+        )
     if optim["custom_keys"]:
         raise ConfigError(
             "optim.layer_decay replaces optim.custom_keys (the official layer-decay constructor has no "

@@ -1,4 +1,4 @@
-"""Layer-wise learning-rate decay: ced-mmseg's ``LearningRateDecayOptimizerConstructor``.
+"""Layer-wise learning-rate decay: ced-mmseg's and ced-mmdet's ``LearningRateDecayOptimizerConstructor``.
 
 Source: the official CEDNet segmentation code (zhanggang001/CEDNet@305d637,
 ``ced-mmseg/mmcv_custom/layer_decay_optimizer_constructor.py`` and
@@ -30,6 +30,18 @@ constructor. Re-implemented from its behaviour, in our own code:
   decay 1e-4 instead; the segmentation one, used here, does not.)
 - mmcv ``custom_keys`` play no part (the constructor replaces the default
   one), so a recipe with layer decay must leave ``optim.custom_keys`` empty.
+
+Detectors (``ced-mmdet/mmdet/core/optimizers/layer_decay_optimizer_constructor.py``,
+same commit, the RetinaNet / Mask R-CNN / Cascade CEDNet configs): the same
+rules, applied to the names inside the model's feature chain, so a detector's
+``backbone.backbone.stages.k`` counts as ``backbone.stages.k``; CEDNet's
+pyramid (the chain's ``neck`` here, convs inside the official backbone) gets
+id ``num_layers + 1`` and the configured weight decay, as there. Every
+parameter outside the chain (the detection heads) gets lr scale 1 and the
+weight decay ``head_weight_decay`` (1e-4 in those configs), 1-D parameters
+and biases included: the official constructor sets that decay on the heads'
+groups whatever their kind. ``head_weight_decay: null`` keeps the
+segmentation behaviour above.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ __all__ = [
     "layer_lr_scale",
     "no_weight_decay",
     "build_layer_decay_param_groups",
+    "chain_relative_names",
 ]
 
 _STAGE = re.compile(r"stages\.(\d+)\.")
@@ -108,13 +121,19 @@ def build_layer_decay_param_groups(
     rate: float,
     num_layers: int,
     rule: str,
+    head_weight_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Parameter groups with layer-wise lr decay and the official no-decay set.
 
-    One group per (layer id, decay / no decay), as the constructor builds
-    them. Each group has ``lr`` = ``lr * scale``, ``weight_decay``, and for
-    inspection ``names``, ``layer_id``, ``lr_mult`` (the scale), ``decay_mult``
-    (0 or 1) and ``custom_key`` (None), the keys of
+    Layer ids come from each parameter's name inside the model's feature
+    chain (:func:`chain_relative_names`). ``head_weight_decay``: the weight
+    decay of every parameter outside the chain's backbone, add-on and neck
+    (ced-mmdet's detection heads: 1e-4); None treats them as the rest
+    (ced-mmseg). One group per (layer id, decay / no decay, head), as the
+    constructor builds them. Each group has ``lr`` = ``lr * scale``,
+    ``weight_decay``, and for inspection ``names``, ``layer_id``, ``lr_mult``
+    (the scale), ``decay_mult`` (its weight decay over the configured one: 0
+    or 1 but for the heads) and ``custom_key`` (None), the keys of
     :func:`msfusion.engine.optim.build_param_groups`. Groups are ordered from
     the highest layer id down, so group 0 (the one the trainer logs) is a
     scale-1 head group. Frozen parameters are left out.
@@ -129,26 +148,53 @@ def build_layer_decay_param_groups(
     if int(num_layers) < 1:
         raise ValueError(f"layer-decay num_layers must be a positive integer, got {num_layers!r}")
     layer_id_of = LAYER_ID_RULES[rule]
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
+    relative_names = chain_relative_names(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer_id = layer_id_of(name, num_layers)
-        no_decay = no_weight_decay(name, param)
+        relative, in_chain = relative_names[name]
+        head = head_weight_decay is not None and not in_chain
+        layer_id = num_layers + 1 if head else layer_id_of(relative, num_layers)
+        no_decay = no_weight_decay(relative, param) and not head
         scale = layer_lr_scale(layer_id, rate, num_layers)
+        decay = float(head_weight_decay) if head else (0.0 if no_decay else weight_decay)
         group = groups.setdefault(
-            (layer_id, no_decay),
+            (layer_id, no_decay, head),
             {
                 "params": [],
                 "names": [],
                 "lr": lr * scale,
-                "weight_decay": 0.0 if no_decay else weight_decay,
+                "weight_decay": decay,
                 "lr_mult": scale,
-                "decay_mult": 0.0 if no_decay else 1.0,
+                "decay_mult": decay / weight_decay if weight_decay else (0.0 if no_decay else 1.0),
                 "custom_key": None,
                 "layer_id": layer_id,
             },
         )
         group["params"].append(param)
         group["names"].append(name)
-    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
+    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[2], k[1]))]
+
+
+def chain_relative_names(model: nn.Module) -> dict[str, tuple[str, bool]]:
+    """Each parameter name -> (its name inside the model's feature chain, whether it lies in the chain's parts).
+
+    The layer rules read names as a segmentor has them (``backbone.stages.k``);
+    a detector holds its chain one level down (``backbone.backbone.stages.k``).
+    A model without a :class:`~msfusion.models.chain.FeatureChain` keeps its
+    names, and all of its parameters count as in the chain.
+    """
+    from msfusion.models.chain import FeatureChain
+
+    prefix = next((f"{n}." if n else "" for n, m in model.named_modules() if isinstance(m, FeatureChain)), None)
+    names: dict[str, tuple[str, bool]] = {}
+    for name, _ in model.named_parameters():
+        if prefix is None:
+            names[name] = (name, True)
+        elif name.startswith(prefix):
+            relative = name[len(prefix) :]
+            names[name] = (relative, relative.split(".", 1)[0] in ("backbone", "addon", "neck"))
+        else:
+            names[name] = (name, False)
+    return names

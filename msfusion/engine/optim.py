@@ -12,16 +12,20 @@ SegNeXt repo, mmseg v0.24.1 on mmcv 1.x):
   every ``decode_head.*`` parameter, its GroupNorms included, gets lr x10 with
   the normal decay ('head' sorts before 'norm'), and biases, layer scales and
   the stem BatchNorms keep weight decay (no bias/norm rule is enabled).
-- Schedule (mmcv ``PolyLrUpdaterHook``, ``by_epoch=False``): the regular lr is
+- Schedule (mmcv ``PolyLrUpdaterHook``, ``by_epoch=False``; ``schedule.policy: poly``): the regular lr is
   ``(base - min_lr) * (1 - it / iters) ** power + min_lr``; during the first
   ``warmup_iters`` iterations it is multiplied by
   ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)`` (linear warm-up).
 
-With ``optim.layer_decay`` set (the CEDNet UperNet recipes), the groups come
+With ``optim.layer_decay`` set (the CEDNet recipes), the groups come
 from :func:`msfusion.engine.layer_decay.build_layer_decay_param_groups`
 instead: ced-mmseg's ``LearningRateDecayOptimizerConstructor`` (layer-wise lr
 decay, no weight decay for 1-D parameters and biases, no custom keys); see that
 module for the rule and its source.
+
+The detection recipes use ``schedule.policy: step`` instead (mmcv's
+``StepLrUpdaterHook``: the lr is multiplied by ``gamma`` at each of
+``schedule.steps``, given in iterations), with the same linear warm-up.
 
 The schedule is a ``LambdaLR`` whose per-group factor is a small callable
 object, so ``scheduler.state_dict()`` round-trips it and ``--resume`` continues
@@ -31,7 +35,7 @@ with the same learning rates.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +49,9 @@ __all__ = [
     "build_param_groups",
     "layer_decay_enabled",
     "build_optimizer",
+    "linear_warmup",
     "PolyWarmup",
+    "StepWarmup",
     "build_scheduler",
 ]
 
@@ -112,7 +118,7 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.opt
 
     Config keys: lr, weight_decay, betas, eps, and either custom_keys (mmcv
     rules, :func:`build_param_groups`) or layer_decay ``{rate, num_layers,
-    rule}`` (:func:`~msfusion.engine.layer_decay.build_layer_decay_param_groups`);
+    rule, head_weight_decay}`` (:func:`~msfusion.engine.layer_decay.build_layer_decay_param_groups`);
     the two cannot be combined.
     """
     if layer_decay_enabled(optim_cfg):
@@ -123,7 +129,13 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.opt
             )
         ld = optim_cfg["layer_decay"]
         groups = build_layer_decay_param_groups(
-            model, optim_cfg["lr"], optim_cfg["weight_decay"], ld["rate"], ld["num_layers"], ld["rule"]
+            model,
+            optim_cfg["lr"],
+            optim_cfg["weight_decay"],
+            ld["rate"],
+            ld["num_layers"],
+            ld["rule"],
+            ld.get("head_weight_decay"),
         )
     else:
         groups = build_param_groups(model, optim_cfg["lr"], optim_cfg["weight_decay"], optim_cfg.get("custom_keys"))
@@ -139,6 +151,16 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.opt
         eps=optim_cfg.get("eps", 1e-8),
         fused=bool(optim_cfg.get("fused")) or None,
     )
+
+
+def linear_warmup(it: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """mmcv's linear warm-up factor at iteration ``it``: ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)``.
+
+    The same ramp as torchvision's and mmengine's ``LinearLR(start_factor=warmup_ratio)``; 1 after the warm-up.
+    """
+    if it >= warmup_iters:
+        return 1.0
+    return 1.0 - (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
 
 
 class PolyWarmup:
@@ -167,16 +189,49 @@ class PolyWarmup:
     def __call__(self, it: int) -> float:
         progress = min(it, self.iters) / self.iters
         factor = (1.0 - self.min_ratio) * (1.0 - progress) ** self.power + self.min_ratio
-        if it < self.warmup_iters:
-            factor *= 1.0 - (1.0 - it / self.warmup_iters) * (1.0 - self.warmup_ratio)
-        return factor
+        return factor * linear_warmup(it, self.warmup_iters, self.warmup_ratio)
+
+
+class StepWarmup:
+    """Multiplicative lr factor of one parameter group: linear warm-up, then ``gamma`` at each step.
+
+    The detection papers' schedule (mmdetection's "1x": x0.1 after epochs 8
+    and 11 of 12; torchvision's reference: after epochs 16 and 22 of 26):
+    mmcv's ``StepLrUpdaterHook`` (``gamma ** (steps passed)``, floored at
+    ``min_lr``) times the linear warm-up, at iteration ``it`` (0-based); the
+    rate drops at the iteration equal to a step. A plain object of numbers,
+    as :class:`PolyWarmup`, so resuming restores it.
+    """
+
+    def __init__(
+        self,
+        steps: Sequence[int],
+        gamma: float = 0.1,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 1e-3,
+        min_lr: float = 0.0,
+        base_lr: float = 1.0,
+    ) -> None:
+        self.steps = [int(s) for s in steps]
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.min_ratio = float(min_lr) / float(base_lr) if base_lr > 0 else 0.0
+
+    def __call__(self, it: int) -> float:
+        passed = sum(it >= step for step in self.steps)
+        factor = max(self.gamma**passed, self.min_ratio)
+        return factor * linear_warmup(it, self.warmup_iters, self.warmup_ratio)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule_cfg: Mapping[str, Any]) -> LambdaLR:
-    """A ``LambdaLR`` with one :class:`PolyWarmup` per group; call ``step()`` after each optimiser step.
+    """A ``LambdaLR`` with one factor per group; call ``step()`` after each optimiser step.
 
-    Warns when the warm-up is not shorter than the run (a recipe's ``iters``
-    lowered for a quick try): the learning rate would never reach ``optim.lr``.
+    ``schedule.policy`` picks the factor: ``"poly"`` (:class:`PolyWarmup`, the
+    segmentation recipes) or ``"step"`` (:class:`StepWarmup` with
+    ``schedule.steps`` and ``schedule.gamma``, the detection recipes). Warns
+    when the warm-up is not shorter than the run (a recipe's ``iters`` lowered
+    for a quick try): the learning rate would never reach ``optim.lr``.
     """
     iters, warmup = int(schedule_cfg["iters"]), int(schedule_cfg.get("warmup_iters", 0))
     if warmup >= iters:
@@ -185,15 +240,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule_cfg: Mapping[str,
             f"for the whole run and never reaches optim.lr; lower it, e.g. --set schedule.warmup_iters={iters // 10}",
             stacklevel=2,
         )
-    lambdas = [
-        PolyWarmup(
-            schedule_cfg["iters"],
-            schedule_cfg.get("warmup_iters", 0),
-            schedule_cfg.get("warmup_ratio", 1e-6),
-            schedule_cfg.get("power", 1.0),
-            schedule_cfg.get("min_lr", 0.0),
-            group["lr"],
-        )
-        for group in optimizer.param_groups
-    ]
+    policy = schedule_cfg.get("policy", "poly")
+    if policy not in ("poly", "step"):
+        raise ValueError(f"schedule.policy must be 'poly' or 'step', got {policy!r}")
+    ratio = schedule_cfg.get("warmup_ratio", 1e-6)
+    min_lr = schedule_cfg.get("min_lr", 0.0)
+    if policy == "step":
+        lambdas: list[Any] = [
+            StepWarmup(schedule_cfg["steps"], schedule_cfg.get("gamma", 0.1), warmup, ratio, min_lr, group["lr"])
+            for group in optimizer.param_groups
+        ]
+    else:
+        power = schedule_cfg.get("power", 1.0)
+        lambdas = [PolyWarmup(iters, warmup, ratio, power, min_lr, group["lr"]) for group in optimizer.param_groups]
     return LambdaLR(optimizer, lr_lambda=lambdas)

@@ -246,3 +246,39 @@ def test_detection_recipes_load_and_demo_yaml_matches() -> None:
         assert cfg["model"]["name"] in __import__("msfusion").list_models(kind="detector")
     text = yaml.safe_load((root / "demo_shapes_detection.yaml").read_text())
     assert validate_config(text) == validate_config(DETECTION_DEMO_RECIPE)
+
+
+# recipe: (training images, epochs, epochs after which the lr drops x0.1), from each paper's recipe
+PAPER_SCHEDULES = {
+    "mask_rcnn_r50_mscsa_coco": (117266, 12, (8, 11)),  # MSCSA Appendix C.2: mmdetection's 1x
+    "retinanet_r50_mscsa_coco": (117266, 12, (8, 11)),
+    "cascade_mask_rcnn_r50_mscsa_coco": (117266, 12, (8, 11)),
+    "mask_rcnn_pvt_v2_b0_mscsa_coco": (117266, 12, (8, 11)),
+    "faster_rcnn_r50_fpn_fine_coco": (117266, 26, (16, 22)),  # torchvision's detection reference
+    "retinanet_r50_fpn_fine_coco": (117266, 26, (16, 22)),
+    "fcos_r50_fpn_fine_coco": (117266, 26, (16, 22)),
+    "fcos_r50_pan_fine_visdrone": (6471, 26, (16, 22)),
+    "panoptic_fpn_r50_fine_coco_panoptic": (118287, 12, (8, 11)),  # OpenMMLab's 1x (FINE Table 7)
+    "retinanet_cednet_next_t_coco": (117266, 36, (27, 33)),  # the released ced-mmdet configs
+    "mask_rcnn_cednet_next_t_coco": (117266, 36, (27, 33)),
+    "cascade_mask_rcnn_cednet_next_t_coco": (117266, 36, (27, 33)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SCHEDULES))
+def test_detection_recipes_step_where_their_papers_do(name: str) -> None:
+    """Every detection and panoptic recipe steps the lr at the paper's epochs (batch 16), not a poly decay."""
+    from msfusion.engine.config import load_config
+
+    images, epochs, drops = PAPER_SCHEDULES[name]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    per_epoch = images / cfg["data"]["batch_size"]
+    schedule = cfg["schedule"]
+    assert schedule["policy"] == "step" and schedule["gamma"] == 0.1
+    assert abs(schedule["iters"] - epochs * per_epoch) < 1
+    expected = [epoch * per_epoch for epoch in drops]
+    assert len(schedule["steps"]) == len(expected)
+    assert all(abs(step - at) <= 0.5 for step, at in zip(schedule["steps"], expected, strict=True)), (
+        schedule["steps"],
+        expected,
+    )

@@ -40,7 +40,7 @@ def test_recipes_validate_and_build(name):
     assert cfg["model"]["name"] == name and msfusion.list_models(name) == [name]
     opt = cfg["optim"]
     assert (opt["lr"], opt["weight_decay"], opt["betas"], opt["custom_keys"]) == (1e-4, 0.05, [0.9, 0.999], {})
-    assert opt["layer_decay"] == {"rate": 0.9, "num_layers": num_layers, "rule": rule}
+    assert opt["layer_decay"] == {"rate": 0.9, "num_layers": num_layers, "rule": rule, "head_weight_decay": None}
     sched = cfg["schedule"]
     assert (sched["iters"], sched["warmup_iters"], sched["warmup_ratio"], sched["power"]) == (160000, 1500, 1e-6, 1.0)
     data = cfg["data"]
@@ -195,3 +195,71 @@ def test_two_training_steps_from_the_t_recipe(tmp_path):
     for record in history:
         assert math.isfinite(record["loss"]) and math.isfinite(record["loss_aux0"])
         assert record["loss"] > record["loss_aux0"] > 0  # the 0.4-weighted FCN term is included
+
+
+def _official_detection_groups(names_and_ndims, lr, wd, rate, num_layers):
+    """ced-mmdet's detection constructor on official names, as its source reads (our wording):
+    backbone.* by the cednet rule, scale rate ** (num_layers + 1 - id), 1-D and biases undecayed;
+    every name without 'backbone' at lr scale 1 and weight decay 1e-4 whatever its kind."""
+    out = {}
+    for name, ndim in names_and_ndims:
+        if "backbone" not in name:
+            out[name] = (lr, 1e-4)
+            continue
+        layer_id = cednet_layer_id(name, num_layers)
+        no_decay = ndim == 1 or name.endswith(".bias")
+        out[name] = (lr * rate ** (num_layers + 1 - layer_id), 0.0 if no_decay else wd)
+    return out
+
+
+def test_cednet_detector_groups_equal_the_official_detection_constructor():
+    """RetinaNet CEDNet-NeXt-T: the chain's backbone and pyramid are the official ``backbone.*``."""
+    with torch.device("meta"):
+        model = msfusion.create_model("retinanet_cednet_next_t", num_classes=81)
+    lr, wd = 1e-4, 0.05
+    groups = build_layer_decay_param_groups(
+        model, lr, wd, rate=0.95, num_layers=4, rule="cednet", head_weight_decay=1e-4
+    )
+
+    def official_name(ours: str) -> str:  # our layout -> ced-mmdet's (neck convs live in its backbone)
+        for mine, theirs in (
+            ("backbone.backbone.", "backbone."),
+            ("backbone.neck.", "backbone."),
+            ("head.", "bbox_head."),
+        ):
+            if ours.startswith(mine):
+                return theirs + ours[len(mine) :]
+        raise AssertionError(ours)
+
+    params = list(model.named_parameters())
+    official = _official_detection_groups([(official_name(n), p.ndim) for n, p in params], lr, wd, 0.95, 4)
+    assert {official_name(n) for n, _ in params} == set(official)
+    for name, _ in params:
+        group = _group_of(groups, name)
+        assert (group["lr"], group["weight_decay"]) == pytest.approx(official[official_name(name)]), name
+    assert _group_of(groups, "backbone.backbone.stem.0.weight")["lr"] == pytest.approx(lr * 0.95**5)
+    assert _group_of(groups, "head.classification_head.cls_logits.bias")["weight_decay"] == 1e-4
+    assert _group_of(groups, "backbone.neck.reduce_convs.0.0.weight")["weight_decay"] == wd
+
+
+@pytest.mark.parametrize(
+    "name", ["retinanet_cednet_next_t", "mask_rcnn_cednet_next_t", "cascade_mask_rcnn_cednet_next_t"]
+)
+def test_cednet_detection_recipes_use_the_official_layer_decay_and_steps(name):
+    cfg = load_config(CONFIGS / f"{name}_coco.yaml")
+    rate = 0.6 if name.startswith("cascade") else 0.95
+    assert cfg["optim"]["layer_decay"] == {"rate": rate, "num_layers": 4, "rule": "cednet", "head_weight_decay": 1e-4}
+    assert cfg["optim"]["custom_keys"] == {}
+    schedule = cfg["schedule"]
+    per_epoch = 117266 / 16  # 36 epochs, x0.1 after epochs 27 and 33 (the released ced-mmdet configs)
+    assert schedule["policy"] == "step" and schedule["iters"] == math.ceil(36 * per_epoch)
+    assert schedule["steps"] == [round(27 * per_epoch), round(33 * per_epoch)]
+    with torch.device("meta"):
+        model = msfusion.create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
+    groups = build_optimizer(model, cfg["optim"]).param_groups
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_head_weight_decay_is_checked():
+    with pytest.raises(ConfigError, match="head_weight_decay must be a non-negative number"):
+        load_config(CONFIGS / "upernet_cednet_next_t.yaml", ["optim.layer_decay.head_weight_decay=-1"])

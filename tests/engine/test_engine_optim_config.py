@@ -82,6 +82,47 @@ def test_schedule_matches_mmcv_poly_with_linear_warmup_and_resumes():
     assert sched2.lr_lambdas[0].warmup_iters == 10
 
 
+def test_step_schedule_equals_torch_linear_warmup_then_multistep_and_resumes():
+    """``policy: step`` = torch's LinearLR(start_factor=ratio) chained with MultiStepLR (the detection 1x)."""
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
+
+    sgd = {"type": "sgd", "lr": 0.02, "weight_decay": 1e-4, "custom_keys": {}}
+    cfg = validate_config({"schedule": {"policy": "step", "iters": 120, "warmup_iters": 10, "warmup_ratio": 1e-3,
+                                        "steps": [80, 110]}})["schedule"]  # fmt: skip
+    ours = build_optimizer(torch.nn.Linear(2, 2), sgd)
+    reference = build_optimizer(torch.nn.Linear(2, 2), sgd)
+    scheduler = build_scheduler(ours, cfg)
+    chained = ChainedScheduler(
+        [LinearLR(reference, start_factor=1e-3, total_iters=10), MultiStepLR(reference, [80, 110], gamma=0.1)]
+    )
+    for it in range(120):
+        assert ours.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-9), it
+        ours.step(), reference.step(), scheduler.step(), chained.step()
+        if it == 90:
+            state = scheduler.state_dict()
+    assert ours.param_groups[0]["lr"] == pytest.approx(0.02 * 0.01)
+    resumed = build_optimizer(torch.nn.Linear(2, 2), sgd)
+    again = build_scheduler(resumed, cfg)
+    again.load_state_dict(state)
+    assert again.lr_lambdas[0].steps == [80, 110] and again.lr_lambdas[0].gamma == 0.1
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"policy": "step", "iters": 100}, "schedule.steps must be increasing"),
+        ({"policy": "step", "iters": 100, "steps": [90, 60]}, "schedule.steps must be increasing"),
+        ({"policy": "step", "iters": 100, "steps": [60, 100]}, "between 0 and schedule.iters"),
+        ({"policy": "step", "iters": 100, "steps": [60], "gamma": 0}, "schedule.gamma must be a number in"),
+        ({"iters": 100, "steps": [60]}, "the steps would be ignored"),
+        ({"policy": "cosine"}, "schedule.policy must be one of"),
+    ],
+)
+def test_step_schedule_settings_are_checked(schedule, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"schedule": schedule})
+
+
 def test_a_warmup_as_long_as_the_run_is_warned(recwarn):
     opt = build_optimizer(
         torch.nn.Linear(2, 2), {"lr": 1e-2, "weight_decay": 0.0, "betas": [0.9, 0.999], "custom_keys": {}}
