@@ -49,7 +49,9 @@ present on one side only passes only when its score ties the lowest score kept
   images already at the detector's test size (short side ``min_size``) are
   not resized and match.
 - RT-DETR(v2): the same input and outputs; the graph resizes every image to
-  the detector's square, so H and W are dynamic and D is ``num_top``.
+  the detector's square, so H and W are dynamic and D is ``num_top``. Its
+  check needs onnxruntime 1.29 or later, Deformable DETR's 1.25
+  (``DETECTOR_MIN_ONNXRUNTIME``; an older one is refused before exporting).
 - Deformable DETR keeps the aspect ratio, and transformers' deformable
   attention turns the feature-map sizes into constants while tracing: the
   dynamic graph fails the second size and the fixed-shape one is kept
@@ -104,6 +106,8 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
     "DETECTOR_DYNAMIC",
+    "DETECTOR_MIN_ONNXRUNTIME",
+    "require_onnxruntime_for",
 ]
 
 DEFAULT_OPSET = 17
@@ -116,6 +120,12 @@ DETECTOR_DYNAMIC = {
     "deformable_detr": "detection count only: fixed image size (transformers' deformable attention traces the "
     "feature-map sizes as constants)",
     "yolo": "image height and width (multiples of 32, no resize in the graph); one image per call; max_det rows",
+}
+# The oldest onnxruntime whose run of a family's graph matches PyTorch (measured with torch 2.6 and
+# transformers 5.24, the lower bounds; the [export] extra itself allows 1.18 for the other families).
+DETECTOR_MIN_ONNXRUNTIME = {
+    "rt_detr": ((1, 29), "earlier versions have no float64 Cos kernel, which RT-DETR's position embedding uses"),
+    "deformable_detr": ((1, 25), "with earlier versions the graph's detections differ from PyTorch's"),
 }
 _OUTPUT_NAMES = ("boxes", "scores", "labels", "masks", "semantic")
 _DYNAMO_MIN_OPSET = 18
@@ -238,6 +248,21 @@ def _output_to(log: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+def require_onnxruntime_for(family: str) -> None:
+    """``ValueError`` before exporting when the installed onnxruntime cannot check ``family``'s graph."""
+    if family not in DETECTOR_MIN_ONNXRUNTIME:
+        return
+    import onnxruntime as ort
+
+    (major, minor), why = DETECTOR_MIN_ONNXRUNTIME[family]
+    found = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+    if found < (major, minor):
+        raise ValueError(
+            f"checking an exported {family} detector needs onnxruntime >= {major}.{minor}, found {ort.__version__}: "
+            f"{why}. Upgrade it: pip install -U 'onnxruntime>={major}.{minor}' (Python >= 3.11, as the [detr] extra)"
+        )
 
 
 def detector_family(model: nn.Module) -> str | None:
@@ -439,6 +464,8 @@ def _export_detector(
 ) -> dict[str, Any]:
     """``export_onnx`` for a detector: the family's routes in order (module doc)."""
     from msfusion.checkpoint import atomic_write
+
+    require_onnxruntime_for(family)
 
     if family == "yolo":
         candidates = ["ultralytics"]

@@ -19,7 +19,14 @@ from helpers import TinyBackbone
 from torch import nn
 
 import msfusion
-from msfusion.export import DETECTOR_DYNAMIC, check_detections, detector_family, export_onnx
+from msfusion.export import (
+    DETECTOR_DYNAMIC,
+    DETECTOR_MIN_ONNXRUNTIME,
+    check_detections,
+    detector_family,
+    export_onnx,
+    require_onnxruntime_for,
+)
 from msfusion.models.meta_arch.detector import build_detector
 
 pytest.importorskip("onnx")
@@ -116,9 +123,27 @@ def _detr_twin(arch: str) -> nn.Module:
     return model
 
 
+def _skip_below_the_onnxruntime_for(family: str) -> None:
+    (major, minor), why = DETECTOR_MIN_ONNXRUNTIME[family]
+    if tuple(int(p) for p in ort.__version__.split(".")[:2]) < (major, minor):
+        pytest.skip(f"onnxruntime {ort.__version__} < {major}.{minor}: {why}")
+
+
+def test_an_onnxruntime_too_old_for_a_detr_family_is_refused_before_exporting(monkeypatch):
+    monkeypatch.setattr(ort, "__version__", "1.28.0")
+    with pytest.raises(ValueError, match=r"rt_detr detector needs onnxruntime >= 1.29, found 1.28.0: .*Cos"):
+        require_onnxruntime_for("rt_detr")
+    require_onnxruntime_for("deformable_detr")  # 1.25 is enough there
+    require_onnxruntime_for("torchvision")
+    monkeypatch.setattr(ort, "__version__", "1.24.4")
+    with pytest.raises(ValueError, match=r"onnxruntime >= 1.25, found 1.24.4"):
+        require_onnxruntime_for("deformable_detr")
+
+
 @pytest.mark.slow
 def test_rt_detr_exports_with_dynamic_image_size(tmp_path):
     pytest.importorskip("transformers")
+    _skip_below_the_onnxruntime_for("rt_detr")
     report = export_onnx(_detr_twin("rt_detr"), tmp_path / "rt_detr.onnx", (1, 3, 96, 80))
     assert report["family"] == "rt_detr" and report["exporter"] == "torchscript"
     assert report["outputs"] == ["boxes", "scores", "labels"]
@@ -128,6 +153,7 @@ def test_rt_detr_exports_with_dynamic_image_size(tmp_path):
 @pytest.mark.slow
 def test_deformable_detr_exports_at_a_fixed_image_size(tmp_path):
     pytest.importorskip("transformers")
+    _skip_below_the_onnxruntime_for("deformable_detr")
     report = export_onnx(_detr_twin("deformable_detr"), tmp_path / "deformable.onnx", (1, 3, 96, 80))
     # transformers' deformable attention freezes the feature-map sizes: the dynamic graph fails the second size.
     assert report["exporter"] == "torchscript_static" and report["dynamic_axes"] == ["detections"]
