@@ -371,7 +371,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             if not _is_number(value) or value < 0:
                 raise ConfigError(f"optim.custom_keys.{name}.{mult} must be a non-negative number, got {value!r}")
     _check_layer_decay(full["optim"])
-    _check_steps(full["schedule"])
+    _check_steps(full)
     clip = full["train"]["clip_grad"]
     if clip is not None and (not _is_number(clip) or clip <= 0):
         raise ConfigError(f"train.clip_grad must be a positive number or null, got {_describe(clip)}")
@@ -393,8 +393,9 @@ def _check_number_list(full: dict[str, Any], path: str, length: int | None, expe
     _set(full, path, value)
 
 
-def _check_steps(schedule: dict[str, Any]) -> None:
+def _check_steps(full: dict[str, Any]) -> None:
     """``schedule.steps``: increasing iterations inside the run, for ``policy: step`` and only for it."""
+    schedule = full["schedule"]
     steps, iters = schedule["steps"], schedule["iters"]
     if schedule["policy"] != "step":
         if steps is not None:
@@ -412,7 +413,7 @@ def _check_steps(schedule: dict[str, Any]) -> None:
             "(mmdetection's 1x: after epochs 8 and 11 of 12)"
         )
     schedule["steps"] = list(steps)
-    gamma = _as_float({"schedule": schedule}, "schedule.gamma")
+    gamma = _as_float(full, "schedule.gamma")
     if not 0 < gamma <= 1:
         raise ConfigError(f"schedule.gamma must be a number in (0, 1], got {gamma!r}")
 

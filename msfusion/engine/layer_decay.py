@@ -26,8 +26,8 @@ constructor. Re-implemented from its behaviour, in our own code:
 - Weight decay 0 for every 1-D parameter (norm weights and biases, layer-scale
   ``gamma``), every ``*.bias`` and the top-level ``pos_embed`` / ``cls_token``;
   the configured weight decay for all other parameters, heads included. (The
-  detection copy of the constructor gives non-backbone parameters weight
-  decay 1e-4 instead; the segmentation one, used here, does not.)
+  detection copy of the constructor gives the heads weight decay 1e-4
+  instead: see "Detectors" below.)
 - mmcv ``custom_keys`` play no part (the constructor replaces the default
   one), so a recipe with layer decay must leave ``optim.custom_keys`` empty.
 
@@ -135,8 +135,8 @@ def build_layer_decay_param_groups(
     (the scale), ``decay_mult`` (its weight decay over the configured one: 0
     or 1 but for the heads) and ``custom_key`` (None), the keys of
     :func:`msfusion.engine.optim.build_param_groups`. Groups are ordered from
-    the highest layer id down, so group 0 (the one the trainer logs) is a
-    scale-1 head group. Frozen parameters are left out.
+    the highest layer id down, so group 0 (the one the trainer logs) has
+    scale 1. Frozen parameters are left out.
 
     Raises:
         ValueError: unknown ``rule``, or bad ``rate`` / ``num_layers``.
