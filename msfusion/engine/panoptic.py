@@ -16,6 +16,11 @@ checkpoints, resume, DDP and mixed precision are the shared ones. A recipe::
 - **Evaluation**: PQ, SQ, RQ over all, thing and stuff classes and per class
   (Kirillov et al., "Panoptic Segmentation", arXiv 1801.00868, Sec. 4;
   ``msfusion.engine.panoptic_metrics``), on each image's own pixels.
+  ``msfusion eval`` also writes the predictions in the COCO panoptic result
+  format (``<ckpt>_eval_panoptic.json`` and the PNG folder
+  ``<ckpt>_eval_panoptic/``, category ids of the dataset's file), which the
+  reference ``panopticapi.evaluation.pq_compute`` and the COCO test-dev
+  server read.
 - **Prediction**: ``<stem>_panoptic.png`` (segments over the image, thing
   instances in shades of their class colour, segment borders, a legend of
   the classes present), ``<stem>_panoptic_ids.png`` (the COCO panoptic PNG
@@ -108,16 +113,34 @@ class PanopticTask(DetectionTask):
         return PanopticEvaluator(dataset, dist_info)
 
     def finish_evaluation(self, evaluator: Any) -> None:
-        self.last_results = []
+        self.last_results = evaluator.results  # the predictions, for the COCO panoptic result files
 
     def write_eval_outputs(
         self, metrics: dict[str, Any], cfg: Mapping[str, Any], checkpoint: str | Path, out_dir: str | Path
     ) -> list[Path]:
-        """``<ckpt>_eval.json``: the PQ family, per class included."""
+        """``<ckpt>_eval.json`` (the PQ family, per class included) and the COCO panoptic result files.
+
+        ``<ckpt>_eval_panoptic.json`` holds ``{"annotations": [{"image_id",
+        "file_name", "segments_info": [{"id", "category_id", "isthing",
+        "score", "area"}]}]}`` and ``<ckpt>_eval_panoptic/`` one PNG per image
+        (``id = R + 256 G + 256^2 B``), as ``panopticapi`` expects.
+        """
+        from msfusion.checkpoint import atomic_write
         from msfusion.engine.results import write_json
 
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        return [write_json(Path(out_dir) / f"{Path(checkpoint).stem}_eval.json", metrics)]
+        out_dir = Path(out_dir)
+        stem = f"{Path(checkpoint).stem}_eval"
+        folder = out_dir / f"{stem}_panoptic"
+        folder.mkdir(parents=True, exist_ok=True)
+        annotations = []
+        for result in self.last_results:
+            atomic_write(folder / result["file_name"], lambda tmp, data=result["png"]: Path(tmp).write_bytes(data))
+            annotations.append({k: v for k, v in result.items() if k != "png"})
+        return [
+            write_json(out_dir / f"{stem}.json", metrics),
+            write_json(out_dir / f"{stem}_panoptic.json", {"annotations": annotations}, indent=None),
+            folder,
+        ]
 
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_panoptic_metrics(metrics)
@@ -146,7 +169,9 @@ class PanopticEvaluator(DatasetEvaluator):
     ``dataset.load_panoptic(shard_indices(len(dataset), dist_info)[i])``.
     The model's ``segments_info`` name classes by panoptic label (things
     1..T, stuff T+1..T+S), as the dataset's ``load_panoptic`` does. Under DDP
-    the PQ sums of every rank are merged.
+    the PQ sums of every rank are merged. ``results`` keeps each image's
+    prediction in the COCO panoptic result format (its PNG encoded, category
+    ids of the dataset's file), gathered from every rank.
     """
 
     def __init__(self, dataset: Any, dist_info: DistInfo | None = None) -> None:
@@ -160,6 +185,7 @@ class PanopticEvaluator(DatasetEvaluator):
         stuff = range(self.dataset.num_things + 1, len(self.dataset.classes))
         self.pq = PanopticQuality(things, stuff, names=dict(enumerate(self.dataset.classes)))
         self.position = 0
+        self.results: list[dict[str, Any]] = []
 
     def run(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> list[dict[str, Any]]:
         return model([im.to(device) for im in batch["images"]])
@@ -169,13 +195,35 @@ class PanopticEvaluator(DatasetEvaluator):
             gt = self.dataset.load_panoptic(self.indices[self.position])
             self.position += 1
             gt_segments = [{"id": s["id"], "category_id": s["label"], "iscrowd": s["iscrowd"]} for s in gt.segments]
-            self.pq.update(output["panoptic"].cpu().numpy(), output["segments_info"], gt.ids, gt_segments, gt.path)
+            ids = output["panoptic"].cpu().numpy()
+            self.pq.update(ids, output["segments_info"], gt.ids, gt_segments, gt.path)
+            self.results.append(self._result(ids, output["segments_info"], gt))
+
+    def _result(self, ids: np.ndarray, segments: Sequence[Mapping[str, Any]], gt: Any) -> dict[str, Any]:
+        """One image's prediction as a COCO panoptic result annotation, with its PNG's bytes under ``png``."""
+        import io
+
+        from PIL import Image
+
+        from msfusion.data.coco_panoptic import id_to_rgb
+
+        buffer = io.BytesIO()
+        Image.fromarray(id_to_rgb(ids)).save(buffer, format="PNG")
+        category_of = self.dataset.label_to_category
+        info = [
+            {"id": int(s["id"]), "category_id": int(category_of[int(s["category_id"])]),
+             "isthing": int(bool(s["isthing"])), "score": float(s["score"]), "area": int(s["area"])}
+            for s in segments
+        ]  # fmt: skip
+        name = f"{Path(gt.path).stem or gt.image_id}.png"  # COCO: the image's stem, as the ground truth's PNG
+        return {"image_id": int(gt.image_id), "file_name": name, "segments_info": info, "png": buffer.getvalue()}
 
     def evaluate(self) -> dict[str, Any]:
         if self.dist_info.distributed:
-            gathered = all_gather_objects(self.pq.state())
+            gathered = all_gather_objects((self.pq.state(), self.results))
             self.pq.reset()
-            self.pq.merge(gathered)
+            self.pq.merge([state for state, _ in gathered])
+            self.results = [result for _, results in gathered for result in results]
         return self.pq.compute()
 
 

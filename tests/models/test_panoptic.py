@@ -339,3 +339,55 @@ def test_table7_recipe_loads() -> None:
     cfg = load_config(Path(__file__).parents[2] / "configs" / "panoptic_fpn_r50_fine_coco_panoptic.yaml")
     assert cfg["task"] == "panoptic" and cfg["model"]["name"] == "panoptic_fpn_r50_fine"
     assert cfg["data"]["train"]["type"] == "coco_panoptic" and cfg["model"]["kwargs"]["min_size"] == 640
+
+
+def test_eval_writes_coco_panoptic_results_that_reproduce_its_metrics(tmp_path: Path) -> None:
+    """``<ckpt>_eval_panoptic.json`` + PNGs, read back as panopticapi would, give the PQ that eval printed."""
+    from PIL import Image
+
+    from msfusion.data.coco_panoptic import COCOPanoptic, rgb_to_id
+    from msfusion.data.shapes_panoptic import write_shapes_panoptic
+    from msfusion.engine.config import validate_config
+    from msfusion.engine.trainer import train
+
+    gt_json = write_shapes_panoptic(tmp_path / "data", split="val", num_images=3, image_size=64)
+    recipe = _recipe(tmp_path / "run", 1, evaluate=False)
+    recipe["model"]["kwargs"].update(stuff_area=16, score_thresh=0.0)  # a model of one step still predicts segments
+    checkpoint = train(validate_config(recipe))["last_checkpoint"]
+    val = {"type": "coco_panoptic", "images": str(tmp_path / "data" / "images"), "annotations": str(gt_json)}
+    result = mf.evaluate({**recipe, "data": {**recipe["data"], "val": val}}, checkpoint, out=tmp_path / "eval")
+    stem = Path(checkpoint).stem
+    assert tmp_path / "eval" / f"{stem}_eval_panoptic" in result.files
+    annotations = json.loads((tmp_path / "eval" / f"{stem}_eval_panoptic.json").read_text())["annotations"]
+    assert sorted(a["file_name"] for a in annotations) == sorted(
+        p.name for p in (tmp_path / "data" / "panoptic_val").iterdir()
+    )
+    assert any(a["segments_info"] for a in annotations), "the check needs predicted segments"
+    gt = COCOPanoptic(tmp_path / "data" / "images", gt_json)
+    index_of = {gt.load_panoptic(i).image_id: i for i in range(len(gt))}
+    pq = PanopticQuality(range(1, gt.num_things + 1), range(gt.num_things + 1, len(gt.classes)))
+    for ann in annotations:
+        ids = rgb_to_id(np.asarray(Image.open(tmp_path / "eval" / f"{stem}_eval_panoptic" / ann["file_name"])))
+        segments = [{**s, "category_id": gt.category_to_label[s["category_id"]]} for s in ann["segments_info"]]
+        truth = gt.load_panoptic(index_of[ann["image_id"]])
+        truth_segments = [{"id": s["id"], "category_id": s["label"], "iscrowd": s["iscrowd"]} for s in truth.segments]
+        pq.update(ids, segments, truth.ids, truth_segments, truth.path)
+    again = pq.compute()
+    assert [again[k] for k in ("PQ", "SQ", "RQ")] == pytest.approx([result.metrics[k] for k in ("PQ", "SQ", "RQ")])
+
+
+def test_a_panoptic_result_names_the_files_category_ids() -> None:
+    """Labels are the dataset's order; the result file speaks in the annotation file's category ids."""
+    from types import SimpleNamespace
+
+    from msfusion.engine.panoptic import PanopticEvaluator
+
+    evaluator = PanopticEvaluator.__new__(PanopticEvaluator)
+    evaluator.dataset = SimpleNamespace(label_to_category=[0, 17, 92])  # e.g. COCO: a thing and a stuff class
+    ids = np.array([[1, 1], [2, 0]], np.int32)
+    segments = [{"id": 1, "category_id": 1, "isthing": True, "score": 0.9, "area": 2},
+                {"id": 2, "category_id": 2, "isthing": False, "score": 1.0, "area": 1}]  # fmt: skip
+    truth = SimpleNamespace(path="val2017/000000000139.jpg", image_id=139)
+    result = evaluator._result(ids, segments, truth)
+    assert result["file_name"] == "000000000139.png" and result["image_id"] == 139
+    assert [(s["id"], s["category_id"], s["isthing"]) for s in result["segments_info"]] == [(1, 17, 1), (2, 92, 0)]
