@@ -1,7 +1,8 @@
 """``msfusion eval CONFIG --checkpoint PATH [--tta] [--mode whole|slide]``: the task's metrics and per-class table.
 
 Segmentation: aAcc, mIoU, mAcc and per-class IoU / Acc; detection: COCO AP
-and per-class AP; panoptic: PQ, SQ, RQ. Each evaluation writes its own files,
+and per-class AP (and the COCO result file); panoptic: PQ, SQ, RQ (and the
+COCO panoptic result JSON and PNGs). Each evaluation writes its own files,
 named by the checkpoint and the test options (``best_eval_whole.json``,
 ``best_eval_slide_tta.json``, ...), and records the checkpoint, the mode, the
 scales and the window it used, so a second evaluation never overwrites the
