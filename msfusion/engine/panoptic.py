@@ -131,16 +131,18 @@ class PanopticTask(DetectionTask):
         out_dir = Path(out_dir)
         stem = f"{Path(checkpoint).stem}_eval"
         folder = out_dir / f"{stem}_panoptic"
+        metrics_file = write_json(out_dir / f"{stem}.json", metrics)
         folder.mkdir(parents=True, exist_ok=True)
-        annotations = []
+        annotations, used = [], set()
         for result in self.last_results:
-            atomic_write(folder / result["file_name"], lambda tmp, data=result["png"]: Path(tmp).write_bytes(data))
-            annotations.append({k: v for k, v in result.items() if k != "png"})
-        return [
-            write_json(out_dir / f"{stem}.json", metrics),
-            write_json(out_dir / f"{stem}_panoptic.json", {"annotations": annotations}, indent=None),
-            folder,
-        ]
+            name = result["file_name"]
+            if name in used:  # two images of one stem (from two folders): their ids keep the PNGs apart
+                name = f"{Path(name).stem}_{result['image_id']}.png"
+            used.add(name)
+            atomic_write(folder / name, lambda tmp, data=result["png"]: Path(tmp).write_bytes(data))
+            annotations.append({**{k: v for k, v in result.items() if k != "png"}, "file_name": name})
+        results_file = write_json(out_dir / f"{stem}_panoptic.json", {"annotations": annotations}, indent=None)
+        return [metrics_file, results_file, folder]
 
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:
         return format_panoptic_metrics(metrics)

@@ -391,3 +391,16 @@ def test_a_panoptic_result_names_the_files_category_ids() -> None:
     result = evaluator._result(ids, segments, truth)
     assert result["file_name"] == "000000000139.png" and result["image_id"] == 139
     assert [(s["id"], s["category_id"], s["isthing"]) for s in result["segments_info"]] == [(1, 17, 1), (2, 92, 0)]
+
+
+def test_panoptic_result_pngs_of_one_stem_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    from msfusion.engine.panoptic import PanopticTask
+
+    task = PanopticTask()
+    task.last_results = [
+        {"image_id": i, "file_name": "frame.png", "segments_info": [], "png": bytes([i])} for i in (1, 2)
+    ]
+    files = task.write_eval_outputs({"PQ": 0.5}, {}, tmp_path / "best.safetensors", tmp_path)
+    annotations = json.loads(files[1].read_text())["annotations"]
+    assert [a["file_name"] for a in annotations] == ["frame.png", "frame_2.png"]
+    assert [(tmp_path / "best_eval_panoptic" / a["file_name"]).read_bytes() for a in annotations] == [b"\x01", b"\x02"]
